@@ -1,0 +1,176 @@
+"""Run the real daemon as a subprocess, and wait on its JSON log lines (not on sleeps)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+DOMAIN = "tld-ops.localhost"
+
+
+def toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    return repr(v)
+
+
+def write_config(path: Path, values: dict[str, Any]) -> Path:
+    sections: dict[str, dict[str, Any]] = {}
+    for dotted, v in values.items():
+        section, key = dotted.split(".", 1)
+        sections.setdefault(section, {})[key] = v
+    lines = []
+    for section, body in sections.items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in body.items()]
+        lines.append("")
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+class DaemonProc:
+    """A running ``tldops serve`` with its log lines collected as they arrive."""
+
+    def __init__(self, workdir: Path, settings: dict[str, Any] | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        self.state_dir = workdir / "state"
+        base = {
+            "server.listen": ["127.0.0.1:0"],
+            "storage.state_dir": str(self.state_dir),
+            "rules.dir": str(workdir / "rules"),
+            "log.level": "debug",
+        }
+        base.update(settings or {})
+        self.settings = base
+        self.config_path = write_config(workdir / "tldops.toml", base)
+        self.env = env
+        self.lines: list[dict[str, Any]] = []
+        self.raw_lines: list[str] = []
+        self._cond = threading.Condition()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.addresses: list[str] = []
+
+    # -- life --------------------------------------------------------------------------
+
+    def start(self, timeout: float = 15.0) -> DaemonProc:
+        with self._cond:
+            self.lines.clear()
+        env = dict(os.environ)
+        env.update(self.env or {})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tldops_mta", "serve", "--config", str(self.config_path)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=self.workdir, env=env)
+        threading.Thread(target=self._pump, args=(self.proc,), daemon=True).start()
+        ready = self.wait_for("ready", timeout=timeout)
+        self.addresses = ready["listening"]
+        return self
+
+    def _pump(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            text = raw.decode("utf-8", "replace").rstrip("\n")
+            try:
+                rec = json.loads(text)
+            except ValueError:
+                rec = {"event": "<non-json>", "text": text}
+            with self._cond:
+                self.raw_lines.append(text)
+                self.lines.append(rec)
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def stop(self, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    # -- addresses ---------------------------------------------------------------------
+
+    @property
+    def host(self) -> str:
+        return self.addresses[0].rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.addresses[0].rsplit(":", 1)[1])
+
+    # -- logs --------------------------------------------------------------------------
+
+    def wait_for(self, event: str, where: Callable[[dict[str, Any]], bool] | None = None,
+                 timeout: float = 15.0, after: int = 0) -> dict[str, Any]:
+        """The first log record named ``event`` (at index >= after) matching ``where``."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for rec in self.lines[after:]:
+                    if rec.get("event") == event and (where is None or where(rec)):
+                        return rec
+                left = deadline - time.monotonic()
+                exited = self.proc is not None and self.proc.poll() is not None
+                if left <= 0 or exited:
+                    tail = "\n".join(self.raw_lines[-30:])
+                    why = "daemon exited" if exited else "timeout"
+                    raise AssertionError(f"{why} waiting for log event {event!r}; log tail:\n{tail}")
+                self._cond.wait(min(left, 0.5))
+
+    def events(self, event: str) -> list[dict[str, Any]]:
+        with self._cond:
+            return [r for r in self.lines if r.get("event") == event]
+
+    def mark(self) -> int:
+        with self._cond:
+            return len(self.lines)
+
+    def wait_processed(self, queue_id: str, timeout: float = 15.0) -> dict[str, Any]:
+        return self.wait_for("message processed", lambda r: r.get("queue_id") == queue_id,
+                             timeout=timeout)
+
+    # -- database ----------------------------------------------------------------------
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "tldops.sqlite3"
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        conn = sqlite3.connect(self.db_path, timeout=10)
+        try:
+            return conn.execute(sql, params).fetchall()
+        finally:
+            conn.close()
+
+    def connect(self, timeout: float = 10.0) -> socket.socket:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        s = socket.socket(family, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        s.connect((self.host, self.port))
+        return s

@@ -1,0 +1,274 @@
+"""The ``tldops`` command: plain text for people, ``--json`` for scripts, non-zero on error."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sqlite3
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__, rules, spool, storage
+from . import config as config_mod
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+class CliError(Exception):
+    """A problem to tell the user in one line, then exit 1."""
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, metavar="FILE",
+                   default=Path(os.environ["TLDOPS_CONFIG"]) if os.environ.get("TLDOPS_CONFIG") else None,
+                   help="TOML configuration file (default: $TLDOPS_CONFIG, else built-in defaults)")
+    p.add_argument("--state-dir", metavar="DIR", help="runtime directory (overrides storage.state_dir)")
+
+
+def _json_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tldops", description="tldops-mta: the mail daemon of TLD-OPS.")
+    parser.add_argument("--version", action="version", version=f"tldops-mta {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run the SMTP daemon until SIGTERM")
+    _common(p)
+    p.add_argument("--listen", action="append", metavar="HOST:PORT",
+                   help="listen here (repeatable; [::1]:2525 for IPv6); replaces server.listen")
+    p.add_argument("--domain", help="mail domain of the service addresses")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("config", help="check or show the configuration")
+    csub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    c = csub.add_parser("check", help="report every bad key or value, and bad rules files")
+    _common(c)
+    _json_flag(c)
+    c.set_defaults(func=cmd_config_check)
+    c = csub.add_parser("show", help="print the effective configuration")
+    _common(c)
+    _json_flag(c)
+    c.set_defaults(func=cmd_config_show)
+    c = csub.add_parser("docs", help="print docs/configuration.md from the schema")
+    c.set_defaults(func=cmd_config_docs)
+
+    p = sub.add_parser("db", help="database maintenance")
+    dsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    d = dsub.add_parser("migrate", help="apply pending schema migrations")
+    _common(d)
+    _json_flag(d)
+    d.set_defaults(func=cmd_db_migrate)
+
+    p = sub.add_parser("spool", help="inspect accepted messages")
+    ssub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    s = ssub.add_parser("list", help="newest messages first")
+    _common(s)
+    _json_flag(s)
+    s.add_argument("--status", choices=[st.value for st in spool.Status])
+    s.add_argument("--limit", type=int, default=50)
+    s.set_defaults(func=cmd_spool_list)
+    s = ssub.add_parser("show", help="one message: envelope, history and header")
+    _common(s)
+    _json_flag(s)
+    s.add_argument("queue_id", metavar="ID")
+    s.add_argument("--raw", action="store_true", help="print the whole message as received")
+    s.set_defaults(func=cmd_spool_show)
+    s = ssub.add_parser("retry", help="process a failed or rejected message again")
+    _common(s)
+    s.add_argument("queue_id", metavar="ID")
+    s.set_defaults(func=cmd_spool_retry)
+    return parser
+
+
+def load_config(args: argparse.Namespace, **extra: Any) -> config_mod.Config:
+    overrides: dict[str, Any] = {k: v for k, v in extra.items() if v is not None}
+    if getattr(args, "state_dir", None):
+        overrides["storage.state_dir"] = args.state_dir
+    return config_mod.load(args.config, overrides)
+
+
+def open_db(cfg: config_mod.Config) -> sqlite3.Connection:
+    path = cfg.database_path
+    if not path.exists():
+        raise CliError(f"no database at {path}: start the daemon or run 'tldops db migrate'")
+    conn = storage.connect(path, busy_timeout_ms=cfg["storage.busy_timeout_ms"])
+    have = storage.check_schema(conn)
+    if have < storage.latest_version():
+        raise CliError(f"database schema is version {have}, {storage.latest_version()} is "
+                       "current: run 'tldops db migrate'")
+    return conn
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def _when(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .daemon import serve
+
+    overrides: dict[str, Any] = {}
+    if args.listen:
+        overrides["server.listen"] = args.listen
+    if args.domain:
+        overrides["server.domain"] = args.domain
+    if args.state_dir:
+        overrides["storage.state_dir"] = args.state_dir
+    return serve(args.config, overrides)
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    problems: list[str] = []
+    cfg = None
+    try:
+        cfg = load_config(args)
+    except config_mod.ConfigError as e:
+        problems += [str(p) for p in e.problems]
+    if cfg is not None:
+        try:
+            rules.load(cfg.rules_dir)
+        except rules.RulesError as e:
+            problems += [f"rules: {p}" for p in e.problems]
+    if args.json:
+        _print_json({"ok": not problems, "problems": problems,
+                     "source": str(args.config) if args.config else None})
+    elif problems:
+        for p in problems:
+            print(p, file=sys.stderr)
+    else:
+        print(f"configuration OK ({args.config or 'built-in defaults'})")
+    return EXIT_ERROR if problems else EXIT_OK
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    if args.json:
+        _print_json(cfg.as_dict())
+        return EXIT_OK
+    for section, body in cfg.as_dict().items():
+        print(f"[{section}]")
+        for k, v in body.items():
+            print(f"{k} = {json.dumps(v)}")
+        print()
+    return EXIT_OK
+
+
+def cmd_config_docs(args: argparse.Namespace) -> int:
+    print(config_mod.render_docs(), end="")
+    return EXIT_OK
+
+
+def cmd_db_migrate(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    conn = storage.connect(cfg.database_path, busy_timeout_ms=cfg["storage.busy_timeout_ms"])
+    try:
+        applied = storage.migrate(conn)
+        version = storage.schema_version(conn)
+    finally:
+        conn.close()
+    if args.json:
+        _print_json({"applied": applied, "version": version, "database": str(cfg.database_path)})
+    elif applied:
+        print(f"applied migrations {', '.join(map(str, applied))}; schema is now version {version}")
+    else:
+        print(f"schema is up to date (version {version})")
+    return EXIT_OK
+
+
+def cmd_spool_list(args: argparse.Namespace) -> int:
+    conn = open_db(load_config(args))
+    entries = spool.listing(conn, args.status, args.limit)
+    if args.json:
+        _print_json([e.as_dict() for e in entries])
+        return EXIT_OK
+    if not entries:
+        print("spool is empty" if not args.status else f"no messages with status {args.status}")
+        return EXIT_OK
+    print(f"{'ID':<19}  {'RECEIVED (UTC)':<19}  {'STATUS':<10}  {'TRY':>3}  {'SIZE':>8}  SERVICES / REASON")
+    for e in entries:
+        what = ",".join(e.services or []) or (e.reason or "")
+        print(f"{e.queue_id:<19}  {_when(e.received_at)}  {e.status:<10}  {e.attempts:>3}  "
+              f"{e.size:>8}  {what[:60]}")
+    return EXIT_OK
+
+
+def cmd_spool_show(args: argparse.Namespace) -> int:
+    conn = open_db(load_config(args))
+    found = spool.show(conn, args.queue_id)
+    if found is None:
+        raise CliError(f"no message {args.queue_id} in the spool")
+    entry, raw = found
+    if args.raw:
+        sys.stdout.buffer.write(raw)
+        return EXIT_OK
+    header = raw.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
+    if args.json:
+        _print_json({**entry.as_dict(), "header": header})
+        return EXIT_OK
+    print(f"id:          {entry.queue_id}")
+    print(f"status:      {entry.status} (attempts {entry.attempts})")
+    print(f"received:    {_when(entry.received_at)} UTC from {entry.client_addr} "
+          f"(HELO {entry.helo}), session {entry.session_id}")
+    print(f"envelope:    from <{entry.mail_from}> to {', '.join('<' + r + '>' for r in entry.rcpt_to)}")
+    print(f"size:        {entry.size} octets")
+    if entry.services:
+        print(f"services:    {', '.join(entry.services)}")
+    if entry.reason:
+        print(f"reason:      {entry.reason}")
+    print("history:")
+    for ev in entry.events:
+        print(f"  {_when(ev['at'])}  {ev['status']:<10}  {ev['reason'] or ''}")
+    print("header:")
+    for line in header.splitlines():
+        print("  " + line)
+    return EXIT_OK
+
+
+def cmd_spool_retry(args: argparse.Namespace) -> int:
+    conn = open_db(load_config(args))
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        ok = spool.retry(args.queue_id, time.time())(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    if not ok:
+        raise CliError(f"no failed or rejected message {args.queue_id}")
+    print(f"{args.queue_id} queued for processing again")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except config_mod.ConfigError as e:
+        for p in e.problems:
+            print(f"configuration: {p}", file=sys.stderr)
+        return EXIT_ERROR
+    except (CliError, storage.SchemaTooNew, rules.RulesError) as e:
+        print(f"tldops: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except sqlite3.Error as e:
+        print(f"tldops: database error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

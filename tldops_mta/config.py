@@ -1,0 +1,347 @@
+"""Configuration: one TOML file, every key declared once with its default, check and doc.
+
+The schema is data (``SCHEMA``) so that validation, ``config show``, ``docs/configuration.md``
+and the test that keeps the docs complete all read the same table.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+Check = Callable[[Any], str | None]
+"""Returns None when a value is acceptable, else what is allowed."""
+
+
+@dataclass(frozen=True)
+class Key:
+    section: str
+    name: str
+    default: Any
+    check: Check
+    doc: str
+
+    @property
+    def dotted(self) -> str:
+        return f"{self.section}.{self.name}"
+
+
+def _int_range(lo: int, hi: int) -> Check:
+    def check(v: Any) -> str | None:
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            return f"an integer from {lo} to {hi}"
+        return None
+
+    return check
+
+
+def _float_range(lo: float, hi: float) -> Check:
+    def check(v: Any) -> str | None:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:
+            return f"a number from {lo:g} to {hi:g}"
+        return None
+
+    return check
+
+
+def _string(pattern: str, what: str) -> Check:
+    rx = re.compile(pattern)
+
+    def check(v: Any) -> str | None:
+        if not isinstance(v, str) or not rx.fullmatch(v):
+            return what
+        return None
+
+    return check
+
+
+def _one_of(*choices: str) -> Check:
+    def check(v: Any) -> str | None:
+        if v not in choices:
+            return "one of " + ", ".join(repr(c) for c in choices)
+        return None
+
+    return check
+
+
+def _path_or_empty(v: Any) -> str | None:
+    if not isinstance(v, str) or "\0" in v:
+        return "a file path, or \"\" for none"
+    return None
+
+
+def _path(v: Any) -> str | None:
+    if not isinstance(v, str) or not v or "\0" in v:
+        return "a non-empty path"
+    return None
+
+
+def parse_listen(spec: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` or ``[V6]:PORT``; raises ValueError with what is allowed."""
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]]+):(\d{1,5})", spec)
+    if not m:
+        raise ValueError("HOST:PORT or [IPv6]:PORT, e.g. 127.0.0.1:2525 or [::1]:2525")
+    host = m.group(1) or m.group(3)
+    port = int(m.group(2) or m.group(4))
+    if not 0 <= port <= 65535:
+        raise ValueError("a port from 0 to 65535")
+    if m.group(1):
+        ipaddress.IPv6Address(host)
+    return host, port
+
+
+def _listen_list(v: Any) -> str | None:
+    allowed = "a non-empty list of \"HOST:PORT\" or \"[IPv6]:PORT\" strings"
+    if not isinstance(v, list) or not v or not all(isinstance(s, str) for s in v):
+        return allowed
+    for s in v:
+        try:
+            parse_listen(s)
+        except ValueError:
+            return allowed + f" (bad: {s!r})"
+    return None
+
+
+def _networks(v: Any) -> str | None:
+    allowed = "a list of IP networks such as \"127.0.0.0/8\" or \"::1/128\""
+    if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
+        return allowed
+    for s in v:
+        try:
+            ipaddress.ip_network(s, strict=False)
+        except ValueError:
+            return allowed + f" (bad: {s!r})"
+    return None
+
+
+_DOMAIN = r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_LOCAL = r"[a-z0-9][a-z0-9._-]{0,40}"
+_LOCAL_DOC = "a lower-case local part of letters, digits, '.', '_' or '-'"
+
+SCHEMA: tuple[Key, ...] = (
+    Key("server", "listen", ["127.0.0.1:2525"], _listen_list,
+        "Addresses to listen on. IPv6 in brackets. Ignored when systemd passes sockets."),
+    Key("server", "domain", "tld-ops.localhost", _string(_DOMAIN, "a DNS domain name"),
+        "The mail domain of the service addresses (requests@, who@, ...)."),
+    Key("server", "hostname", "", _string(f"|{_DOMAIN}", "a host name, or \"\" for the domain"),
+        "Name in the greeting and EHLO reply. Empty means the domain. Always set, so no "
+        "connection waits on a reverse lookup of our own name."),
+    Key("server", "max_message_size", 2 * 1024 * 1024, _int_range(1024, 64 * 1024 * 1024),
+        "Largest message accepted, in octets (SIZE in EHLO). Larger gets 552 5.3.4."),
+    Key("server", "max_connections", 1000, _int_range(1, 100_000),
+        "Open SMTP connections at once. More get 421 4.7.0 and are closed."),
+    Key("server", "max_connections_per_ip", 50, _int_range(1, 100_000),
+        "Open SMTP connections from one client address. More get 421 4.7.0."),
+    Key("server", "limit_exempt", [], _networks,
+        "Client networks not counted against max_connections_per_ip (e.g. a Postfix in "
+        "front on loopback)."),
+    Key("server", "max_recipients", 20, _int_range(1, 1000),
+        "Recipients in one transaction. More get 452 4.5.3."),
+    Key("server", "idle_timeout", 60.0, _float_range(0.1, 3600),
+        "Seconds a client may stay silent between commands (and for the whole DATA "
+        "phase) before 421 4.4.2."),
+    Key("server", "session_timeout", 600.0, _float_range(0.1, 86400),
+        "Seconds a whole connection may last, however busy, before 421 4.4.2. Cuts slow "
+        "clients that send one byte at a time."),
+    Key("server", "max_commands", 100, _int_range(5, 100_000),
+        "Commands in one connection. More get 421 4.7.0 and the connection is closed."),
+    Key("server", "tls_cert", "", _path_or_empty,
+        "PEM certificate chain for STARTTLS. Empty: no STARTTLS."),
+    Key("server", "tls_key", "", _path_or_empty, "PEM private key for tls_cert."),
+    Key("server", "shutdown_grace", 10.0, _float_range(0, 600),
+        "On SIGTERM, seconds to let transactions in DATA finish before closing."),
+    Key("addresses", "requests", "requests", _string(_LOCAL, _LOCAL_DOC),
+        "Local part for subscription, update and removal requests from IANA admin contacts."),
+    Key("addresses", "confirm", "confirm", _string(_LOCAL, _LOCAL_DOC),
+        "Local part for token confirmations (confirm+TOKEN@)."),
+    Key("addresses", "decide", "decide", _string(_LOCAL, _LOCAL_DOC),
+        "Local part for Validator decisions (decide+TOKEN@)."),
+    Key("addresses", "who", "who", _string(_LOCAL, _LOCAL_DOC),
+        "Local part for SSC roster queries."),
+    Key("addresses", "update", "update", _string(_LOCAL, _LOCAL_DOC),
+        "Local part for SSC self-updates."),
+    Key("addresses", "help", "help", _string(_LOCAL, _LOCAL_DOC),
+        "Local part that answers with the request template."),
+    Key("addresses", "bounces", "bounces", _string(_LOCAL, _LOCAL_DOC),
+        "Local part for delivery reports (bounces+TAG@)."),
+    Key("addresses", "postmaster", "postmaster", _string(_LOCAL, _LOCAL_DOC),
+        "Local part for the postmaster (RFC 5321 requires it)."),
+    Key("storage", "state_dir", "state", _path,
+        "Runtime directory: the database lives here. Relative paths are from the working "
+        "directory."),
+    Key("storage", "database", "tldops.sqlite3", _path,
+        "SQLite file name, relative to state_dir unless absolute."),
+    Key("storage", "busy_timeout_ms", 5000, _int_range(0, 600_000),
+        "How long a write waits for a lock held by another process before it fails "
+        "(the SMTP reply is then 451 4.3.0)."),
+    Key("storage", "max_size_mb", 0, _int_range(0, 1_000_000),
+        "Cap on the database size in MiB; 0 means only the disk limits it. When full, "
+        "new mail gets 452 4.3.1."),
+    Key("storage", "group_commit_max", 512, _int_range(1, 100_000),
+        "Most writes committed together in one transaction (one fsync)."),
+    Key("worker", "batch_size", 64, _int_range(1, 10_000),
+        "Spooled messages the worker claims at once."),
+    Key("worker", "max_attempts", 5, _int_range(1, 1000),
+        "Attempts before a message that keeps failing is marked failed (kept, never "
+        "dropped; `tldops spool retry` re-queues it)."),
+    Key("worker", "retry_base", 30.0, _float_range(0.01, 86400),
+        "Seconds before the first retry of a failed attempt; doubles each time."),
+    Key("worker", "retry_max", 3600.0, _float_range(0.01, 604800),
+        "Longest wait between retries, in seconds."),
+    Key("log", "level", "info", _one_of("debug", "info", "warning", "error"),
+        "Least severe log level written. Personal data appears only at debug."),
+    Key("rules", "dir", "rules", _path,
+        "Directory of policy files, re-read on SIGHUP."),
+)
+
+SECTIONS: tuple[str, ...] = tuple(dict.fromkeys(k.section for k in SCHEMA))
+_BY_DOTTED: dict[str, Key] = {k.dotted: k for k in SCHEMA}
+
+
+@dataclass(frozen=True)
+class Problem:
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; ``problems`` says why, key by key."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("; ".join(str(p) for p in problems))
+        self.problems = problems
+
+
+class Config:
+    """The effective configuration: defaults overlaid with the file and the flags."""
+
+    def __init__(self, values: Mapping[str, Any], source: str | None = None) -> None:
+        self._values = dict(values)
+        self.source = source
+
+    def __getitem__(self, dotted: str) -> Any:
+        return self._values[dotted]
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+        for k in SCHEMA:
+            out[k.section][k.name] = self._values[k.dotted]
+        return out
+
+    def replace(self, **dotted: Any) -> Config:
+        """A copy with some keys changed (``replace(**{"server.domain": "x"})``), checked."""
+        values = dict(self._values)
+        values.update(dotted)
+        problems = validate_values(values)
+        if problems:
+            raise ConfigError(problems)
+        return Config(values, self.source)
+
+    @property
+    def hostname(self) -> str:
+        return str(self["server.hostname"] or self["server.domain"])
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self["storage.state_dir"])
+
+    @property
+    def database_path(self) -> Path:
+        return self.state_dir / self["storage.database"]
+
+    @property
+    def rules_dir(self) -> Path:
+        return Path(self["rules.dir"])
+
+
+def validate_values(values: Mapping[str, Any]) -> list[Problem]:
+    problems: list[Problem] = []
+    for dotted, value in values.items():
+        key = _BY_DOTTED.get(dotted)
+        if key is None:
+            problems.append(Problem(dotted, "unknown key"))
+            continue
+        allowed = key.check(value)
+        if allowed is not None:
+            problems.append(Problem(dotted, f"{value!r} is not allowed; expected {allowed}"))
+    if bool(values.get("server.tls_cert")) != bool(values.get("server.tls_key")):
+        problems.append(Problem("server.tls_key", "tls_cert and tls_key go together"))
+    return problems
+
+
+def flatten(doc: Mapping[str, Any]) -> tuple[dict[str, Any], list[Problem]]:
+    """Turn parsed TOML into dotted keys, reporting what is not a known section."""
+    flat: dict[str, Any] = {}
+    problems: list[Problem] = []
+    for section, body in doc.items():
+        if section not in SECTIONS:
+            problems.append(Problem(section, "unknown section; known: " + ", ".join(SECTIONS)))
+            continue
+        if not isinstance(body, dict):
+            problems.append(Problem(section, "must be a [table]"))
+            continue
+        for name, value in body.items():
+            flat[f"{section}.{name}"] = value
+    return flat, problems
+
+
+def defaults() -> dict[str, Any]:
+    return {k.dotted: k.default for k in SCHEMA}
+
+
+def load(path: Path | None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Read ``path`` (None: defaults only), apply overrides, and check everything.
+
+    Raises ConfigError listing every problem, so an operator fixes them in one pass.
+    """
+    values = defaults()
+    problems: list[Problem] = []
+    if path is not None:
+        try:
+            doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as e:
+            raise ConfigError([Problem(str(path), f"cannot read: {e.strerror}")]) from e
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError([Problem(str(path), f"not valid TOML: {e}")]) from e
+        flat, problems = flatten(doc)
+        values.update(flat)
+    if overrides:
+        values.update(overrides)
+    problems += validate_values(values)
+    if problems:
+        raise ConfigError(problems)
+    return Config(values, str(path) if path else None)
+
+
+def render_docs() -> str:
+    """The body of docs/configuration.md, from the schema."""
+    import json
+
+    lines = [
+        "# Configuration",
+        "",
+        "tldops-mta reads one TOML file (`--config FILE`); every key has a safe default, so the",
+        "file may be empty or absent. `tldops config check --config FILE` names each bad key or",
+        "value and what is allowed; `tldops config show --json` prints the effective values.",
+        "Flags on `serve` override the file: `--listen HOST:PORT` (repeatable),",
+        "`--state-dir DIR`, `--domain DOMAIN`. SIGHUP re-reads the file; an invalid file is",
+        "logged and the running configuration kept. Listening addresses change only on restart.",
+        "",
+        "This page is generated from `tldops_mta/config.py` (`tldops config docs`).",
+        "",
+    ]
+    for section in SECTIONS:
+        lines += [f"## [{section}]", "", "| key | default | meaning |", "| --- | --- | --- |"]
+        for k in SCHEMA:
+            if k.section == section:
+                lines.append(f"| `{k.name}` | `{json.dumps(k.default)}` | {k.doc} |")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,70 @@
+"""Which service an envelope recipient names, as a pure function of the address.
+
+Only the service addresses at our domain exist; everything else is refused at RCPT so that
+the daemon never becomes a relay or accepts mail it will not act on.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Service(StrEnum):
+    REQUESTS = "requests"
+    CONFIRM = "confirm"
+    DECIDE = "decide"
+    WHO = "who"
+    UPDATE = "update"
+    HELP = "help"
+    BOUNCES = "bounces"
+    POSTMASTER = "postmaster"
+
+
+TAGGED = frozenset({Service.CONFIRM, Service.DECIDE, Service.BOUNCES})
+"""Services whose address carries a token or tag after '+' (and only these)."""
+
+_TAG = re.compile(r"[A-Za-z0-9_=.-]{1,200}")
+
+
+@dataclass(frozen=True)
+class Recipient:
+    service: Service
+    tag: str | None = None
+
+    def __str__(self) -> str:
+        return self.service.value if self.tag is None else f"{self.service.value}+{self.tag}"
+
+
+def local_parts(addresses: Mapping[str, str]) -> dict[str, Service]:
+    """Map configured local parts (config section [addresses]) to services."""
+    return {addresses[s.value].lower(): s for s in Service}
+
+
+def classify(address: str, domain: str, parts: Mapping[str, Service]) -> Recipient | None:
+    """The service ``address`` names, or None if it is not one of ours.
+
+    Local parts and domains compare case-insensitively (RFC 5321 requires it for
+    postmaster; people type the others in any case); tags keep their case because tokens
+    are case-sensitive.
+    """
+    local, at, dom = address.rpartition("@")
+    if not at:
+        local, dom = address, ""
+        if local.lower() != "postmaster":
+            return None
+    elif dom.rstrip(".").lower() != domain.lower():
+        return None
+    base, plus, tag = local.partition("+")
+    service = parts.get(base.lower())
+    if service is None:
+        return None
+    if service in TAGGED:
+        if not plus or not _TAG.fullmatch(tag):
+            return None
+        return Recipient(service, tag)
+    if plus:
+        return None
+    return Recipient(service)

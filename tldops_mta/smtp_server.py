@@ -1,0 +1,340 @@
+"""The SMTP front: aiosmtpd on the daemon's own loop, with our limits and our replies.
+
+``Intake`` is the aiosmtpd handler (policy: who may send what to whom, and the spool
+commit before 250). ``Protocol`` is aiosmtpd's SMTP with the connection-level guards that
+aiosmtpd lacks: connection limits, a whole-session deadline, a command budget, enhanced
+status codes on every reply, and an orderly shutdown that lets DATA finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import ipaddress
+import secrets
+import ssl
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from . import content_checks, logs, replies, spool
+from .config import Config
+from .recipients import Service, classify, local_parts
+from .storage import StorageFull, Writer
+
+
+class Limiter:
+    """Counts open connections, in total and per client address."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.by_ip: Counter[str] = Counter()
+
+    def admit(self, ip: str, cfg: Config) -> str | None:
+        """The refusal for a new connection from ``ip``, or None after counting it in."""
+        if self.total >= cfg["server.max_connections"]:
+            return replies.TOO_MANY_CONNECTIONS
+        if self.by_ip[ip] >= cfg["server.max_connections_per_ip"] and not _exempt(ip, cfg):
+            return replies.TOO_MANY_FROM_YOU
+        self.total += 1
+        self.by_ip[ip] += 1
+        return None
+
+    def release(self, ip: str) -> None:
+        self.total -= 1
+        self.by_ip[ip] -= 1
+        if self.by_ip[ip] <= 0:
+            del self.by_ip[ip]
+
+
+@functools.lru_cache(maxsize=64)
+def _networks(specs: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(s, strict=False) for s in specs)
+
+
+def _exempt(ip: str, cfg: Config) -> bool:
+    nets = _networks(tuple(cfg["server.limit_exempt"]))
+    if not nets:
+        return False
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return False
+    return any(addr in n for n in nets)
+
+
+def tls_context(cfg: Config) -> ssl.SSLContext | None:
+    """STARTTLS context (TLS 1.2 or newer) when a certificate is configured."""
+    cert, key = cfg["server.tls_cert"], cfg["server.tls_key"]
+    if not cert:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+class Runtime:
+    """What every session shares: the live configuration and the open sessions.
+
+    ``cfg`` is replaced as a whole on SIGHUP; a session reads it at each step, so new limits
+    apply at once without tearing a session between two configurations mid-command.
+    """
+
+    def __init__(self, cfg: Config, writer: Writer, on_spooled: Callable[[], None]) -> None:
+        self.cfg = cfg
+        self.writer = writer
+        self.on_spooled = on_spooled
+        self.limiter = Limiter()
+        self.sessions: set[Protocol] = set()
+        self.closing = False
+        self.parts = local_parts(cfg.as_dict()["addresses"])
+        self.tls = tls_context(cfg)
+        self.log = logs.get("smtp")
+
+    def reconfigure(self, cfg: Config) -> None:
+        """Apply a new configuration to new connections and new commands."""
+        tls = tls_context(cfg)  # first, so a bad certificate leaves everything as it was
+        self.cfg, self.tls = cfg, tls
+        self.parts = local_parts(cfg.as_dict()["addresses"])
+
+    def protocol_factory(self) -> Callable[[], Protocol]:
+        handler = Intake(self)
+
+        def make() -> Protocol:
+            cfg = self.cfg
+            return Protocol(
+                handler,
+                runtime=self,
+                hostname=cfg.hostname,
+                ident="tldops-mta",
+                data_size_limit=cfg["server.max_message_size"],
+                enable_SMTPUTF8=True,
+                decode_data=False,
+                tls_context=self.tls,
+                timeout=cfg["server.idle_timeout"],
+            )
+
+        return make
+
+    async def shutdown(self, grace: float) -> None:
+        """Close idle sessions now; give sessions in DATA ``grace`` seconds to finish."""
+        self.closing = True
+        for s in list(self.sessions):
+            if not s.in_data:
+                s.close_with(replies.SHUTTING_DOWN)
+        deadline = time.monotonic() + grace
+        while any(s.in_data for s in self.sessions) and time.monotonic() < deadline:
+            waiters = [s.data_done for s in self.sessions if s.in_data]
+            await asyncio.wait(waiters, timeout=max(0.0, deadline - time.monotonic()))
+        for s in list(self.sessions):
+            s.close_with(replies.SHUTTING_DOWN)
+
+
+class Protocol(SMTP):
+    """One SMTP connection."""
+
+    def __init__(self, handler: Intake, *, runtime: Runtime, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.runtime = runtime
+        self.session_id = secrets.token_hex(6)
+        self.log = runtime.log.bind(session=self.session_id)
+        self.in_data = False
+        self.data_done: asyncio.Future[None] = self.loop.create_future()
+        self._refused = False
+        self._counted_ip: str | None = None
+        self._greeted = False
+        self._raw_replies = False
+        self._commands = 0
+        self._deadline: asyncio.TimerHandle | None = None
+        self._smtp_methods = {name: self._counted(m) for name, m in self._smtp_methods.items()}
+
+    # -- connection-level guards -------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.transport is not None:  # STARTTLS re-entry: the session goes on
+            super().connection_made(transport)
+            return
+        peer = transport.get_extra_info("peername")
+        ip = str(peer[0]) if peer else "?"
+        refusal = self.runtime.limiter.admit(ip, self.runtime.cfg)
+        if refusal is None and self.runtime.closing:
+            refusal = replies.SHUTTING_DOWN
+            self.runtime.limiter.release(ip)
+        if refusal is not None:
+            self._refused = True
+            self.log.info("connection refused", client=ip, reply=refusal[:9])
+            assert isinstance(transport, asyncio.WriteTransport)
+            transport.write(refusal.encode() + b"\r\n")
+            transport.close()
+            return
+        self._counted_ip = ip
+        self.runtime.sessions.add(self)
+        super().connection_made(transport)
+        self._deadline = self.loop.call_later(
+            self.runtime.cfg["server.session_timeout"], self.close_with, replies.SESSION_TIMEOUT)
+        self.log.debug("connection opened", client=ip)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:
+            return
+        if self._deadline is not None:
+            self._deadline.cancel()
+        if self._counted_ip is not None:
+            self.runtime.limiter.release(self._counted_ip)
+            self._counted_ip = None
+        self.runtime.sessions.discard(self)
+        if not self.data_done.done():
+            self.data_done.set_result(None)
+        self.log.debug("connection closed")
+        super().connection_lost(error)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._refused:
+            super().data_received(data)
+
+    def eof_received(self) -> bool | None:
+        if self._refused:
+            return False
+        return super().eof_received()
+
+    def _timeout_cb(self) -> None:
+        self.close_with(replies.IDLE_TIMEOUT)
+
+    def close_with(self, reply: str) -> None:
+        """Say why, then close; used by timeouts, limits and shutdown."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        self.log.info("closing session", reply=reply[:9])
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(reply.encode() + b"\r\n")
+        transport.close()
+
+    def _counted(self, method: Callable[[str | None], Any]) -> Callable[[str | None], Any]:
+        @functools.wraps(method)
+        async def counted(arg: str | None) -> None:
+            self._commands += 1
+            if self._commands > self.runtime.cfg["server.max_commands"]:
+                self.close_with(replies.TOO_MANY_COMMANDS)
+                return
+            await method(arg)
+
+        return counted
+
+    # -- replies -------------------------------------------------------------------------
+
+    async def push(self, status: str | bytes) -> None:
+        if not self._greeted:  # the 220 greeting goes out as it is (RFC 2034)
+            self._greeted = True
+        elif isinstance(status, str) and not self._raw_replies:
+            status = replies.with_enhanced_code(status)
+        if self.transport is None or self.transport.is_closing():
+            return
+        await super().push(status)  # type: ignore[type-var]
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        # EHLO lines are keywords, not replies to decorate (RFC 2034).
+        self._raw_replies = True
+        try:
+            await super().smtp_EHLO(hostname)
+        finally:
+            self._raw_replies = False
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        self._raw_replies = True
+        try:
+            await super().smtp_HELO(hostname)
+        finally:
+            self._raw_replies = False
+
+    async def smtp_VRFY(self, arg: str) -> None:
+        await self.push("252 2.5.0 Cannot VRFY; send mail and it will be answered")
+
+    async def smtp_DATA(self, arg: str) -> None:
+        self.in_data = True
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self.in_data = False
+        if self.runtime.closing:
+            self.close_with(replies.SHUTTING_DOWN)
+            if not self.data_done.done():
+                self.data_done.set_result(None)
+
+
+class Intake:
+    """aiosmtpd handler hooks: envelope policy and the durable commit before 250."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+
+    async def handle_EHLO(self, server: Protocol, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        responses[-1:-1] = ["250-PIPELINING", "250-ENHANCEDSTATUSCODES"]  # before "250 HELP"
+        return responses
+
+    async def handle_MAIL(self, server: Protocol, session: Session, envelope: Envelope,
+                          address: str, mail_options: list[str]) -> str:
+        envelope.mail_from = address  # "<>" for the null sender; aiosmtpd needs it truthy
+        envelope.mail_options.extend(mail_options)
+        return replies.OK_SENDER
+
+    async def handle_RCPT(self, server: Protocol, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        cfg = self.rt.cfg
+        if classify(address, cfg["server.domain"], self.rt.parts) is None:
+            server.log.info("recipient refused", reason="not a service address",
+                            rcpt=logs.redact_address(address))
+            return replies.NO_SUCH_USER
+        if len(envelope.rcpt_tos) >= cfg["server.max_recipients"]:
+            return replies.TOO_MANY_RECIPIENTS
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return replies.OK_RECIPIENT
+
+    async def handle_DATA(self, server: Protocol, session: Session, envelope: Envelope) -> str:
+        raw = envelope.original_content or b""
+        refusal = content_checks.refusal(raw)
+        if refusal is not None:
+            server.log.info("message refused", reply=refusal[:10], size=len(raw))
+            return refusal
+        peer = session.peer if isinstance(session.peer, tuple) else (str(session.peer), None)
+        now = time.time()
+        arrival = spool.Arrival(
+            queue_id=spool.new_queue_id(now),
+            received_at=now,
+            session_id=server.session_id,
+            client_addr=str(peer[0]),
+            client_port=int(peer[1]) if peer[1] is not None else None,
+            helo=session.host_name,
+            mail_from="" if envelope.mail_from == "<>" else (envelope.mail_from or ""),
+            rcpt_to=tuple(envelope.rcpt_tos),
+            smtputf8=bool(envelope.smtp_utf8),
+            raw=raw,
+        )
+        try:
+            await self.rt.writer.run(spool.insert(arrival))
+        except StorageFull as e:
+            server.log.error("spool full", error=str(e))
+            return replies.STORAGE_FULL
+        except Exception as e:
+            server.log.error("spool commit failed", error=str(e))
+            return replies.STORAGE_FAILED
+        self.rt.on_spooled()
+        services = sorted({str(classify(r, self.rt.cfg["server.domain"], self.rt.parts) or "?")
+                           .split("+")[0] for r in arrival.rcpt_to})
+        server.log.info("message spooled", queue_id=arrival.queue_id, size=len(raw),
+                        services=services)
+        return replies.queued(arrival.queue_id)
+
+    async def handle_exception(self, error: Exception) -> str:
+        logs.get("smtp").exception("error in SMTP session")
+        return replies.INTERNAL_ERROR
+
+
+__all__ = ["Intake", "Limiter", "Protocol", "Runtime", "Service"]

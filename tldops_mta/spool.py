@@ -1,0 +1,244 @@
+"""The spool: what was accepted, and where each message stands.
+
+Functions here build writer jobs (run inside the Writer's transaction) and read queries.
+State machine: received -> processing -> done | rejected | failed, and processing ->
+received again when an attempt errs (with a backoff) or the daemon restarts mid-way.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Status(StrEnum):
+    RECEIVED = "received"
+    PROCESSING = "processing"
+    DONE = "done"
+    REJECTED = "rejected"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A message as the SMTP session hands it over, before it is committed."""
+
+    queue_id: str
+    received_at: float
+    session_id: str
+    client_addr: str
+    client_port: int | None
+    helo: str | None
+    mail_from: str
+    rcpt_to: tuple[str, ...]
+    smtputf8: bool
+    raw: bytes
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A message the worker is about to process."""
+
+    id: int
+    queue_id: str
+    mail_from: str
+    rcpt_to: tuple[str, ...]
+    attempts: int
+    raw: bytes
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The end of one processing attempt."""
+
+    id: int
+    status: Status
+    reason: str | None = None
+    services: tuple[str, ...] = ()
+    retry_at: float = 0.0
+
+
+@dataclass
+class Entry:
+    id: int
+    queue_id: str
+    received_at: float
+    status: str
+    attempts: int
+    size: int
+    mail_from: str
+    rcpt_to: list[str]
+    client_addr: str
+    session_id: str
+    helo: str | None
+    services: list[str] | None
+    reason: str | None
+    updated_at: float
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def new_queue_id(now: float | None = None) -> str:
+    """Sortable by time (milliseconds), unique by 32 random bits."""
+    ms = int((time.time() if now is None else now) * 1000)
+    return f"{ms:011X}{secrets.randbits(32):08X}"
+
+
+def insert(arrival: Arrival) -> Callable[[sqlite3.Connection], None]:
+    def job(conn: sqlite3.Connection) -> None:
+        a = arrival
+        cur = conn.execute(
+            "INSERT INTO spool (queue_id, received_at, session_id, client_addr, client_port,"
+            " helo, mail_from, rcpt_to, smtputf8, size, updated_at)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (a.queue_id, a.received_at, a.session_id, a.client_addr, a.client_port, a.helo,
+             a.mail_from, json.dumps(list(a.rcpt_to)), int(a.smtputf8), len(a.raw),
+             a.received_at),
+        )
+        conn.execute("INSERT INTO spool_messages (id, raw) VALUES (?, ?)", (cur.lastrowid, a.raw))
+        conn.execute(
+            "INSERT INTO spool_events (spool_id, at, status, reason) VALUES (?,?,?,?)",
+            (cur.lastrowid, a.received_at, Status.RECEIVED.value, "accepted over SMTP"),
+        )
+
+    return job
+
+
+def requeue_interrupted(conn: sqlite3.Connection) -> int:
+    """At start-up: attempts cut short by a crash go back to received."""
+    now = time.time()
+    rows = conn.execute(
+        "UPDATE spool SET status = 'received', updated_at = ? WHERE status = 'processing'"
+        " RETURNING id", (now,)).fetchall()
+    conn.executemany(
+        "INSERT INTO spool_events (spool_id, at, status, reason) VALUES (?,?,?,?)",
+        [(r[0], now, Status.RECEIVED.value, "requeued: processing was interrupted") for r in rows],
+    )
+    return len(rows)
+
+
+def due(conn: sqlite3.Connection, now: float, limit: int) -> list[Pending]:
+    """Messages waiting for the worker, oldest first."""
+    rows = conn.execute(
+        "SELECT s.id, s.queue_id, s.mail_from, s.rcpt_to, s.attempts, m.raw"
+        " FROM spool s JOIN spool_messages m ON m.id = s.id"
+        " WHERE s.status = 'received' AND s.next_attempt_at <= ?"
+        " ORDER BY s.next_attempt_at, s.id LIMIT ?", (now, limit)).fetchall()
+    return [Pending(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], r[5]) for r in rows]
+
+
+def next_due_at(conn: sqlite3.Connection) -> float | None:
+    row = conn.execute(
+        "SELECT min(next_attempt_at) FROM spool WHERE status = 'received'").fetchone()
+    return None if row[0] is None else float(row[0])
+
+
+def claim(ids: Iterable[int], now: float) -> Callable[[sqlite3.Connection], list[int]]:
+    """Mark messages as being processed and count the attempt before any work starts.
+
+    Counting first means a message that crashes the daemon every time still reaches
+    max_attempts and stops being retried.
+    """
+    id_list = list(ids)
+
+    def job(conn: sqlite3.Connection) -> list[int]:
+        claimed = []
+        for i in id_list:
+            row = conn.execute(
+                "UPDATE spool SET status = 'processing', attempts = attempts + 1, updated_at = ?"
+                " WHERE id = ? AND status = 'received' RETURNING id", (now, i)).fetchone()
+            if row:
+                claimed.append(i)
+        conn.executemany(
+            "INSERT INTO spool_events (spool_id, at, status, reason) VALUES (?,?,?,?)",
+            [(i, now, Status.PROCESSING.value, None) for i in claimed])
+        return claimed
+
+    return job
+
+
+def finish(outcomes: Iterable[Outcome], now: float) -> Callable[[sqlite3.Connection], None]:
+    rows = list(outcomes)
+
+    def job(conn: sqlite3.Connection) -> None:
+        conn.executemany(
+            "UPDATE spool SET status = ?, reason = ?, services = ?, next_attempt_at = ?,"
+            " updated_at = ? WHERE id = ? AND status = 'processing'",
+            [(o.status.value, o.reason, json.dumps(list(o.services)) if o.services else None,
+              o.retry_at, now, o.id) for o in rows])
+        conn.executemany(
+            "INSERT INTO spool_events (spool_id, at, status, reason) VALUES (?,?,?,?)",
+            [(o.id, now, o.status.value, o.reason) for o in rows])
+
+    return job
+
+
+def retry(queue_id: str, now: float) -> Callable[[sqlite3.Connection], bool]:
+    """Put a failed or rejected message back for processing (an operator's decision)."""
+
+    def job(conn: sqlite3.Connection) -> bool:
+        row = conn.execute(
+            "UPDATE spool SET status = 'received', attempts = 0, next_attempt_at = 0,"
+            " updated_at = ? WHERE queue_id = ? AND status IN ('failed', 'rejected')"
+            " RETURNING id", (now, queue_id)).fetchone()
+        if row:
+            conn.execute(
+                "INSERT INTO spool_events (spool_id, at, status, reason) VALUES (?,?,?,?)",
+                (row[0], now, Status.RECEIVED.value, "requeued by operator"))
+        return row is not None
+
+    return job
+
+
+_ENTRY_COLUMNS = (
+    "id, queue_id, received_at, status, attempts, size, mail_from, rcpt_to, client_addr,"
+    " session_id, helo, services, reason, updated_at"
+)
+
+
+def _entry(r: tuple[Any, ...]) -> Entry:
+    return Entry(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), r[8], r[9], r[10],
+                 json.loads(r[11]) if r[11] else None, r[12], r[13])
+
+
+def listing(conn: sqlite3.Connection, status: str | None = None, limit: int = 100) -> list[Entry]:
+    if status:
+        rows = conn.execute(
+            f"SELECT {_ENTRY_COLUMNS} FROM spool WHERE status = ? ORDER BY id DESC LIMIT ?",  # noqa: S608
+            (status, limit)).fetchall()
+    else:
+        rows = conn.execute(
+            f"SELECT {_ENTRY_COLUMNS} FROM spool ORDER BY id DESC LIMIT ?",  # noqa: S608
+            (limit,)).fetchall()
+    return [_entry(r) for r in rows]
+
+
+def show(conn: sqlite3.Connection, queue_id: str) -> tuple[Entry, bytes] | None:
+    row = conn.execute(
+        f"SELECT {_ENTRY_COLUMNS} FROM spool WHERE queue_id = ?", (queue_id,)).fetchone()  # noqa: S608
+    if row is None:
+        return None
+    entry = _entry(row)
+    entry.events = [
+        {"at": at, "status": st, "reason": reason}
+        for at, st, reason in conn.execute(
+            "SELECT at, status, reason FROM spool_events WHERE spool_id = ? ORDER BY at, rowid",
+            (entry.id,))
+    ]
+    raw = conn.execute("SELECT raw FROM spool_messages WHERE id = ?", (entry.id,)).fetchone()[0]
+    return entry, bytes(raw)
+
+
+def counts(conn: sqlite3.Connection) -> dict[str, int]:
+    out = {s.value: 0 for s in Status}
+    for st, n in conn.execute("SELECT status, count(*) FROM spool GROUP BY status"):
+        out[st] = n
+    return out

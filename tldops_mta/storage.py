@@ -1,0 +1,237 @@
+"""SQLite: opening, numbered migrations, and the one writer that commits in groups.
+
+All writes of the daemon go through ``Writer``: one thread owning one connection. It takes
+every job waiting in its queue, runs them in one transaction (each in a savepoint, so one
+failing job does not sink the others) and commits once. Concurrent SMTP sessions thus share
+an fsync instead of queueing for one each, and a 250 reply still waits for its own commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import re
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+Job = Callable[[sqlite3.Connection], Any]
+
+SQLITE_FULL = 13
+
+
+class StorageError(Exception):
+    """A write did not reach the disk; nothing of it was kept. Try again later."""
+
+
+class StorageFull(StorageError):
+    """The disk or the configured size cap is full."""
+
+
+class SchemaTooNew(Exception):
+    """The database was migrated by a newer tldops-mta than this one."""
+
+
+def storage_error(e: sqlite3.Error) -> StorageError:
+    code = getattr(e, "sqlite_errorcode", None)
+    if code == SQLITE_FULL or "full" in str(e).lower():
+        return StorageFull(str(e))
+    return StorageError(str(e))
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def migrations() -> list[Migration]:
+    found = []
+    for entry in resources.files("tldops_mta.migrations").iterdir():
+        m = re.fullmatch(r"(\d{4})_(\w+)\.sql", entry.name)
+        if m:
+            found.append(Migration(int(m.group(1)), m.group(2), entry.read_text("utf-8")))
+    found.sort(key=lambda m: m.version)
+    if [m.version for m in found] != list(range(1, len(found) + 1)):
+        raise RuntimeError("migrations must be numbered 0001, 0002, ... without gaps")
+    return found
+
+
+def latest_version() -> int:
+    return len(migrations())
+
+
+def connect(path: Path, *, busy_timeout_ms: int = 5000, max_size_mb: int = 0) -> sqlite3.Connection:
+    """A connection in autocommit mode (we issue BEGIN/COMMIT), WAL, synchronous=FULL."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                           timeout=busy_timeout_ms / 1000)
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    if max_size_mb:
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {max_size_mb * 1024 * 1024 // page_size}")
+    return conn
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def check_schema(conn: sqlite3.Connection) -> int:
+    """The schema version, refusing a database newer than this code."""
+    have, know = schema_version(conn), latest_version()
+    if have > know:
+        raise SchemaTooNew(
+            f"database schema is version {have}, this tldops-mta knows up to {know}; "
+            "run the newer tldops-mta or restore a backup"
+        )
+    return have
+
+
+def migrate(conn: sqlite3.Connection) -> list[int]:
+    """Apply the migrations this database lacks, each in its own transaction."""
+    applied = []
+    have = check_schema(conn)
+    for m in migrations():
+        if m.version <= have:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _statements(m.sql):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {m.version}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        applied.append(m.version)
+    return applied
+
+
+def _statements(sql: str) -> list[str]:
+    out, buf = [], ""
+    for line in sql.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            if buf.strip():
+                out.append(buf)
+            buf = ""
+    if buf.strip():
+        out.append(buf)
+    return out
+
+
+_STOP = object()
+
+
+class Writer:
+    """The single writing connection, with group commit. See the module docstring."""
+
+    def __init__(self, conn: sqlite3.Connection, *, max_batch: int = 512) -> None:
+        self._conn = conn
+        self._max_batch = max_batch
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self.batches = 0
+        self.jobs = 0
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name="tldops-writer", daemon=True)
+        self._thread.start()
+
+    async def run(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``job`` inside a transaction; returns once it is committed to disk.
+
+        Cancelling the caller does not withdraw the job: it may already be committed.
+        """
+        assert self._loop is not None, "Writer.start() first"
+        fut: asyncio.Future[T] = self._loop.create_future()
+        self._queue.put((job, fut))
+        return await fut
+
+    async def close(self) -> None:
+        """Commit what is queued, then stop the thread and close the connection."""
+        if self._thread is None:
+            return
+        self._queue.put(_STOP)
+        await asyncio.to_thread(self._thread.join)
+        self._thread = None
+        self._conn.close()
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            item = self._queue.get()
+            if item is _STOP:
+                break
+            batch = [item]
+            while len(batch) < self._max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop = True
+                    break
+                batch.append(item)
+            outcomes = self._commit(batch)
+            assert self._loop is not None
+            try:
+                self._loop.call_soon_threadsafe(_deliver, outcomes)
+            except RuntimeError:  # loop closed under us: nobody is waiting any more
+                return
+        self._conn.close()
+
+    def _commit(self, batch: list[tuple[Job, asyncio.Future[Any]]]) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+        conn = self._conn
+        self.batches += 1
+        self.jobs += len(batch)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            err = storage_error(e)
+            return [(fut, None, err) for _, fut in batch]
+        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        try:
+            for job, fut in batch:
+                conn.execute("SAVEPOINT job")
+                try:
+                    result = job(conn)
+                except Exception as e:
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    outcomes.append((fut, None, storage_error(e) if isinstance(e, sqlite3.Error) else e))
+                else:
+                    conn.execute("RELEASE job")
+                    outcomes.append((fut, result, None))
+            conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            err = storage_error(e)
+            return [(fut, None, err) for _, fut in batch]
+        return outcomes
+
+
+def _deliver(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for fut, result, error in outcomes:
+        if fut.done():
+            continue
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(result)

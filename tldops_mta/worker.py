@@ -1,0 +1,144 @@
+"""The worker: takes spooled messages in arrival order and carries each to an end state.
+
+Each batch is claimed (committed as 'processing', attempt counted) before any work, then
+processed, then its outcomes committed together. A crash anywhere leaves messages in
+'received' or 'processing'; both are picked up again after a restart, so processing must be
+idempotent. An exception in a handler becomes a retry with backoff, then 'failed' after
+max_attempts: never a drop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from . import logs, message_facts, spool
+from .recipients import Service, classify
+from .smtp_server import Runtime
+from .storage import Writer
+
+T = TypeVar("T")
+
+IDLE_POLL = 5.0
+"""Longest sleep with nothing due: picks up rows another process (the CLI) re-queued."""
+
+
+class Reader:
+    """A read-only connection on its own thread, so reads never stall the event loop."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="tldops-reader")
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, lambda: fn(self._conn, *args))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self._conn.close()
+
+
+Handler = Callable[[spool.Pending, message_facts.MessageFacts, frozenset[Service]],
+                   Awaitable[spool.Outcome]]
+
+
+async def classify_only(p: spool.Pending, facts: message_facts.MessageFacts,
+                        services: frozenset[Service]) -> spool.Outcome:
+    """The handling of this release: record what the message is for. Later issues replace
+    it per service (requests, confirmations, decisions, queries)."""
+    return spool.Outcome(p.id, spool.Status.DONE, "classified",
+                         tuple(sorted(s.value for s in services)))
+
+
+def backoff(attempts: int, base: float, cap: float) -> float:
+    return float(min(cap, base * 2 ** max(0, attempts - 1)))
+
+
+class Worker:
+    def __init__(self, runtime: Runtime, writer: Writer, reader: Reader,
+                 handler: Handler = classify_only) -> None:
+        self.rt = runtime
+        self.writer = writer
+        self.reader = reader
+        self.handler = handler
+        self.log = logs.get("worker")
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self.processed = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                worked = await self.step()
+            except Exception:
+                # Storage trouble: nothing was lost (claims roll back); try again shortly.
+                self.log.exception("worker step failed")
+                worked = False
+                await self._sleep(1.0)
+                continue
+            if not worked:
+                nxt = await self.reader.run(spool.next_due_at)
+                delay = IDLE_POLL if nxt is None else min(IDLE_POLL, max(0.0, nxt - time.time()))
+                await self._sleep(delay)
+
+    async def _sleep(self, delay: float) -> None:
+        if self._stopping:
+            return
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout=delay)
+        except TimeoutError:
+            pass
+
+    async def step(self) -> bool:
+        """Process one batch; False when nothing was due."""
+        cfg = self.rt.cfg
+        now = time.time()
+        batch = await self.reader.run(spool.due, now, cfg["worker.batch_size"])
+        if not batch:
+            return False
+        claimed = set(await self.writer.run(spool.claim([p.id for p in batch], now)))
+        outcomes = [await self.process(p) for p in batch if p.id in claimed]
+        await self.writer.run(spool.finish(outcomes, time.time()))
+        self.processed += len(outcomes)
+        return True
+
+    async def process(self, p: spool.Pending) -> spool.Outcome:
+        cfg = self.rt.cfg
+        log = self.log.bind(queue_id=p.queue_id)
+        try:
+            facts = message_facts.read(p.raw)
+            problem = facts.problem()
+            if problem is not None:
+                log.info("message rejected", reason=problem)
+                return spool.Outcome(p.id, spool.Status.REJECTED, problem)
+            services = frozenset(
+                r.service for r in (classify(a, cfg["server.domain"], self.rt.parts)
+                                    for a in p.rcpt_to) if r is not None)
+            if not services:
+                return spool.Outcome(p.id, spool.Status.REJECTED, "no service address among recipients")
+            outcome = await self.handler(p, facts, services)
+        except Exception as e:
+            attempts = p.attempts + 1
+            reason = f"{type(e).__name__}: {e}"[:500]
+            if attempts >= cfg["worker.max_attempts"]:
+                log.exception("message failed", attempts=attempts)
+                return spool.Outcome(p.id, spool.Status.FAILED, f"gave up after {attempts} attempts: {reason}")
+            delay = backoff(attempts, cfg["worker.retry_base"], cfg["worker.retry_max"])
+            log.warning("attempt failed, will retry", attempts=attempts, retry_in=delay, error=reason)
+            return spool.Outcome(p.id, spool.Status.RECEIVED, f"attempt {attempts} failed: {reason}",
+                                 retry_at=time.time() + delay)
+        log.debug("message processed", status=outcome.status.value)
+        return outcome
