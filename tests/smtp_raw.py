@@ -47,7 +47,7 @@ class RawClient:
                 if not chunk:
                     return True
                 self.buf += chunk
-        except (ConnectionResetError, TimeoutError, socket.timeout):
+        except (ConnectionResetError, TimeoutError):
             return False
 
     def close(self) -> None:

@@ -119,7 +119,8 @@ def _networks(v: Any) -> str | None:
     return None
 
 
-_DOMAIN = r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DOMAIN = rf"(?=.{{1,253}}$)({_LABEL}\.)*{_LABEL}"
 _LOCAL = r"[a-z0-9][a-z0-9._-]{0,40}"
 _LOCAL_DOC = "a lower-case local part of letters, digits, '.', '_' or '-'"
 
@@ -148,7 +149,7 @@ SCHEMA: tuple[Key, ...] = (
     Key("server", "session_timeout", 600.0, _float_range(0.1, 86400),
         "Seconds a whole connection may last, however busy, before 421 4.4.2. Cuts slow "
         "clients that send one byte at a time."),
-    Key("server", "max_commands", 100, _int_range(5, 100_000),
+    Key("server", "max_commands", 1000, _int_range(5, 1_000_000),
         "Commands in one connection. More get 421 4.7.0 and the connection is closed."),
     Key("server", "tls_cert", "", _path_or_empty,
         "PEM certificate chain for STARTTLS. Empty: no STARTTLS."),
@@ -251,15 +252,15 @@ class Config:
 
     @property
     def state_dir(self) -> Path:
-        return Path(self["storage.state_dir"])
+        return Path(str(self["storage.state_dir"]))
 
     @property
     def database_path(self) -> Path:
-        return self.state_dir / self["storage.database"]
+        return self.state_dir / str(self["storage.database"])
 
     @property
     def rules_dir(self) -> Path:
-        return Path(self["rules.dir"])
+        return Path(str(self["rules.dir"]))
 
 
 def validate_values(values: Mapping[str, Any]) -> list[Problem]:

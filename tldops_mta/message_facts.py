@@ -36,7 +36,7 @@ class MessageFacts:
 def read(raw: bytes) -> MessageFacts:
     msg = _parser.parsebytes(raw)
     counts: dict[str, int] = {}
-    for name in msg.keys():
+    for name in msg.keys():  # noqa: SIM118 - Message iterates header names only via keys()
         key = name.lower()
         if key in SINGLETONS:
             counts[key] = counts.get(key, 0) + 1

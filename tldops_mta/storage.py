@@ -9,6 +9,7 @@ an fsync instead of queueing for one each, and a 250 reply still waits for its o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import re
 import sqlite3
@@ -21,6 +22,8 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 Job = Callable[[sqlite3.Connection], Any]
+Delivery = tuple["asyncio.Future[Any]", Any, BaseException | None]
+"""A job's future, its result, and the error that replaces the result."""
 
 SQLITE_FULL = 13
 
@@ -193,41 +196,43 @@ class Writer:
                 return
         self._conn.close()
 
-    def _commit(self, batch: list[tuple[Job, asyncio.Future[Any]]]) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+    def _commit(self, batch: list[tuple[Job, asyncio.Future[Any]]]) -> list[Delivery]:
         conn = self._conn
         self.batches += 1
         self.jobs += len(batch)
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as e:
-            err = storage_error(e)
-            return [(fut, None, err) for _, fut in batch]
-        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+            return [(fut, None, storage_error(e)) for _, fut in batch]
+        outcomes: list[Delivery] = []
         try:
             for job, fut in batch:
                 conn.execute("SAVEPOINT job")
                 try:
                     result = job(conn)
                 except Exception as e:
+                    err: BaseException = storage_error(e) if isinstance(e, sqlite3.Error) else e
+                    if not conn.in_transaction:
+                        # SQLite rolled the whole transaction back (it does on SQLITE_FULL):
+                        # every job of the batch is lost, for the same reason.
+                        return [(f, None, err) for _, f in batch]
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
-                    outcomes.append((fut, None, storage_error(e) if isinstance(e, sqlite3.Error) else e))
+                    outcomes.append((fut, None, err))
                 else:
                     conn.execute("RELEASE job")
                     outcomes.append((fut, result, None))
             conn.execute("COMMIT")
         except sqlite3.Error as e:
             if conn.in_transaction:
-                try:
+                with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
             err = storage_error(e)
             return [(fut, None, err) for _, fut in batch]
         return outcomes
 
 
-def _deliver(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+def _deliver(outcomes: list[Delivery]) -> None:
     for fut, result, error in outcomes:
         if fut.done():
             continue

@@ -10,6 +10,7 @@ max_attempts: never a drop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
@@ -97,22 +98,23 @@ class Worker:
     async def _sleep(self, delay: float) -> None:
         if self._stopping:
             return
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=delay)
-        except TimeoutError:
-            pass
 
-    async def step(self) -> bool:
-        """Process one batch; False when nothing was due."""
+    async def step(self, now: float | None = None) -> bool:
+        """Process one batch due at ``now`` (default: the clock); False when none was due."""
         cfg = self.rt.cfg
-        now = time.time()
+        now = time.time() if now is None else now
         batch = await self.reader.run(spool.due, now, cfg["worker.batch_size"])
         if not batch:
             return False
         claimed = set(await self.writer.run(spool.claim([p.id for p in batch], now)))
-        outcomes = [await self.process(p) for p in batch if p.id in claimed]
+        work = [p for p in batch if p.id in claimed]
+        outcomes = [await self.process(p) for p in work]
         await self.writer.run(spool.finish(outcomes, time.time()))
         self.processed += len(outcomes)
+        for p, o in zip(work, outcomes, strict=True):
+            self.log.debug("message processed", queue_id=p.queue_id, status=o.status.value)
         return True
 
     async def process(self, p: spool.Pending) -> spool.Outcome:
@@ -135,10 +137,10 @@ class Worker:
             reason = f"{type(e).__name__}: {e}"[:500]
             if attempts >= cfg["worker.max_attempts"]:
                 log.exception("message failed", attempts=attempts)
-                return spool.Outcome(p.id, spool.Status.FAILED, f"gave up after {attempts} attempts: {reason}")
+                return spool.Outcome(p.id, spool.Status.FAILED,
+                                     f"gave up after {attempts} attempts: {reason}")
             delay = backoff(attempts, cfg["worker.retry_base"], cfg["worker.retry_max"])
             log.warning("attempt failed, will retry", attempts=attempts, retry_in=delay, error=reason)
             return spool.Outcome(p.id, spool.Status.RECEIVED, f"attempt {attempts} failed: {reason}",
                                  retry_at=time.time() + delay)
-        log.debug("message processed", status=outcome.status.value)
         return outcome

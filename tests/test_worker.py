@@ -1,0 +1,124 @@
+"""The worker in-process, on a real SQLite file: handler errors retry with backoff, then fail.
+
+The handler here is the worker's plug-in point (what later issues replace), not a mock of
+any part: storage, writer and reader are the real ones.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tldops_mta import config, spool, storage
+from tldops_mta.message_facts import MessageFacts
+from tldops_mta.recipients import Service
+from tldops_mta.smtp_server import Runtime
+from tldops_mta.worker import Reader, Worker, backoff
+
+
+def arrival(i: int, raw: bytes | None = None) -> spool.Arrival:
+    return spool.Arrival(
+        queue_id=spool.new_queue_id(), received_at=time.time(), session_id="s", client_addr="127.0.0.1",
+        client_port=1, helo="h", mail_from="a@nic.example", rcpt_to=("requests@tld-ops.localhost",),
+        smtputf8=False,
+        raw=raw or f"From: a@nic.example\r\nSubject: {i}\r\n\r\nbody\r\n".encode())
+
+
+async def make(tmp_path: Path, handler, **cfg_over) -> tuple[Worker, storage.Writer, Reader]:
+    cfg = config.load(None, {"storage.state_dir": str(tmp_path), **cfg_over})
+    conn = storage.connect(cfg.database_path)
+    storage.migrate(conn)
+    writer = storage.Writer(conn)
+    writer.start()
+    reader = Reader(storage.connect(cfg.database_path))
+    rt = Runtime(cfg, writer, on_spooled=lambda: None)
+    return Worker(rt, writer, reader, handler), writer, reader
+
+
+async def test_handler_error_retries_with_backoff_then_fails_and_keeps_the_message(tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    async def broken(p: spool.Pending, facts: MessageFacts, services: frozenset[Service]) -> spool.Outcome:
+        calls.append(p.attempts)
+        raise RuntimeError("handler bug")
+
+    w, writer, reader = await make(tmp_path, broken, **{"worker.max_attempts": 3,
+                                                        "worker.retry_base": 0.01,
+                                                        "worker.retry_max": 0.02})
+    try:
+        a = arrival(1)
+        await writer.run(spool.insert(a))
+        assert await w.step()
+        row = await reader.run(lambda c: c.execute(
+            "SELECT status, attempts, next_attempt_at, reason FROM spool").fetchone())
+        assert row[0] == "received" and row[1] == 1
+        assert row[2] > time.time() - 1  # a retry time was set
+        assert "handler bug" in row[3]
+        # Not due before its retry time.
+        assert await reader.run(spool.due, row[2] - 0.001, 10) == []
+        assert not await w.step(now=row[2] - 0.001)
+        for _ in range(2):
+            nxt = await reader.run(spool.next_due_at)
+            assert nxt is not None
+            assert await w.step(now=nxt)
+        status, attempts, reason = await reader.run(lambda c: c.execute(
+            "SELECT status, attempts, reason FROM spool").fetchone())
+        assert (status, attempts) == ("failed", 3)
+        assert reason.startswith("gave up after 3 attempts")
+        assert calls == [0, 1, 2]
+        # Failed is kept, visible, and an operator can re-queue it.
+        assert await writer.run(spool.retry(a.queue_id, time.time()))
+        assert (await reader.run(lambda c: c.execute("SELECT status, attempts FROM spool").fetchone())
+                == ("received", 0))
+    finally:
+        await writer.close()
+        reader.close()
+
+
+async def test_message_without_from_is_rejected_with_reason(tmp_path: Path) -> None:
+    async def never(*a: object) -> spool.Outcome:
+        raise AssertionError("must not be called for a malformed message")
+
+    w, writer, reader = await make(tmp_path, never)
+    try:
+        await writer.run(spool.insert(arrival(1, raw=b"Subject: x\r\n\r\nbody\r\n")))
+        await writer.run(spool.insert(arrival(2, raw=b"From: a@x\r\nFrom: b@y\r\n\r\nbody\r\n")))
+        assert await w.step()
+        rows = await reader.run(lambda c: c.execute(
+            "SELECT status, reason FROM spool ORDER BY id").fetchall())
+        assert rows[0] == ("rejected", "message must have exactly one From: header (has 0)")
+        assert rows[1] == ("rejected", "message must have exactly one From: header (has 2)")
+    finally:
+        await writer.close()
+        reader.close()
+
+
+@pytest.mark.parametrize(("attempts", "expected"), [(1, 30), (2, 60), (3, 120), (10, 3600)])
+def test_backoff_doubles_up_to_the_cap(attempts: int, expected: float) -> None:
+    assert backoff(attempts, 30, 3600) == expected
+
+
+async def test_group_commit_isolates_a_failing_job(tmp_path: Path) -> None:
+    conn = storage.connect(tmp_path / "db.sqlite3")
+    storage.migrate(conn)
+    writer = storage.Writer(conn)
+    writer.start()
+    try:
+        a = arrival(1)
+        import asyncio
+
+        results = await asyncio.gather(
+            writer.run(spool.insert(a)),
+            writer.run(spool.insert(a)),  # same queue id: UNIQUE violation
+            writer.run(spool.insert(arrival(2))),
+            return_exceptions=True)
+        assert results[0] is None and results[2] is None
+        assert isinstance(results[1], storage.StorageError)
+        check = storage.connect(tmp_path / "db.sqlite3")
+        assert check.execute("SELECT count(*) FROM spool").fetchone() == (2,)
+        assert check.execute("SELECT count(*) FROM spool_messages").fetchone() == (2,)
+        check.close()
+    finally:
+        await writer.close()
