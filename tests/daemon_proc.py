@@ -143,6 +143,19 @@ class DaemonProc:
                     raise AssertionError(f"{why} waiting for log event {event!r}; log tail:\n{tail}")
                 self._cond.wait(min(left, 0.5))
 
+    def wait_count(self, event: str, n: int, timeout: float = 15.0) -> list[dict[str, Any]]:
+        """Wait until ``event`` was logged at least ``n`` times; those records."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                found = [r for r in self.lines if r.get("event") == event]
+                if len(found) >= n:
+                    return found
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc is not None and self.proc.poll() is not None):
+                    raise AssertionError(f"saw {len(found)} of {n} {event!r} events")
+                self._cond.wait(min(left, 0.5))
+
     def events(self, event: str) -> list[dict[str, Any]]:
         with self._cond:
             return [r for r in self.lines if r.get("event") == event]

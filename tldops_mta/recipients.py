@@ -55,7 +55,7 @@ def classify(address: str, domain: str, parts: Mapping[str, Service]) -> Recipie
         local, dom = address, ""
         if local.lower() != "postmaster":
             return None
-    elif dom.rstrip(".").lower() != domain.lower():
+    elif dom.removesuffix(".").lower() != domain.lower():
         return None
     base, plus, tag = local.partition("+")
     service = parts.get(base.lower())

@@ -27,6 +27,8 @@ LINE_TOO_LONG = "500 5.5.2 Line too long (998 octets at most, RFC 5322 2.1.1)"
 BARE_LINE_ENDING = "550 5.6.11 Bare CR or LF in message; lines must end in CRLF"
 NUL_BYTE = "550 5.6.0 NUL byte in message"
 TOO_BIG = "552 5.3.4 Message too big"
+NO_AUTH = "502 5.5.1 AUTH not supported; no authentication is needed to send here"
+TLS_FAILED = "454 4.7.0 TLS handshake failed"
 
 
 def queued(queue_id: str) -> str:

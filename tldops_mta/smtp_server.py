@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException, syntax
 
 from . import content_checks, logs, replies, spool
 from .config import Config
@@ -236,6 +236,19 @@ class Protocol(SMTP):
             return
         await super().push(status)  # type: ignore[type-var]
 
+    async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, TLSSetupException):
+            # A client that cannot agree on TLS (e.g. offers only TLS 1.1) is not our error:
+            # no traceback at error level. aiosmtpd closes the connection without a reply.
+            cause = error.__cause__
+            self.log.info("tls handshake failed",
+                          reason=getattr(cause, "reason", None) or type(cause).__name__)
+            return replies.TLS_FAILED
+        return await super().handle_exception(error)
+
+    # Overrides keep aiosmtpd's @syntax so that HELP lists exactly the commands we take.
+
+    @syntax("EHLO hostname")
     async def smtp_EHLO(self, hostname: str) -> None:
         # EHLO lines are keywords, not replies to decorate (RFC 2034).
         self._raw_replies = True
@@ -244,6 +257,7 @@ class Protocol(SMTP):
         finally:
             self._raw_replies = False
 
+    @syntax("HELO hostname")
     async def smtp_HELO(self, hostname: str) -> None:
         self._raw_replies = True
         try:
@@ -251,9 +265,16 @@ class Protocol(SMTP):
         finally:
             self._raw_replies = False
 
+    @syntax("VRFY <address>")
     async def smtp_VRFY(self, arg: str) -> None:
         await self.push("252 2.5.0 Cannot VRFY; send mail and it will be answered")
 
+    async def smtp_AUTH(self, arg: str) -> None:
+        # No SMTP AUTH here: aiosmtpd would offer LOGIN and PLAIN after STARTTLS and then
+        # fail every attempt, which makes a client with credentials defer its mail.
+        await self.push(replies.NO_AUTH)
+
+    @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
         self.in_data = True
         try:
@@ -275,6 +296,7 @@ class Intake:
     async def handle_EHLO(self, server: Protocol, session: Session, envelope: Envelope,
                           hostname: str, responses: list[str]) -> list[str]:
         session.host_name = hostname
+        responses = [r for r in responses if not r[4:].upper().startswith("AUTH")]
         responses[-1:-1] = ["250-PIPELINING", "250-ENHANCEDSTATUSCODES"]  # before "250 HELP"
         return responses
 
@@ -317,6 +339,7 @@ class Intake:
             smtputf8=bool(envelope.smtp_utf8),
             raw=raw,
         )
+        server.log.debug("spooling", queue_id=arrival.queue_id, size=len(raw))
         try:
             await self.rt.writer.run(spool.insert(arrival))
         except StorageFull as e:
