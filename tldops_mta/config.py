@@ -107,6 +107,18 @@ def _listen_list(v: Any) -> str | None:
     return None
 
 
+def _addresses(v: Any) -> str | None:
+    allowed = "a list of IP addresses such as \"127.0.0.1\" or \"::1\""
+    if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
+        return allowed
+    for s in v:
+        try:
+            ipaddress.ip_address(s)
+        except ValueError:
+            return allowed + f" (bad: {s!r})"
+    return None
+
+
 def _networks(v: Any) -> str | None:
     allowed = "a list of IP networks such as \"127.0.0.0/8\" or \"::1/128\""
     if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
@@ -194,6 +206,42 @@ SCHEMA: tuple[Key, ...] = (
         "Seconds before the first retry of a failed attempt; doubles each time."),
     Key("worker", "retry_max", 3600.0, _float_range(0.01, 604800),
         "Longest wait between retries, in seconds."),
+    Key("dns", "nameservers", [], _addresses,
+        "DNS servers for DKIM key lookups (IP addresses). Empty: those of /etc/resolv.conf."),
+    Key("dns", "port", 53, _int_range(1, 65535), "Port of the DNS servers above."),
+    Key("dns", "timeout", 5.0, _float_range(0.1, 60),
+        "Seconds a DNS lookup may take. A lookup that fails is temporary: the request waits."),
+    Key("dkim", "min_rsa_bits", 2048, _int_range(1024, 16384),
+        "Shortest RSA key a DKIM signature may use to count (never below 1024)."),
+    Key("dkim", "alignment", "strict", _one_of("strict", "relaxed"),
+        "strict: a signature counts only if d= is the From domain. relaxed: d= may be the "
+        "From domain's organisational domain (public suffix list)."),
+    Key("iana", "rdap_url", "https://rdap.iana.org/",
+        _string(r"https?://[^\s]+/", "an http(s) URL ending in /"),
+        "Base URL of IANA's RDAP service; domain/TLD is appended."),
+    Key("iana", "whois_host", "whois.iana.org",
+        _string(f"{_DOMAIN}|[0-9.]+|[0-9A-Fa-f:]+", "a host name or address"),
+        "IANA's WHOIS server, used when RDAP fails."),
+    Key("iana", "whois_port", 43, _int_range(1, 65535), "Port of the WHOIS server."),
+    Key("iana", "timeout", 10.0, _float_range(0.1, 120), "Seconds one RDAP or WHOIS query may take."),
+    Key("iana", "fresh_for", 86400.0, _float_range(0, 30 * 86400),
+        "Seconds a cached IANA answer is used without asking IANA again."),
+    Key("iana", "usable_for", 7 * 86400.0, _float_range(0, 365 * 86400),
+        "When IANA cannot be reached, cached answers up to this age still count; an older "
+        "one makes the request wait and retry (never a refusal)."),
+    Key("auth", "token_ttl", 7 * 86400.0, _float_range(60, 90 * 86400),
+        "Seconds a confirmation token stays valid."),
+    Key("auth", "replay_window", 7 * 86400.0, _float_range(60, 90 * 86400),
+        "A signed request whose Date is older than this, or whose Message-ID was seen before, "
+        "is not verified again: it needs a token confirmation."),
+    Key("auth", "refusal_interval", 86400.0, _float_range(0, 30 * 86400),
+        "At most one refusal reply per sender in this many seconds (no backscatter)."),
+    Key("outbox", "smarthost", "",
+        _string(r"|[^\s:]+:\d{1,5}|\[[0-9A-Fa-f:.]+\]:\d{1,5}", "\"\" or HOST:PORT"),
+        "Relay for outgoing mail. Empty: outgoing mail is written to outbox.maildir instead."),
+    Key("outbox", "maildir", "outgoing", _path,
+        "Directory (relative to state_dir unless absolute) where outgoing mail is kept when "
+        "no smarthost is set: one .eml file per message and recipient."),
     Key("log", "level", "info", _one_of("debug", "info", "warning", "error"),
         "Least severe log level written. Personal data appears only at debug."),
     Key("rules", "dir", "rules", _path,
