@@ -20,7 +20,8 @@ from typing import Any
 from . import config as config_mod
 from . import logs, rules, spool, storage
 from .smtp_server import Runtime
-from .worker import Reader, Worker
+from .storage import Reader
+from .worker import Worker
 
 SD_LISTEN_FDS_START = 3
 

@@ -15,6 +15,7 @@ import re
 import sqlite3
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -131,6 +132,22 @@ def _statements(sql: str) -> list[str]:
     if buf.strip():
         out.append(buf)
     return out
+
+
+class Reader:
+    """A read-only connection on its own thread, so reads never stall the event loop."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="tldops-reader")
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, lambda: fn(self._conn, *args))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self._conn.close()
 
 
 _STOP = object()

@@ -11,37 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
 
 from . import logs, message_facts, spool
 from .recipients import Service, classify
 from .smtp_server import Runtime
-from .storage import Writer
+from .storage import Reader, Writer
 
-T = TypeVar("T")
 
 IDLE_POLL = 5.0
 """Longest sleep with nothing due: picks up rows another process (the CLI) re-queued."""
-
-
-class Reader:
-    """A read-only connection on its own thread, so reads never stall the event loop."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="tldops-reader")
-
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, lambda: fn(self._conn, *args))
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
-        self._conn.close()
 
 
 Handler = Callable[[spool.Pending, message_facts.MessageFacts, frozenset[Service]],
