@@ -19,7 +19,6 @@ from .recipients import Service, classify
 from .smtp_server import Runtime
 from .storage import Reader, Writer
 
-
 IDLE_POLL = 5.0
 """Longest sleep with nothing due: picks up rows another process (the CLI) re-queued."""
 
