@@ -6,6 +6,7 @@ any part: storage, writer and reader are the real ones.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 
@@ -123,3 +124,48 @@ async def test_group_commit_isolates_a_failing_job(tmp_path: Path) -> None:
         check.close()
     finally:
         await writer.close()
+
+
+async def test_effects_commit_with_the_outcome_and_a_failing_one_becomes_a_retry(tmp_path: Path) -> None:
+    def mark(conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE TABLE IF NOT EXISTS marks (x)")
+        conn.execute("INSERT INTO marks VALUES (1)")
+
+    def broken(conn: sqlite3.Connection) -> None:
+        mark(conn)  # written, then undone with the rest of this outcome
+        raise sqlite3.IntegrityError("effect failed")
+
+    async def handler(p: spool.Pending, facts: MessageFacts, services: frozenset[Service]) -> spool.Outcome:
+        effect = broken if b"Subject: 2" in p.raw else mark
+        return spool.Outcome(p.id, spool.Status.DONE, "ok", effects=(effect,))
+
+    w, writer, reader = await make(tmp_path, handler)
+    try:
+        await writer.run(spool.insert(arrival(1)))
+        await writer.run(spool.insert(arrival(2)))
+        assert await w.step()
+        rows = await reader.run(lambda c: c.execute(
+            "SELECT status, reason FROM spool ORDER BY id").fetchall())
+        assert rows[0] == ("done", "ok")
+        assert rows[1][0] == "received" and "effect failed" in rows[1][1]
+        assert await reader.run(lambda c: c.execute("SELECT count(*) FROM marks").fetchone()) == (1,)
+    finally:
+        await writer.close()
+        reader.close()
+
+
+async def test_a_deferral_does_not_use_up_an_attempt(tmp_path: Path) -> None:
+    async def wait(p: spool.Pending, facts: MessageFacts, services: frozenset[Service]) -> spool.Outcome:
+        return spool.Outcome(p.id, spool.Status.RECEIVED, "waiting for IANA", retry_at=0,
+                             counts_attempt=False)
+
+    w, writer, reader = await make(tmp_path, wait, **{"worker.max_attempts": 2})
+    try:
+        await writer.run(spool.insert(arrival(1)))
+        for _ in range(5):
+            assert await w.step()
+        assert await reader.run(lambda c: c.execute("SELECT status, attempts FROM spool").fetchone()) == (
+            "received", 0)
+    finally:
+        await writer.close()
+        reader.close()

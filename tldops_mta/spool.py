@@ -53,15 +53,26 @@ class Pending:
     raw: bytes
 
 
+Effect = Callable[[sqlite3.Connection], Any]
+
+
 @dataclass(frozen=True)
 class Outcome:
-    """The end of one processing attempt."""
+    """The end of one processing attempt, and what it changes elsewhere.
+
+    ``effects`` (request rows, tokens, outbox mail) commit in the same transaction as the
+    status, so a crash keeps both or neither, and reprocessing never doubles them.
+    A deferral (status received, ``counts_attempt`` False) waits for a lookup to work again
+    and does not use up an attempt.
+    """
 
     id: int
     status: Status
     reason: str | None = None
     services: tuple[str, ...] = ()
     retry_at: float = 0.0
+    effects: tuple[Effect, ...] = ()
+    counts_attempt: bool = True
 
 
 @dataclass
@@ -165,18 +176,40 @@ def claim(ids: Iterable[int], now: float) -> Callable[[sqlite3.Connection], list
     return job
 
 
-def finish(outcomes: Iterable[Outcome], now: float) -> Callable[[sqlite3.Connection], None]:
+def finish(outcomes: Iterable[Outcome], now: float, retry_at: float,
+           ) -> Callable[[sqlite3.Connection], list[Outcome]]:
+    """Commit outcomes, each in its own savepoint: an outcome whose effects fail is
+    replaced by a retry at ``retry_at`` (returned, so the caller can log it) and the
+    others still commit."""
     rows = list(outcomes)
 
-    def job(conn: sqlite3.Connection) -> None:
-        conn.executemany(
+    def write(conn: sqlite3.Connection, o: Outcome) -> None:
+        conn.execute(
             "UPDATE spool SET status = ?, reason = ?, services = ?, next_attempt_at = ?,"
-            " updated_at = ? WHERE id = ? AND status = 'processing'",
-            [(o.status.value, o.reason, json.dumps(list(o.services)) if o.services else None,
-              o.retry_at, now, o.id) for o in rows])
-        conn.executemany(
-            "INSERT INTO spool_events (spool_id, at, status, reason) VALUES (?,?,?,?)",
-            [(o.id, now, o.status.value, o.reason) for o in rows])
+            " updated_at = ?, attempts = attempts - ? WHERE id = ? AND status = 'processing'",
+            (o.status.value, o.reason, json.dumps(list(o.services)) if o.services else None,
+             o.retry_at, now, 0 if o.counts_attempt else 1, o.id))
+        conn.execute("INSERT INTO spool_events (spool_id, at, status, reason) VALUES (?,?,?,?)",
+                     (o.id, now, o.status.value, o.reason))
+        for effect in o.effects:
+            effect(conn)
+
+    def job(conn: sqlite3.Connection) -> list[Outcome]:
+        replaced = []
+        for o in rows:
+            conn.execute("SAVEPOINT outcome")
+            try:
+                write(conn, o)
+            except Exception as e:
+                if not conn.in_transaction:
+                    raise
+                conn.execute("ROLLBACK TO outcome")
+                retry = Outcome(o.id, Status.RECEIVED, f"could not record the outcome: {e}"[:500],
+                                o.services, retry_at)
+                write(conn, retry)
+                replaced.append(retry)
+            conn.execute("RELEASE outcome")
+        return replaced
 
     return job
 

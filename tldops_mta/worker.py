@@ -64,9 +64,11 @@ class Worker:
             try:
                 worked = await self.step()
             except Exception:
-                # Storage trouble: nothing was lost (claims roll back); try again shortly.
+                # Storage trouble. Nothing is lost: a claimed message whose outcome could not
+                # be written goes back to received, as after a crash.
                 self.log.exception("worker step failed")
-                worked = False
+                with contextlib.suppress(Exception):
+                    await self.writer.run(spool.requeue_interrupted)
                 await self._sleep(1.0)
                 continue
             if not worked:
@@ -90,10 +92,16 @@ class Worker:
         claimed = set(await self.writer.run(spool.claim([p.id for p in batch], now)))
         work = [p for p in batch if p.id in claimed]
         outcomes = [await self.process(p) for p in work]
-        await self.writer.run(spool.finish(outcomes, time.time()))
+        done = time.time()
+        retry_at = done + backoff(1, cfg["worker.retry_base"], cfg["worker.retry_max"])
+        replaced = {o.id: o for o in await self.writer.run(spool.finish(outcomes, done, retry_at))}
         self.processed += len(outcomes)
         for p, o in zip(work, outcomes, strict=True):
-            self.log.debug("message processed", queue_id=p.queue_id, status=o.status.value)
+            if o.id in replaced:
+                self.log.error("outcome not recorded, will retry", queue_id=p.queue_id,
+                               reason=replaced[o.id].reason)
+            else:
+                self.log.debug("message processed", queue_id=p.queue_id, status=o.status.value)
         return True
 
     async def process(self, p: spool.Pending) -> spool.Outcome:

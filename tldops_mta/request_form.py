@@ -1,0 +1,68 @@
+"""The request form, as far as authentication needs it: which ccTLDs a request names.
+
+Lines ``ccTLD: mt`` (also ``TLD:``), in any case, quoted or not, before a ``-- `` signature.
+The full form (action, SSCs) is read by the request workflow.
+"""
+
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+
+import mailparser
+
+_TLD_LINE = re.compile(r"^\s*(?:>\s*)*(?:cc)?tld\s*:\s*\.?(\S+)\s*$", re.IGNORECASE)
+
+
+def body_text(raw: bytes) -> str:
+    """The text a person wrote: text/plain parts, else HTML turned into text."""
+    msg = mailparser.parse_from_bytes(raw)
+    if msg.text_plain:
+        return "\n".join(msg.text_plain)
+    if msg.text_html:
+        return html_to_text("\n".join(msg.text_html))
+    return ""
+
+
+class _Text(HTMLParser):
+    BREAKS = frozenset({"br", "p", "div", "tr", "li", "h1", "h2", "h3", "h4", "table", "pre"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._skip = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("script", "style"):
+            self._skip += 1
+        if tag in self.BREAKS:
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("script", "style") and self._skip:
+            self._skip -= 1
+        if tag in self.BREAKS:
+            self.parts.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip:
+            self.parts.append(data)
+
+
+def html_to_text(html: str) -> str:
+    p = _Text()
+    p.feed(html)
+    p.close()
+    return "".join(p.parts)
+
+
+def named_tlds(text: str) -> list[str]:
+    """ccTLD names in the order given, without repeats (as written; not yet validated)."""
+    found: list[str] = []
+    for line in text.splitlines():
+        if line.rstrip() == "--":
+            break
+        m = _TLD_LINE.match(line)
+        if m and m.group(1).lower() not in (f.lower() for f in found):
+            found.append(m.group(1))
+    return found

@@ -1,0 +1,69 @@
+"""One-time tokens: the nonce-based validation the SECIR report recommends.
+
+A token is mailed only to an address IANA lists, inside the address the answer must reach
+(``confirm+TOKEN@``). Only its SHA-256 is stored, so the database alone cannot confirm
+anything; it is single-use and expires.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+
+TOKEN_BYTES = 24
+"""192 bits from the OS's CSPRNG (at least 128 are required)."""
+
+
+def new_token() -> str:
+    """URL-safe base64, so it fits a local part: [A-Za-z0-9_-]."""
+    return secrets.token_urlsafe(TOKEN_BYTES)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("ascii", "replace")).hexdigest()
+
+
+def issue(token: str, purpose: str, request_id: int, address: str, *, now: float,
+          ttl: float) -> Callable[[sqlite3.Connection], None]:
+    def job(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "INSERT INTO tokens (hash, purpose, request_id, address, created_at, expires_at)"
+            " VALUES (?,?,?,?,?,?)",
+            (token_hash(token), purpose, request_id, address, now, now + ttl))
+
+    return job
+
+
+@dataclass(frozen=True)
+class Redemption:
+    request_id: int | None
+    """The request confirmed, or None when the token did not count."""
+    reason: str
+
+
+def redeem(token: str, purpose: str, sender_key: str | None, now: float,
+           spool_id: int) -> Callable[[sqlite3.Connection], Redemption]:
+    """Use a token once. It counts only if it exists for this purpose, is unused and
+    unexpired, and the answer comes From the address it was sent to."""
+
+    def job(conn: sqlite3.Connection) -> Redemption:
+        row = conn.execute(
+            "SELECT request_id, address, expires_at, used_at FROM tokens WHERE hash = ? AND purpose = ?",
+            (token_hash(token), purpose)).fetchone()
+        if row is None:
+            return Redemption(None, "unknown token")
+        request_id, address, expires_at, used_at = row
+        if used_at is not None:
+            return Redemption(None, "token already used")
+        if expires_at <= now:
+            return Redemption(None, "token expired")
+        if sender_key != address:
+            return Redemption(None, "answer does not come from the address the token was sent to")
+        conn.execute("UPDATE tokens SET used_at = ?, used_by = ? WHERE hash = ?",
+                     (now, spool_id, token_hash(token)))
+        return Redemption(int(request_id), "confirmed")
+
+    return job
