@@ -7,6 +7,8 @@ from typing import Any
 import pytest
 from daemon_proc import DaemonProc
 
+pytest_plugins = ["dns_server"]
+
 
 @pytest.fixture
 def start_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProc]]:
