@@ -54,6 +54,15 @@ class DaemonProc:
             "storage.state_dir": str(self.state_dir),
             "rules.dir": str(workdir / "rules"),
             "log.level": "debug",
+            # Never leave loopback: DNS and IANA point at a closed local port unless a test
+            # starts real servers for them (port 9, discard, is closed here: refused at once).
+            "dns.nameservers": ["127.0.0.1"],
+            "dns.port": 9,
+            "dns.timeout": 1.0,
+            "iana.rdap_url": "http://127.0.0.1:9/",
+            "iana.whois_host": "127.0.0.1",
+            "iana.whois_port": 9,
+            "iana.timeout": 1.0,
         }
         base.update(settings or {})
         self.settings = base

@@ -136,7 +136,7 @@ def test_serve_on_a_port_in_use_fails_clearly(daemon: DaemonProc, tmp_path: Path
 def test_spool_list_show_retry(daemon: DaemonProc) -> None:
     with smtplib.SMTP(daemon.host, daemon.port, timeout=10) as s:
         s.ehlo("c.test")
-        s.sendmail("admin@nic.example", [f"requests@{DOMAIN}"], message("cli-good"))
+        s.sendmail("admin@nic.example", [f"postmaster@{DOMAIN}"], message("cli-good"))
         s.sendmail("admin@nic.example", [f"who@{DOMAIN}"], b"Subject: no from\r\n\r\nx\r\n")
     rows = daemon.query("SELECT queue_id FROM spool ORDER BY id")
     good, bad = rows[0][0], rows[1][0]
@@ -150,7 +150,7 @@ def test_spool_list_show_retry(daemon: DaemonProc) -> None:
     r = tldops("spool", "list", "--status", "rejected", "--json", *sd)
     listed = json.loads(r.stdout)
     assert [e["queue_id"] for e in listed] == [bad]
-    assert listed[0]["reason"].startswith("message must have exactly one From:")
+    assert listed[0]["reason"].startswith("the message must have exactly one From:")
 
     r = tldops("spool", "show", good, *sd)
     assert r.returncode == 0

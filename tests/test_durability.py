@@ -9,7 +9,7 @@ from daemon_proc import DOMAIN, DaemonProc
 from smtp_raw import message, open_session
 
 
-def deliver(d: DaemonProc, data: bytes, rcpt: str = f"requests@{DOMAIN}") -> tuple[int, str]:
+def deliver(d: DaemonProc, data: bytes, rcpt: str = f"postmaster@{DOMAIN}") -> tuple[int, str]:
     c = open_session(d.connect())
     try:
         assert c.cmd("MAIL FROM:<admin@nic.example>")[0] == 250
@@ -96,7 +96,7 @@ def test_messages_left_processing_are_redone_after_restart(start_daemon) -> None
     for q in qids:
         d.wait_processed(q)
     rows = d.query("SELECT status, attempts, services FROM spool ORDER BY id")
-    assert rows == [("done", 2, '["requests"]')] * 3
+    assert rows == [("done", 2, '["postmaster"]')] * 3
     history = d.query("SELECT status FROM spool_events WHERE spool_id = 1 ORDER BY rowid")
     assert [h[0] for h in history] == ["received", "processing", "done", "received",
                                        "processing", "done"]

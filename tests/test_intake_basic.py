@@ -23,7 +23,7 @@ def send(d: DaemonProc, rcpts: list[str], data: bytes, sender: str = "admin@nic.
 
 def test_accepted_message_is_spooled_with_its_envelope_and_processed(daemon: DaemonProc) -> None:
     data = message("envelope")
-    qid = send(daemon, [f"requests@{DOMAIN}", f"confirm+Tok3n_x@{DOMAIN}"], data)
+    qid = send(daemon, [f"postmaster@{DOMAIN}", f"bounces+Tok3n_x@{DOMAIN}"], data)
     daemon.wait_processed(qid)
     rows = daemon.query(
         "SELECT s.status, s.mail_from, s.rcpt_to, s.client_addr, s.helo, s.services, m.raw,"
@@ -33,10 +33,10 @@ def test_accepted_message_is_spooled_with_its_envelope_and_processed(daemon: Dae
     status, mail_from, rcpt_to, client, helo, services, raw, sid = rows[0]
     assert status == "done"
     assert mail_from == "admin@nic.example"
-    assert rcpt_to == f'["requests@{DOMAIN}", "confirm+Tok3n_x@{DOMAIN}"]'
+    assert rcpt_to == f'["postmaster@{DOMAIN}", "bounces+Tok3n_x@{DOMAIN}"]'
     assert client == "127.0.0.1"
     assert helo == "client.test"
-    assert services == '["confirm", "requests"]'
+    assert services == '["bounces", "postmaster"]'
     assert raw == data
     spooled = daemon.wait_for("message spooled", lambda r: r.get("queue_id") == qid)
     assert spooled["session"] == sid

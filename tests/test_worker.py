@@ -90,8 +90,8 @@ async def test_message_without_from_is_rejected_with_reason(tmp_path: Path) -> N
         assert await w.step()
         rows = await reader.run(lambda c: c.execute(
             "SELECT status, reason FROM spool ORDER BY id").fetchall())
-        assert rows[0] == ("rejected", "message must have exactly one From: header (has 0)")
-        assert rows[1] == ("rejected", "message must have exactly one From: header (has 2)")
+        assert rows[0] == ("rejected", "the message must have exactly one From: line (it has 0)")
+        assert rows[1] == ("rejected", "the message must have exactly one From: line (it has 2)")
     finally:
         await writer.close()
         reader.close()

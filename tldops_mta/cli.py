@@ -85,6 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
     _common(s)
     s.add_argument("queue_id", metavar="ID")
     s.set_defaults(func=cmd_spool_retry)
+
+    p = sub.add_parser("iana", help="IANA administrative contacts of ccTLDs")
+    isub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    i = isub.add_parser("show", help="a ccTLD's administrative contact address, and where it came from")
+    _common(i)
+    _json_flag(i)
+    i.add_argument("tld", metavar="TLD",
+                   help="the ccTLD as A-label or U-label, any case, dot or not: mt, .MT, xn--90ae")
+    i.add_argument("--refresh", action="store_true", help="ask IANA even when the cached answer is fresh")
+    i.set_defaults(func=cmd_iana_show)
     return parser
 
 
@@ -247,6 +257,38 @@ def cmd_spool_retry(args: argparse.Namespace) -> int:
     if not ok:
         raise CliError(f"no failed or rejected message {args.queue_id}")
     print(f"{args.queue_id} queued for processing again")
+    return EXIT_OK
+
+
+def cmd_iana_show(args: argparse.Namespace) -> int:
+    from . import iana, logs
+
+    cfg = load_config(args)
+    logs.setup(cfg["log.level"], stream=sys.stderr)  # stdout is the answer (JSON with --json)
+    try:
+        iana.tld_labels(args.tld)
+    except ValueError as e:
+        raise CliError(str(e)) from e
+    try:
+        c = iana.lookup_blocking(cfg, args.tld, refresh=args.refresh)
+    except iana.LookupUnavailable as e:
+        raise CliError(f"cannot look up {args.tld} now, try again later: {e.reason}") from e
+    except storage.StorageError as e:
+        raise CliError(f"database error, try again later: {e}") from e
+    age = max(0.0, time.time() - c.fetched_at)
+    if args.json:
+        _print_json({"tld": c.tld, "u_label": c.u_label, "admin_email": c.email, "status": c.status,
+                     "source": c.source, "fetched_at": c.fetched_at,
+                     "fetched_at_utc": _when(c.fetched_at) + "Z", "age_seconds": round(age, 1),
+                     "from_cache": c.from_cache, "reason": c.reason,
+                     "raw": c.raw.decode("utf-8", "replace")})
+        return EXIT_OK
+    print(f"tld:         {c.tld}" + (f" ({c.u_label})" if c.u_label != c.tld else ""))
+    print(f"admin:       {c.email or '-'}")
+    print(f"status:      {c.status}" + (" (IANA has no such top-level domain)" if c.status != "ok" else ""))
+    print(f"source:      {c.source}, {'from the cache' if c.from_cache else 'fresh from IANA'}")
+    print(f"fetched at:  {_when(c.fetched_at)} UTC ({age:.0f} s ago)")
+    print(f"reason:      {c.reason}")
     return EXIT_OK
 
 

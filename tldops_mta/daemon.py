@@ -19,6 +19,11 @@ from typing import Any
 
 from . import config as config_mod
 from . import logs, rules, spool, storage
+from .dispatch import Dispatcher
+from .dkim_verify import KeyResolver
+from .iana import IanaClient
+from .outbox import Deliverer
+from .request_auth import Authenticator
 from .smtp_server import Runtime
 from .storage import Reader
 from .worker import Worker
@@ -56,8 +61,12 @@ class Daemon:
                                         busy_timeout_ms=cfg["storage.busy_timeout_ms"]))
         worker: Worker | None = None
         rt = Runtime(cfg, writer, on_spooled=lambda: worker.wake() if worker else None)
-        worker = Worker(rt, writer, reader)
+        auth = Authenticator(rt, reader, KeyResolver.from_config(cfg), IanaClient(cfg, writer, reader))
+        worker = Worker(rt, writer, reader, Dispatcher(rt, auth))
+        deliverer = Deliverer(cfg, writer, reader)
+        worker.on_outcomes = deliverer.wake
         worker_task = asyncio.create_task(worker.run(), name="worker")
+        deliverer_task = asyncio.create_task(deliverer.run(), name="outbox")
 
         servers = []
         factory = rt.protocol_factory()
@@ -85,6 +94,8 @@ class Daemon:
         await rt.shutdown(rt.cfg["server.shutdown_grace"])
         worker.stop()
         await worker_task
+        deliverer.stop()
+        await deliverer_task
         await writer.close()
         reader.close()
         self.log.info("stopped", processed=worker.processed, commits=writer.batches,

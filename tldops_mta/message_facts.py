@@ -1,8 +1,10 @@
 """Facts read from a message's header, as plain data for the decisions that follow.
 
-Only the header section is parsed here (cheap, and all that routing needs). The counts of
-singleton headers are kept because parsers disagree on which of two From: lines counts:
-a message with more than one is refused before anything reads either.
+Only the header section is parsed here (cheap, and all that routing and authentication
+need). The counts of singleton headers are kept because parsers disagree on which of two
+From: lines counts: a message with more than one is refused before anything reads either.
+Address fields are kept as raw text: ``addresses`` parses them strictly, here nothing is
+interpreted.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from dataclasses import dataclass
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
-SINGLETONS = ("from", "sender", "date", "subject", "to", "message-id")
+SINGLETONS = ("from", "sender", "date", "subject", "to", "cc", "message-id", "reply-to")
+REQUIRED_FOR_REQUESTS = ("from", "date", "subject")
 
 _parser = BytesHeaderParser(policy=compat32)
 
@@ -19,18 +22,36 @@ _parser = BytesHeaderParser(policy=compat32)
 @dataclass(frozen=True)
 class MessageFacts:
     counts: dict[str, int]
+    from_value: str | None
+    sender_value: str | None
+    cc_value: str | None
+    date_value: str | None
+    subject: str | None
     message_id: str | None
     auto_submitted: str | None
+    precedence: str | None
     header_defects: int
 
-    def problem(self) -> str | None:
+    def problem(self, required: tuple[str, ...] = ("from",)) -> str | None:
         """Why this message cannot be acted on at all, or None."""
-        if self.counts.get("from", 0) != 1:
-            return f"message must have exactly one From: header (has {self.counts.get('from', 0)})"
         for name in SINGLETONS:
-            if self.counts.get(name, 0) > 1:
-                return f"message has {self.counts[name]} {name.title()}: headers; one at most"
+            n = self.counts.get(name, 0)
+            if name in required and n != 1:
+                return f"the message must have exactly one {name.title()}: line (it has {n})"
+            if n > 1:
+                return f"the message has {n} {name.title()}: lines; one at most is allowed"
         return None
+
+    @property
+    def automatic(self) -> bool:
+        """Written by a robot (RFC 3834) or a list: never answered, never trusted as a person."""
+        if self.auto_submitted is not None and self.auto_submitted.split(";")[0].strip() != "no":
+            return True
+        return self.precedence in ("bulk", "junk", "list", "auto_reply")
+
+
+def _one(values: list[str] | None) -> str | None:
+    return str(values[0]) if values else None
 
 
 def read(raw: bytes) -> MessageFacts:
@@ -40,11 +61,24 @@ def read(raw: bytes) -> MessageFacts:
         key = name.lower()
         if key in SINGLETONS:
             counts[key] = counts.get(key, 0) + 1
-    mid = msg.get("message-id")
-    auto = msg.get("auto-submitted")
+
+    def first(name: str) -> str | None:
+        return _one(msg.get_all(name))
+
+    def folded_lower(name: str) -> str | None:
+        v = first(name)
+        return " ".join(v.split()).lower() if v is not None else None
+
+    mid = first("message-id")
     return MessageFacts(
         counts=counts,
-        message_id=str(mid).strip() if mid is not None else None,
-        auto_submitted=str(auto).strip().lower() if auto is not None else None,
+        from_value=first("from"),
+        sender_value=first("sender"),
+        cc_value=first("cc"),
+        date_value=first("date"),
+        subject=first("subject"),
+        message_id=" ".join(mid.split()) if mid is not None else None,
+        auto_submitted=folded_lower("auto-submitted"),
+        precedence=folded_lower("precedence"),
         header_defects=len(msg.defects),
     )

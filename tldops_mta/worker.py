@@ -50,6 +50,8 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopping = False
         self.processed = 0
+        self.on_outcomes: Callable[[], None] = lambda: None
+        """Called after outcomes commit: they may have queued mail for the outbox."""
 
     def wake(self) -> None:
         self._wake.set()
@@ -96,6 +98,7 @@ class Worker:
         retry_at = done + backoff(1, cfg["worker.retry_base"], cfg["worker.retry_max"])
         replaced = {o.id: o for o in await self.writer.run(spool.finish(outcomes, done, retry_at))}
         self.processed += len(outcomes)
+        self.on_outcomes()
         for p, o in zip(work, outcomes, strict=True):
             if o.id in replaced:
                 self.log.error("outcome not recorded, will retry", queue_id=p.queue_id,

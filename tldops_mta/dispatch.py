@@ -1,0 +1,37 @@
+"""Which handler a spooled message goes to, by the service address it was sent to.
+
+One message, one handler: a mail to several service addresses is handled as the first of
+them in ``ORDER`` (confirmations before new requests, so an answer is never mistaken for a
+request), and the others are noted in its services.
+"""
+
+from __future__ import annotations
+
+from . import spool
+from .message_facts import MessageFacts
+from .recipients import Service, classify
+from .request_auth import Authenticator
+from .smtp_server import Runtime
+from .worker import classify_only
+
+ORDER = (Service.CONFIRM, Service.DECIDE, Service.REQUESTS, Service.UPDATE, Service.WHO,
+         Service.HELP, Service.BOUNCES, Service.POSTMASTER)
+
+
+class Dispatcher:
+    def __init__(self, runtime: Runtime, auth: Authenticator) -> None:
+        self.rt = runtime
+        self.auth = auth
+
+    async def __call__(self, p: spool.Pending, facts: MessageFacts,
+                       services: frozenset[Service]) -> spool.Outcome:
+        first = next(s for s in ORDER if s in services)
+        if first is Service.CONFIRM:
+            tag = next(r.tag for r in (classify(a, self.rt.cfg["server.domain"], self.rt.parts)
+                                        for a in p.rcpt_to)
+                       if r is not None and r.service is Service.CONFIRM)
+            assert tag is not None
+            return await self.auth.handle_confirmation(p, facts, tag)
+        if first is Service.REQUESTS:
+            return await self.auth.handle_request(p, facts)
+        return await classify_only(p, facts, services)

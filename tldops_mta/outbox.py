@@ -1,0 +1,231 @@
+"""The durable outbox: every mail the daemon writes is committed here before anyone sends it.
+
+A mail is enqueued in the same transaction as the decision that caused it, so a crash either
+loses both or keeps both. The deliverer then hands each (message, recipient) to the
+smarthost, or, with none configured, writes it as an .eml file under the outbox directory
+(how a fresh install keeps its outgoing mail). Temporary failures retry with backoff; a
+permanent refusal is recorded as failed, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from pathlib import Path
+
+import aiosmtplib
+
+from . import logs
+from .config import Config, parse_listen
+from .storage import Reader, Writer
+
+MAX_ATTEMPTS = 30
+"""With backoff capped at an hour, about a day of retries before a delivery is failed."""
+
+
+@dataclass(frozen=True)
+class Due:
+    id: int
+    message_id: int
+    rcpt: str
+    attempts: int
+    mail_from: str
+    raw: bytes
+
+
+def compose(*, from_addr: str, to: str, subject: str, body: str, domain: str,
+            reply_to: str | None = None, in_reply_to: str | None = None,
+            auto: str = "auto-generated") -> bytes:
+    """An RFC 5322 message in CRLF form. ``auto`` is the RFC 3834 Auto-Submitted value, so
+    that other robots (and we ourselves) never answer it."""
+    msg = EmailMessage()
+    msg["From"] = from_addr
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Date"] = format_datetime(dt.datetime.now(dt.UTC))
+    msg["Message-ID"] = make_msgid(domain=domain)
+    msg["Auto-Submitted"] = auto
+    if reply_to:
+        msg["Reply-To"] = reply_to
+    if in_reply_to:
+        msg["In-Reply-To"] = in_reply_to
+        msg["References"] = in_reply_to
+    msg.set_content(body)
+    return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
+
+
+def enqueue(raw: bytes, mail_from: str, rcpts: Sequence[str], purpose: str,
+            ref: str | None = None) -> Callable[[sqlite3.Connection], int]:
+    """A writer job that queues ``raw`` for each recipient; returns the outbox message id."""
+
+    def job(conn: sqlite3.Connection) -> int:
+        now = time.time()
+        cur = conn.execute(
+            "INSERT INTO outbox_messages (created_at, purpose, ref, mail_from, raw) VALUES (?,?,?,?,?)",
+            (now, purpose, ref, mail_from, raw))
+        mid = int(cur.lastrowid or 0)
+        conn.executemany(
+            "INSERT INTO outbox_deliveries (message_id, rcpt, updated_at) VALUES (?,?,?)",
+            [(mid, r, now) for r in rcpts])
+        return mid
+
+    return job
+
+
+def due(conn: sqlite3.Connection, now: float, limit: int) -> list[Due]:
+    rows = conn.execute(
+        "SELECT d.id, d.message_id, d.rcpt, d.attempts, m.mail_from, m.raw"
+        " FROM outbox_deliveries d JOIN outbox_messages m ON m.id = d.message_id"
+        " WHERE d.status = 'queued' AND d.next_attempt_at <= ? ORDER BY d.next_attempt_at, d.id"
+        " LIMIT ?", (now, limit)).fetchall()
+    return [Due(r[0], r[1], r[2], r[3], r[4], bytes(r[5])) for r in rows]
+
+
+def next_due_at(conn: sqlite3.Connection) -> float | None:
+    row = conn.execute(
+        "SELECT min(next_attempt_at) FROM outbox_deliveries WHERE status = 'queued'").fetchone()
+    return None if row[0] is None else float(row[0])
+
+
+def record(delivery_id: int, status: str, error: str | None, retry_at: float,
+           ) -> Callable[[sqlite3.Connection], None]:
+    def job(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "UPDATE outbox_deliveries SET status = ?, attempts = attempts + 1, last_error = ?,"
+            " next_attempt_at = ?, updated_at = ? WHERE id = ?",
+            (status, error, retry_at, time.time(), delivery_id))
+
+    return job
+
+
+def depth(conn: sqlite3.Connection) -> dict[str, int]:
+    out = {"queued": 0, "sent": 0, "failed": 0}
+    for st, n in conn.execute("SELECT status, count(*) FROM outbox_deliveries GROUP BY status"):
+        out[st] = n
+    return out
+
+
+class PermanentFailure(Exception):
+    """The next hop refused the mail for good (5xx)."""
+
+
+class Deliverer:
+    """Sends what the outbox holds, one delivery at a time per batch, until stopped."""
+
+    IDLE_POLL = 5.0
+
+    def __init__(self, cfg: Config, writer: Writer, reader: Reader) -> None:
+        self.cfg = cfg
+        self.writer = writer
+        self.reader = reader
+        self.log = logs.get("outbox")
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    @property
+    def maildir(self) -> Path:
+        d = Path(str(self.cfg["outbox.maildir"]))
+        return d if d.is_absolute() else self.cfg.state_dir / d
+
+    async def run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                worked = await self.step()
+            except Exception:
+                self.log.exception("outbox step failed")
+                worked = False
+            if not worked:
+                nxt = await self.reader.run(next_due_at)
+                delay = self.IDLE_POLL if nxt is None else min(self.IDLE_POLL, max(0.0, nxt - time.time()))
+                if self._stopping:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=delay)
+
+    async def step(self, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
+        batch = await self.reader.run(due, now, 32)
+        for d in batch:
+            if self._stopping:
+                break
+            await self._deliver(d)
+        return bool(batch)
+
+    async def _deliver(self, d: Due) -> None:
+        log = self.log.bind(outbox_id=d.message_id, delivery=d.id, rcpt=logs.redact_address(d.rcpt))
+        try:
+            if self.cfg["outbox.smarthost"]:
+                await self._relay(d)
+                how = "relayed"
+            else:
+                await asyncio.to_thread(self._write_file, d)
+                how = "written"
+        except PermanentFailure as e:
+            await self.writer.run(record(d.id, "failed", str(e)[:500], 0))
+            log.error("delivery refused for good", error=str(e)[:200])
+            return
+        except Exception as e:
+            attempts = d.attempts + 1
+            error = f"{type(e).__name__}: {e}"[:500]
+            if attempts >= MAX_ATTEMPTS:
+                await self.writer.run(record(d.id, "failed", f"gave up: {error}", 0))
+                log.error("delivery failed after retries", attempts=attempts, error=error)
+                return
+            delay = min(3600.0, 30.0 * 2 ** (attempts - 1))
+            await self.writer.run(record(d.id, "queued", error, time.time() + delay))
+            log.warning("delivery deferred", attempts=attempts, retry_in=delay, error=error)
+            return
+        await self.writer.run(record(d.id, "sent", None, 0))
+        log.info("mail delivered", how=how)
+
+    async def _relay(self, d: Due) -> None:
+        host, port = parse_listen(str(self.cfg["outbox.smarthost"]))
+        try:
+            await aiosmtplib.send(d.raw, sender=d.mail_from, recipients=[d.rcpt], hostname=host,
+                                  port=port, timeout=30, start_tls=False,
+                                  local_hostname=self.cfg.hostname)
+        except aiosmtplib.SMTPRecipientsRefused as e:
+            codes = [r.code for r in e.recipients]
+            if all(500 <= c < 600 for c in codes):
+                raise PermanentFailure(f"recipient refused: {codes}") from e
+            raise
+        except aiosmtplib.SMTPResponseException as e:
+            if 500 <= e.code < 600:
+                raise PermanentFailure(f"{e.code} {e.message}") from e
+            raise
+
+    def _write_file(self, d: Due) -> None:
+        """One file per delivery, written whole (temp file, fsync, rename), so a reader of
+        the directory never sees half a message."""
+        directory = self.maildir
+        directory.mkdir(parents=True, exist_ok=True)
+        safe_rcpt = "".join(c if c.isalnum() or c in "@.-_+" else "_" for c in d.rcpt)[:100]
+        name = f"{d.message_id:08d}-{d.id:08d}-{safe_rcpt}.eml"
+        header = f"X-Envelope-From: <{d.mail_from}>\r\nX-Envelope-To: <{d.rcpt}>\r\n".encode()
+        tmp = directory / f".{name}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(header + d.raw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, directory / name)
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
