@@ -15,9 +15,10 @@ import pytest
 from tldops_mta import config, spool, storage
 from tldops_mta.message_facts import MessageFacts
 from tldops_mta.recipients import Service
+from tldops_mta.retry import backoff
 from tldops_mta.smtp_server import Runtime
 from tldops_mta.storage import Reader
-from tldops_mta.worker import Worker, backoff
+from tldops_mta.worker import Worker
 
 
 def arrival(i: int, raw: bytes | None = None) -> spool.Arrival:

@@ -25,10 +25,12 @@ import aiosmtplib
 
 from . import logs
 from .config import Config, parse_listen
+from .retry import backoff
 from .storage import Reader, Writer
 
 MAX_ATTEMPTS = 30
-"""With backoff capped at an hour, about a day of retries before a delivery is failed."""
+"""With the default backoff (30 s doubling to an hour), about a day of retries before a
+delivery is failed (and reported)."""
 
 
 @dataclass(frozen=True)
@@ -187,7 +189,7 @@ class Deliverer:
                 await self.writer.run(record(d.id, "failed", f"gave up: {error}", 0))
                 log.error("delivery failed after retries", attempts=attempts, error=error)
                 return
-            delay = min(3600.0, 30.0 * 2 ** (attempts - 1))
+            delay = backoff(attempts, self.cfg["worker.retry_base"], self.cfg["worker.retry_max"])
             await self.writer.run(record(d.id, "queued", error, time.time() + delay))
             log.warning("delivery deferred", attempts=attempts, retry_in=delay, error=error)
             return

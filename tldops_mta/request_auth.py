@@ -26,9 +26,6 @@ from .request_form import body_text, named_tlds
 from .smtp_server import Runtime
 from .storage import Reader
 
-DEFER_SECONDS = 300.0
-"""How soon a request that waits for IANA or DNS is looked at again."""
-
 PURPOSE_CONFIRM = "confirm-request"
 
 
@@ -108,7 +105,8 @@ class Authenticator:
             reason = "; ".join(f".{d.tld}: {d.reason}" for d in waits)
             log.info("request waits", reason=reason)
             return spool.Outcome(p.id, spool.Status.RECEIVED, f"waiting: {reason}",
-                                 ("requests",), retry_at=now + DEFER_SECONDS, counts_attempt=False)
+                                 ("requests",), retry_at=now + float(cfg["worker.retry_base"]),
+                                 counts_attempt=False)
 
         ar = authentication_results(cfg.hostname, report)
         effects: list[spool.Effect] = []

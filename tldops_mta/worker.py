@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 
 from . import logs, message_facts, spool
 from .recipients import Service, classify
+from .retry import backoff
 from .smtp_server import Runtime
 from .storage import Reader, Writer
 
@@ -33,10 +34,6 @@ async def classify_only(p: spool.Pending, facts: message_facts.MessageFacts,
     it per service (requests, confirmations, decisions, queries)."""
     return spool.Outcome(p.id, spool.Status.DONE, "classified",
                          tuple(sorted(s.value for s in services)))
-
-
-def backoff(attempts: int, base: float, cap: float) -> float:
-    return float(min(cap, base * 2 ** max(0, attempts - 1)))
 
 
 class Worker:

@@ -1,0 +1,66 @@
+"""A real SMTP server on loopback that keeps what it receives: the smarthost in tests.
+
+Runs aiosmtpd on its own event loop in a thread, on a port the kernel picks, and can be
+told to answer DATA with a temporary or permanent failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from aiosmtpd.smtp import SMTP
+
+
+@dataclass(frozen=True)
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+
+
+class SmtpSink:
+    def __init__(self) -> None:
+        self.received: list[Received] = []
+        self.reply = "250 2.0.0 OK"
+        self._cond = threading.Condition()
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self.port = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        sink = self
+
+        class Handler:
+            async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+                if sink.reply.startswith("250"):
+                    with sink._cond:
+                        sink.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos),
+                                                      envelope.original_content))
+                        sink._cond.notify_all()
+                return sink.reply
+
+        async def start() -> None:
+            srv = await self._loop.create_server(
+                lambda: SMTP(Handler(), hostname="sink.localhost"), "127.0.0.1", 0)
+            self.port = srv.sockets[0].getsockname()[1]
+            self._ready.set()
+
+        self._loop.run_until_complete(start())
+        self._loop.run_forever()
+
+    def wait(self, n: int, timeout: float = 15.0) -> list[Received]:
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self.received) >= n, timeout):
+                raise AssertionError(f"sink received {len(self.received)} of {n} messages")
+            return list(self.received)
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
