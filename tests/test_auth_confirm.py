@@ -223,3 +223,25 @@ def test_permanent_refusal_by_the_smarthost_is_recorded_not_dropped(tmp_path) ->
         dns.stop()
         rdap.stop()
         whois.stop()
+
+
+def test_relaxed_alignment_lets_a_subdomain_signature_count(tmp_path) -> None:
+    dns, rdap, whois = DnsServer().start(), RdapServer(), WhoisServer()
+    d = DaemonProc(tmp_path, settings_for(dns, rdap, whois, **{"dkim.alignment": "relaxed"}))
+    try:
+        d.start()
+        env = AuthEnv(d, dns, rdap, whois)
+        env.publish("sel", "mail.nic.org.mt", env.admin_key)
+        env.publish("sel", "org.mt", env.attacker_key)
+        qid = env.send(env.signed(request(ADMIN), "mail.nic.org.mt"))
+        assert env.processed(qid)[0] == "done"
+        assert env.requests_for(qid) == [("mt", "dkim", "awaiting-validator", ADMIN)]
+        # org.mt is a public suffix: a signature there is nobody's organisation.
+        qid = env.send(env.signed(request(ADMIN), "org.mt", env.attacker_key))
+        assert env.processed(qid)[0] == "done"
+        assert env.requests_for(qid) == [("mt", "token", "awaiting-confirmation", ADMIN)]
+    finally:
+        d.kill()
+        dns.stop()
+        rdap.stop()
+        whois.stop()
