@@ -537,3 +537,10 @@ def test_mangled_signed_message_never_raises(
     authres.AuthenticationResultsHeader.parse_value(authentication_results("mx.example", report))
     if raw == _SIGNED:
         assert only(report).counts
+
+
+async def test_a_key_is_asked_of_dns_once_per_ttl(zone: DnsServer, resolver: KeyResolver) -> None:
+    for i in range(3):
+        raw = sign(message(FROM, subject=f"n{i}"), ORG, SEL, rsa_key(2048))
+        assert only(await check(raw, resolver)).counts
+    assert len(zone.queries_for(dns_name(SEL, ORG))) == 1

@@ -168,6 +168,9 @@ class KeyResolver:
                 resolver = dns.asyncresolver.Resolver(configure=False)
         resolver.timeout = timeout
         resolver.lifetime = timeout
+        # Keys are looked up once per TTL, not once per message: a burst of requests from
+        # one domain costs one query, and the DNS server's TTL still governs key rotation.
+        resolver.cache = dns.resolver.LRUCache(4096)
         self._resolver = resolver
 
     @classmethod
