@@ -149,3 +149,33 @@ def test_concurrent_sessions_all_get_stored(start_daemon) -> None:
     assert not errors, errors[:3]
     assert d.query("SELECT count(*) FROM spool") == [(n_threads * per_thread,)]
     assert d.stop() == 0
+
+
+def test_a_dead_worker_process_is_restarted_and_mail_still_processed(start_daemon) -> None:
+    import os
+    import signal
+
+    d = start_daemon()
+    first = d.wait_for("worker ready")
+    os.kill(first["pid"], signal.SIGKILL)
+    restarted = d.wait_for("worker process exited, restarting")
+    assert restarted["level"] == "error"
+    d.wait_count("worker ready", 2)
+    qid = queue_id(deliver(d, message("after-worker-restart")))
+    d.wait_processed(qid)
+    assert d.query("SELECT status FROM spool WHERE queue_id = ?", (qid,)) == [("done",)]
+
+
+def test_killing_the_daemon_takes_the_worker_process_with_it(start_daemon) -> None:
+    import os
+    import select
+
+    d = start_daemon()
+    worker_pid = d.wait_for("worker ready")["pid"]
+    pidfd = os.pidfd_open(worker_pid)  # readable once that process has exited
+    try:
+        d.kill()
+        ready, _, _ = select.select([pidfd], [], [], 10)
+        assert ready, "worker process outlived the daemon"
+    finally:
+        os.close(pidfd)

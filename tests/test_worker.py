@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from tldops_mta import config, spool, storage
+from tldops_mta.live import Live
 from tldops_mta.message_facts import MessageFacts
 from tldops_mta.recipients import Service
 from tldops_mta.retry import backoff
-from tldops_mta.smtp_server import Runtime
 from tldops_mta.storage import Reader
 from tldops_mta.worker import Worker
 
@@ -36,8 +36,7 @@ async def make(tmp_path: Path, handler, **cfg_over) -> tuple[Worker, storage.Wri
     writer = storage.Writer(conn)
     writer.start()
     reader = Reader(storage.connect(cfg.database_path))
-    rt = Runtime(cfg, writer, on_spooled=lambda: None)
-    return Worker(rt, writer, reader, handler), writer, reader
+    return Worker(Live(cfg), writer, reader, handler), writer, reader
 
 
 async def test_handler_error_retries_with_backoff_then_fails_and_keeps_the_message(tmp_path: Path) -> None:
@@ -170,3 +169,32 @@ async def test_a_deferral_does_not_use_up_an_attempt(tmp_path: Path) -> None:
     finally:
         await writer.close()
         reader.close()
+
+
+async def test_an_outcome_for_a_lost_claim_is_dropped_with_its_effects(tmp_path: Path) -> None:
+    conn = storage.connect(tmp_path / "db.sqlite3")
+    storage.migrate(conn)
+    writer = storage.Writer(conn)
+    writer.start()
+    try:
+        await writer.run(spool.insert(arrival(1)))
+        assert await writer.run(spool.claim([1], time.time(), "old")) == [1]
+        # The daemon restarted: the message is requeued and claimed by the new worker.
+        await writer.run(spool.requeue_interrupted)
+        assert await writer.run(spool.claim([1], time.time(), "new")) == [1]
+
+        def effect(c: sqlite3.Connection) -> None:
+            c.execute("CREATE TABLE IF NOT EXISTS marks (who)")
+            c.execute("INSERT INTO marks VALUES ('old')")
+
+        late = spool.Outcome(1, spool.Status.DONE, "old worker", effects=(effect,))
+        await writer.run(spool.finish([late], time.time(), 0, "old"))
+        check = storage.connect(tmp_path / "db.sqlite3")
+        assert check.execute("SELECT status, claimed_by FROM spool").fetchone() == ("processing", "new")
+        assert check.execute("SELECT count(*) FROM sqlite_master WHERE name = 'marks'").fetchone() == (0,)
+        await writer.run(spool.finish([spool.Outcome(1, spool.Status.DONE, "new worker")],
+                                      time.time(), 0, "new"))
+        assert check.execute("SELECT status, reason FROM spool").fetchone() == ("done", "new worker")
+        check.close()
+    finally:
+        await writer.close()

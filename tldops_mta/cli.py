@@ -47,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domain", help="mail domain of the service addresses")
     p.set_defaults(func=cmd_serve)
 
+    p = sub.add_parser("worker", help="run the processing (worker and outbox) alone; "
+                       "'serve' starts it by itself")
+    _common(p)
+    p.add_argument("--domain", help="mail domain of the service addresses")
+    p.add_argument("--wake-fd", type=int, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_worker)
+
     p = sub.add_parser("config", help="check or show the configuration")
     csub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     c = csub.add_parser("check", help="report every bad key or value, and bad rules files")
@@ -136,6 +143,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.state_dir:
         overrides["storage.state_dir"] = args.state_dir
     return serve(args.config, overrides)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from .processing import main as worker_main
+
+    overrides: dict[str, Any] = {}
+    if args.domain:
+        overrides["server.domain"] = args.domain
+    if args.state_dir:
+        overrides["storage.state_dir"] = args.state_dir
+    return worker_main(args.config, overrides, args.wake_fd)
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:

@@ -10,23 +10,18 @@ for. SIGTERM/SIGINT: stop accepting, let DATA finish, stop the worker, commit, c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from . import config as config_mod
 from . import logs, rules, spool, storage
-from .dispatch import Dispatcher
-from .dkim_verify import KeyResolver
-from .iana import IanaClient
-from .outbox import Deliverer
-from .request_auth import Authenticator
 from .smtp_server import Runtime
-from .storage import Reader
-from .worker import Worker
 
 SD_LISTEN_FDS_START = 3
 
@@ -37,6 +32,80 @@ def inherited_sockets() -> list[socket.socket]:
         return []
     n = int(os.environ.get("LISTEN_FDS", "0") or 0)
     return [socket.socket(fileno=SD_LISTEN_FDS_START + i) for i in range(n)]
+
+
+class WorkerProcess:
+    """Starts ``tldops worker`` beside the SMTP process and keeps it running.
+
+    The wake pipe carries one byte per spool commit (coalesced by the kernel buffer); the
+    worker drains it. A worker that exits on its own is restarted after a short pause,
+    logged at error level: processing must not stop while mail is being accepted.
+    """
+
+    RESTART_PAUSE = 1.0
+
+    def __init__(self, config_path: Path | None, overrides: Mapping[str, Any]) -> None:
+        self.config_path = config_path
+        self.overrides = dict(overrides)
+        self.log = logs.get("daemon")
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._write_fd, False)
+        self.proc: asyncio.subprocess.Process | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.restarts = 0
+
+    def argv(self) -> list[str]:
+        args = [sys.executable, "-m", "tldops_mta", "worker", "--wake-fd", str(self._read_fd)]
+        if self.config_path is not None:
+            args += ["--config", str(self.config_path)]
+        if "storage.state_dir" in self.overrides:
+            args += ["--state-dir", str(self.overrides["storage.state_dir"])]
+        if "server.domain" in self.overrides:
+            args += ["--domain", str(self.overrides["server.domain"])]
+        return args
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._keep_running(), name="worker-process")
+
+    async def _keep_running(self) -> None:
+        while not self._stopping:
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.argv(), pass_fds=(self._read_fd,), stdin=asyncio.subprocess.DEVNULL)
+            code = await self.proc.wait()
+            if self._stopping:
+                return
+            self.restarts += 1
+            self.log.error("worker process exited, restarting", exit_code=code, restarts=self.restarts)
+            await asyncio.sleep(self.RESTART_PAUSE)
+
+    def wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._write_fd, b"\0")
+
+    def signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.send_signal(sig)
+
+    STOP_WAIT = 30.0
+
+    async def stop(self) -> int | None:
+        """SIGTERM, then wait (the worker finishes its batch); SIGKILL past STOP_WAIT."""
+        self._stopping = True
+        code = None
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.terminate()
+            try:
+                code = await asyncio.wait_for(self.proc.wait(), self.STOP_WAIT)
+            except TimeoutError:
+                self.log.error("worker process did not stop, killing it")
+                self.proc.kill()
+                code = await self.proc.wait()
+        if self._task is not None:
+            await self._task
+        os.close(self._write_fd)
+        os.close(self._read_fd)
+        return code
 
 
 class Daemon:
@@ -57,16 +126,8 @@ class Daemon:
         writer = storage.Writer(conn, max_batch=cfg["storage.group_commit_max"])
         writer.start()
         requeued = await writer.run(spool.requeue_interrupted)
-        reader = Reader(storage.connect(cfg.database_path,
-                                        busy_timeout_ms=cfg["storage.busy_timeout_ms"]))
-        worker: Worker | None = None
-        rt = Runtime(cfg, writer, on_spooled=lambda: worker.wake() if worker else None)
-        auth = Authenticator(rt, reader, KeyResolver.from_config(cfg), IanaClient(cfg, writer, reader))
-        worker = Worker(rt, writer, reader, Dispatcher(rt, auth))
-        deliverer = Deliverer(cfg, writer, reader)
-        worker.on_outcomes = deliverer.wake
-        worker_task = asyncio.create_task(worker.run(), name="worker")
-        deliverer_task = asyncio.create_task(deliverer.run(), name="outbox")
+        worker = WorkerProcess(self.config_path, self.overrides)
+        rt = Runtime(cfg, writer, on_spooled=worker.wake)
 
         servers = []
         factory = rt.protocol_factory()
@@ -79,10 +140,11 @@ class Daemon:
                 host, port = config_mod.parse_listen(spec)
                 servers.append(await loop.create_server(factory, host, port, reuse_address=True))
         listening = [_fmt(s.getsockname()) for srv in servers for s in srv.sockets]
+        await worker.start()
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: self.reload(rt))
+        loop.add_signal_handler(signal.SIGHUP, lambda: self.reload(rt, worker))
         self.log.info("ready", listening=listening, database=str(cfg.database_path),
                       migrations_applied=applied, requeued=requeued, domain=cfg["server.domain"],
                       pid=os.getpid(), systemd_sockets=bool(inherited))
@@ -92,17 +154,12 @@ class Daemon:
         for srv in servers:
             srv.close()
         await rt.shutdown(rt.cfg["server.shutdown_grace"])
-        worker.stop()
-        await worker_task
-        deliverer.stop()
-        await deliverer_task
+        worker_exit = await worker.stop()
         await writer.close()
-        reader.close()
-        self.log.info("stopped", processed=worker.processed, commits=writer.batches,
-                      writes=writer.jobs)
+        self.log.info("stopped", commits=writer.batches, writes=writer.jobs, worker_exit=worker_exit)
         return 0
 
-    def reload(self, rt: Runtime) -> None:
+    def reload(self, rt: Runtime, worker: WorkerProcess) -> None:
         try:
             cfg = config_mod.load(self.config_path, self.overrides)
             new_rules = rules.load(cfg.rules_dir)
@@ -115,6 +172,7 @@ class Daemon:
             self.log.warning("listen addresses change only on restart")
         self.cfg, self.rules = cfg, new_rules
         rt.reconfigure(cfg)
+        worker.signal(signal.SIGHUP)
         self.log.info("reloaded", changed_sections=changed, rules=sorted(new_rules))
 
 

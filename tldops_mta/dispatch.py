@@ -8,10 +8,10 @@ request), and the others are noted in its services.
 from __future__ import annotations
 
 from . import spool
+from .live import Live
 from .message_facts import MessageFacts
 from .recipients import Service, classify
 from .request_auth import Authenticator
-from .smtp_server import Runtime
 from .worker import classify_only
 
 ORDER = (Service.CONFIRM, Service.DECIDE, Service.REQUESTS, Service.UPDATE, Service.WHO,
@@ -19,8 +19,8 @@ ORDER = (Service.CONFIRM, Service.DECIDE, Service.REQUESTS, Service.UPDATE, Serv
 
 
 class Dispatcher:
-    def __init__(self, runtime: Runtime, auth: Authenticator) -> None:
-        self.rt = runtime
+    def __init__(self, live: Live, auth: Authenticator) -> None:
+        self.rt = live
         self.auth = auth
 
     async def __call__(self, p: spool.Pending, facts: MessageFacts,

@@ -21,22 +21,19 @@ from . import addresses, logs, outbox, spool, tokens
 from .auth_decision import Decision, IanaView, MessageView, Verdict, decide
 from .dkim_verify import DkimReport, KeyResolver, authentication_results, verify
 from .iana import AdminContact, IanaClient, LookupUnavailable, tld_labels
+from .live import Live
 from .message_facts import REQUIRED_FOR_REQUESTS, MessageFacts
 from .request_form import body_text, named_tlds
-from .smtp_server import Runtime
-from .storage import Reader
+from .storage import Reader, Writer
 
 PURPOSE_CONFIRM = "confirm-request"
 
 
-def _service_address(rt: Runtime, service: str, tag: str | None = None) -> str:
-    local = rt.cfg[f"addresses.{service}"]
-    return f"{local}+{tag}@{rt.cfg['server.domain']}" if tag else f"{local}@{rt.cfg['server.domain']}"
-
-
 class Authenticator:
-    def __init__(self, runtime: Runtime, reader: Reader, resolver: KeyResolver, iana: IanaClient) -> None:
-        self.rt = runtime
+    def __init__(self, live: Live, writer: Writer, reader: Reader, resolver: KeyResolver,
+                 iana: IanaClient) -> None:
+        self.rt = live
+        self.writer = writer
         self.reader = reader
         self.resolver = resolver
         self.iana = iana
@@ -156,7 +153,7 @@ class Authenticator:
         token = tokens.new_token()
         admin = d.admin_key
         assert admin is not None
-        confirm_addr = _service_address(self.rt, "confirm", token)
+        confirm_addr = self.rt.service_address("confirm", token)
         expires = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(now + cfg["auth.token_ttl"]))
         body = (
             f"Someone asked TLD-OPS to act for .{d.tld}, whose administrative contact at IANA is\n"
@@ -182,7 +179,7 @@ class Authenticator:
         def job(conn: sqlite3.Connection) -> None:
             request_id = request(conn)
             tokens.issue(token, PURPOSE_CONFIRM, request_id, admin, now=now, ttl=ttl)(conn)
-            outbox.enqueue(raw, _service_address(self.rt, "bounces", f"r{request_id}"), [admin],
+            outbox.enqueue(raw, self.rt.service_address("bounces", f"r{request_id}"), [admin],
                            "confirmation", ref=p.queue_id)(conn)
 
         return job
@@ -201,7 +198,7 @@ class Authenticator:
         except addresses.AddressError as e:
             return self._refusal(p, facts, [e.reason], service="confirm")
         now = time.time()
-        redemption = await self.rt.writer.run(_redeem(token, sender.key, now, p.id))
+        redemption = await self.writer.run(_redeem(token, sender.key, now, p.id))
         if redemption.request_id is None:
             log.info("confirmation refused", reason=redemption.reason)
             return self._refusal(p, facts, [f"this confirmation does not count: {redemption.reason}"],
@@ -233,10 +230,10 @@ class Authenticator:
             + "\nRequests count only when they come from, or are copied (Cc) to, the address IANA\n"
             "lists as administrative contact of the ccTLD. Name the ccTLD on a line of its own,\n"
             "such as 'ccTLD: mt'. The request template is sent by "
-            + _service_address(self.rt, "help") + ".\n\n"
+            + self.rt.service_address("help") + ".\n\n"
             "This reply is automatic; further refusals to this address are held back for a day.\n"
         )
-        raw = outbox.compose(from_addr=f"TLD-OPS <{_service_address(self.rt, 'postmaster')}>", to=to,
+        raw = outbox.compose(from_addr=f"TLD-OPS <{self.rt.service_address('postmaster')}>", to=to,
                              subject="[TLD-OPS] Your request was not accepted", body=body,
                              domain=cfg["server.domain"], in_reply_to=facts.message_id,
                              auto="auto-replied")

@@ -22,7 +22,8 @@ from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException, syntax
 
 from . import content_checks, logs, replies, spool
 from .config import Config
-from .recipients import Service, classify, local_parts
+from .live import Live
+from .recipients import Service, classify
 from .storage import StorageFull, Writer
 
 
@@ -77,29 +78,28 @@ def tls_context(cfg: Config) -> ssl.SSLContext | None:
     return ctx
 
 
-class Runtime:
-    """What every session shares: the live configuration and the open sessions.
+class Runtime(Live):
+    """What every SMTP session shares: the live configuration and the open sessions.
 
     ``cfg`` is replaced as a whole on SIGHUP; a session reads it at each step, so new limits
     apply at once without tearing a session between two configurations mid-command.
     """
 
     def __init__(self, cfg: Config, writer: Writer, on_spooled: Callable[[], None]) -> None:
-        self.cfg = cfg
+        super().__init__(cfg)
         self.writer = writer
         self.on_spooled = on_spooled
         self.limiter = Limiter()
         self.sessions: set[Protocol] = set()
         self.closing = False
-        self.parts = local_parts(cfg.as_dict()["addresses"])
         self.tls = tls_context(cfg)
         self.log = logs.get("smtp")
 
     def reconfigure(self, cfg: Config) -> None:
         """Apply a new configuration to new connections and new commands."""
         tls = tls_context(cfg)  # first, so a bad certificate leaves everything as it was
-        self.cfg, self.tls = cfg, tls
-        self.parts = local_parts(cfg.as_dict()["addresses"])
+        self.apply(cfg)
+        self.tls = tls
 
     def protocol_factory(self) -> Callable[[], Protocol]:
         handler = Intake(self)

@@ -127,8 +127,8 @@ def requeue_interrupted(conn: sqlite3.Connection) -> int:
     """At start-up: attempts cut short by a crash go back to received."""
     now = time.time()
     rows = conn.execute(
-        "UPDATE spool SET status = 'received', updated_at = ? WHERE status = 'processing'"
-        " RETURNING id", (now,)).fetchall()
+        "UPDATE spool SET status = 'received', claimed_by = NULL, updated_at = ?"
+        " WHERE status = 'processing' RETURNING id", (now,)).fetchall()
     conn.executemany(
         "INSERT INTO spool_events (spool_id, at, status, reason) VALUES (?,?,?,?)",
         [(r[0], now, Status.RECEIVED.value, "requeued: processing was interrupted") for r in rows],
@@ -152,7 +152,7 @@ def next_due_at(conn: sqlite3.Connection) -> float | None:
     return None if row[0] is None else float(row[0])
 
 
-def claim(ids: Iterable[int], now: float) -> Callable[[sqlite3.Connection], list[int]]:
+def claim(ids: Iterable[int], now: float, owner: str) -> Callable[[sqlite3.Connection], list[int]]:
     """Mark messages as being processed and count the attempt before any work starts.
 
     Counting first means a message that crashes the daemon every time still reaches
@@ -164,8 +164,9 @@ def claim(ids: Iterable[int], now: float) -> Callable[[sqlite3.Connection], list
         claimed = []
         for i in id_list:
             row = conn.execute(
-                "UPDATE spool SET status = 'processing', attempts = attempts + 1, updated_at = ?"
-                " WHERE id = ? AND status = 'received' RETURNING id", (now, i)).fetchone()
+                "UPDATE spool SET status = 'processing', attempts = attempts + 1, updated_at = ?,"
+                " claimed_by = ? WHERE id = ? AND status = 'received' RETURNING id",
+                (now, owner, i)).fetchone()
             if row:
                 claimed.append(i)
         conn.executemany(
@@ -176,19 +177,23 @@ def claim(ids: Iterable[int], now: float) -> Callable[[sqlite3.Connection], list
     return job
 
 
-def finish(outcomes: Iterable[Outcome], now: float, retry_at: float,
+def finish(outcomes: Iterable[Outcome], now: float, retry_at: float, owner: str,
            ) -> Callable[[sqlite3.Connection], list[Outcome]]:
     """Commit outcomes, each in its own savepoint: an outcome whose effects fail is
     replaced by a retry at ``retry_at`` (returned, so the caller can log it) and the
-    others still commit."""
+    others still commit. An outcome for a message ``owner`` no longer holds is dropped
+    with its effects: whoever holds it now will write its own."""
     rows = list(outcomes)
 
     def write(conn: sqlite3.Connection, o: Outcome) -> None:
-        conn.execute(
+        cur = conn.execute(
             "UPDATE spool SET status = ?, reason = ?, services = ?, next_attempt_at = ?,"
-            " updated_at = ?, attempts = attempts - ? WHERE id = ? AND status = 'processing'",
+            " updated_at = ?, attempts = attempts - ?, claimed_by = NULL"
+            " WHERE id = ? AND status = 'processing' AND claimed_by = ?",
             (o.status.value, o.reason, json.dumps(list(o.services)) if o.services else None,
-             o.retry_at, now, 0 if o.counts_attempt else 1, o.id))
+             o.retry_at, now, 0 if o.counts_attempt else 1, o.id, owner))
+        if cur.rowcount != 1:
+            return
         conn.execute("INSERT INTO spool_events (spool_id, at, status, reason) VALUES (?,?,?,?)",
                      (o.id, now, o.status.value, o.reason))
         for effect in o.effects:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 
 from . import logs, message_facts, spool
+from .live import Live
 from .recipients import Service, classify
 from .retry import backoff
-from .smtp_server import Runtime
 from .storage import Reader, Writer
 
 IDLE_POLL = 5.0
@@ -37,9 +38,9 @@ async def classify_only(p: spool.Pending, facts: message_facts.MessageFacts,
 
 
 class Worker:
-    def __init__(self, runtime: Runtime, writer: Writer, reader: Reader,
+    def __init__(self, live: Live, writer: Writer, reader: Reader,
                  handler: Handler = classify_only) -> None:
-        self.rt = runtime
+        self.rt = live
         self.writer = writer
         self.reader = reader
         self.handler = handler
@@ -47,6 +48,8 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopping = False
         self.processed = 0
+        self.owner = secrets.token_hex(8)
+        """This worker's name on the messages it claims."""
         self.on_outcomes: Callable[[], None] = lambda: None
         """Called after outcomes commit: they may have queued mail for the outbox."""
 
@@ -88,12 +91,13 @@ class Worker:
         batch = await self.reader.run(spool.due, now, cfg["worker.batch_size"])
         if not batch:
             return False
-        claimed = set(await self.writer.run(spool.claim([p.id for p in batch], now)))
+        claimed = set(await self.writer.run(spool.claim([p.id for p in batch], now, self.owner)))
         work = [p for p in batch if p.id in claimed]
         outcomes = [await self.process(p) for p in work]
         done = time.time()
         retry_at = done + backoff(1, cfg["worker.retry_base"], cfg["worker.retry_max"])
-        replaced = {o.id: o for o in await self.writer.run(spool.finish(outcomes, done, retry_at))}
+        finish = spool.finish(outcomes, done, retry_at, self.owner)
+        replaced = {o.id: o for o in await self.writer.run(finish)}
         self.processed += len(outcomes)
         self.on_outcomes()
         for p, o in zip(work, outcomes, strict=True):
