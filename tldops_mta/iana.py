@@ -228,6 +228,9 @@ class IanaClient:
         self._writer = writer
         self._reader = reader
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._memo: dict[str, Cached] = {}
+        """The newest stored answer per TLD as last read: while it is fresh, requests need
+        not ask the database (or IANA) at all."""
 
     async def admin_contact(self, tld: str, *, refresh: bool = False,
                             now: float | None = None) -> AdminContact:
@@ -236,6 +239,13 @@ class IanaClient:
         Raises ValueError when ``tld`` is not a TLD at all (a permanent problem of the input).
         """
         a_label, u_label = tld_labels(tld)
+        at = time.time() if now is None else now
+        memo = self._memo.get(a_label)
+        if memo is not None and not refresh and cache_use(
+                memo.fetched_at, at, fresh_for=float(self._cfg["iana.fresh_for"]),
+                usable_for=float(self._cfg["iana.usable_for"])) is CacheUse.FRESH:
+            return _contact(a_label, u_label, memo,
+                            f"cached {memo.source} answer, {at - memo.fetched_at:.0f} s old")
         # One lookup per TLD at a time: a burst of requests from one ccTLD asks IANA once,
         # and the others find the fresh answer in the cache.
         lock = self._locks.get(a_label)
@@ -248,13 +258,16 @@ class IanaClient:
         fresh_for = float(self._cfg["iana.fresh_for"])
         usable_for = float(self._cfg["iana.usable_for"])
         cached = await self._reader.run(newest_usable, a_label)
+        self._memo.pop(a_label, None)
+        if cached is not None:
+            self._memo[a_label] = cached
         use = cache_use(cached.fetched_at if cached else None, now, fresh_for=fresh_for,
                         usable_for=usable_for, refresh=refresh)
         if cached is not None and use is CacheUse.FRESH:
             age = now - cached.fetched_at
-            log.info("iana_lookup", tld=a_label, source="cache", cached_source=cached.source,
-                     outcome=cached.status, age=round(age, 1), duration=0.0,
-                     admin=_redacted(cached.email), reason="cached answer is fresh")
+            log.debug("iana_lookup", tld=a_label, source="cache", cached_source=cached.source,
+                      outcome=cached.status, age=round(age, 1), duration=0.0,
+                      admin=_redacted(cached.email), reason="cached answer is fresh")
             return _contact(a_label, u_label, cached, f"cached {cached.source} answer, {age:.0f} s old")
 
         failures: list[str] = []
@@ -280,6 +293,7 @@ class IanaClient:
                     log.warning("iana_record_lost", tld=a_label, source=source, reason=str(e))
                 continue
             await self._writer.run(store(a_label, answer, now))
+            self._memo.pop(a_label, None)  # the next call reads the answer just stored
             log.info("iana_lookup", tld=a_label, source=source, outcome=answer.status,
                      duration=duration, admin=_redacted(answer.email), reason=answer.reason)
             status: Status = "ok" if answer.status == "ok" else "not-delegated"

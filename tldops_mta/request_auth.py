@@ -108,7 +108,11 @@ class Authenticator:
         ar = authentication_results(cfg.hostname, report)
         effects: list[spool.Effect] = []
         if facts.message_id:
-            effects.append(_remember_message_id(facts.message_id, p.id, now))
+            # Verified requests claim their Message-ID strictly: if a copy of the same message
+            # was verified in the same batch, this insert fails at commit, the outcome becomes
+            # a retry, and the retry sees a replay.
+            strict = any(d.verdict is Verdict.VERIFIED for d, _ in decisions)
+            effects.append(_remember_message_id(facts.message_id, p.id, now, strict=strict))
         refusals: list[str] = []
         accepted: list[str] = []
         for d, contact in decisions:
@@ -267,9 +271,11 @@ def _seen(conn: sqlite3.Connection, message_id: str) -> bool:
     return row is not None
 
 
-def _remember_message_id(message_id: str, spool_id: int, now: float) -> spool.Effect:
+def _remember_message_id(message_id: str, spool_id: int, now: float, *, strict: bool) -> spool.Effect:
+    verb = "INSERT" if strict else "INSERT OR IGNORE"
+
     def job(conn: sqlite3.Connection) -> None:
-        conn.execute("INSERT OR IGNORE INTO seen_messages (message_id, spool_id, seen_at) VALUES (?,?,?)",
+        conn.execute(f"{verb} INTO seen_messages (message_id, spool_id, seen_at) VALUES (?,?,?)",
                      (message_id, spool_id, now))
 
     return job

@@ -93,7 +93,9 @@ class Worker:
             return False
         claimed = set(await self.writer.run(spool.claim([p.id for p in batch], now, self.owner)))
         work = [p for p in batch if p.id in claimed]
-        outcomes = [await self.process(p) for p in work]
+        # Concurrently: one message's DNS or IANA wait is another's CPU time. Messages of
+        # one batch do not depend on each other's effects (those commit together below).
+        outcomes = list(await asyncio.gather(*(self.process(p) for p in work)))
         done = time.time()
         retry_at = done + backoff(1, cfg["worker.retry_base"], cfg["worker.retry_max"])
         finish = spool.finish(outcomes, done, retry_at, self.owner)
