@@ -53,6 +53,7 @@ class WorkerProcess:
         self.proc: asyncio.subprocess.Process | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._wake_pending = False
         self.restarts = 0
 
     def argv(self) -> list[str]:
@@ -80,7 +81,14 @@ class WorkerProcess:
             await asyncio.sleep(self.RESTART_PAUSE)
 
     def wake(self) -> None:
-        with contextlib.suppress(BlockingIOError):
+        """One byte per turn of the event loop, however many messages it spooled."""
+        if not self._wake_pending:
+            self._wake_pending = True
+            asyncio.get_running_loop().call_soon(self._send_wake)
+
+    def _send_wake(self) -> None:
+        self._wake_pending = False
+        with contextlib.suppress(BlockingIOError, OSError):
             os.write(self._write_fd, b"\0")
 
     def signal(self, sig: int) -> None:

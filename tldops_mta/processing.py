@@ -32,6 +32,11 @@ from .worker import Worker
 PR_SET_PDEATHSIG = 1
 
 
+WORKER_NICENESS = 10
+"""Processing yields the CPU to SMTP intake when both want it: a 250 reply is what a
+sending server waits for, while a decision can come a moment later."""
+
+
 def die_with_parent() -> None:
     """If the SMTP process is killed (kill -9, OOM), take this process down with it, as one
     daemon; a restart then finds both gone and requeues what was in flight."""
@@ -51,10 +56,10 @@ async def run(config_path: Path | None, overrides: Mapping[str, Any], wake_fd: i
     writer = storage.Writer(conn, max_batch=cfg["storage.group_commit_max"])
     writer.start()
     reader = storage.Reader(storage.connect(cfg.database_path,
-                                            busy_timeout_ms=cfg["storage.busy_timeout_ms"]))
+                                            busy_timeout_ms=cfg["storage.busy_timeout_ms"]), inline=True)
     live = Live(cfg)
     auth = Authenticator(live, writer, reader, KeyResolver.from_config(cfg),
-                         IanaClient(cfg, writer, reader))
+                         IanaClient(cfg, writer, reader), offload=False)
     worker = Worker(live, writer, reader, Dispatcher(live, auth))
     deliverer = Deliverer(cfg, writer, reader)
     worker.on_outcomes = deliverer.wake
@@ -102,6 +107,8 @@ async def run(config_path: Path | None, overrides: Mapping[str, Any], wake_fd: i
 def main(config_path: Path | None, overrides: Mapping[str, Any], wake_fd: int | None) -> int:
     if wake_fd is not None:
         die_with_parent()
+        with contextlib.suppress(OSError):
+            os.nice(WORKER_NICENESS)
     cfg = config_mod.load(config_path, overrides)
     logs.setup(cfg["log.level"])
     return asyncio.run(run(config_path, overrides, wake_fd))

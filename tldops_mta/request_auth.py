@@ -31,7 +31,8 @@ PURPOSE_CONFIRM = "confirm-request"
 
 class Authenticator:
     def __init__(self, live: Live, writer: Writer, reader: Reader, resolver: KeyResolver,
-                 iana: IanaClient) -> None:
+                 iana: IanaClient, *, offload: bool = True) -> None:
+        self.offload = offload
         self.rt = live
         self.writer = writer
         self.reader = reader
@@ -66,7 +67,8 @@ class Authenticator:
             return self._refusal(p, facts, [problem])
 
         assert sender is not None
-        report = await verify(p.raw, self.resolver, min_rsa_bits=cfg["dkim.min_rsa_bits"], now=now)
+        report = await verify(p.raw, self.resolver, min_rsa_bits=cfg["dkim.min_rsa_bits"], now=now,
+                              offload=self.offload)
         alignment = cfg["dkim.alignment"]
         counting = report.counting(sender.domain, alignment)
         replayed, replay_why = await self._replayed(facts, now)
@@ -237,11 +239,9 @@ class Authenticator:
             + self.rt.service_address("help") + ".\n\n"
             "This reply is automatic; further refusals to this address are held back for a day.\n"
         )
-        raw = outbox.compose(from_addr=f"TLD-OPS <{self.rt.service_address('postmaster')}>", to=to,
-                             subject="[TLD-OPS] Your request was not accepted", body=body,
-                             domain=cfg["server.domain"], in_reply_to=facts.message_id,
-                             auto="auto-replied")
-        queue_id = p.queue_id
+        from_addr = f"TLD-OPS <{self.rt.service_address('postmaster')}>"
+        domain = str(cfg["server.domain"])
+        queue_id, in_reply_to = p.queue_id, facts.message_id
 
         def job(conn: sqlite3.Connection) -> None:
             now = time.time()
@@ -252,6 +252,10 @@ class Authenticator:
             conn.execute("INSERT INTO refusal_replies (address, last_sent) VALUES (?, ?)"
                          " ON CONFLICT (address) DO UPDATE SET last_sent = excluded.last_sent",
                          (to.lower(), now))
+            # Composed only when it is sent: a flood of refused mail costs no mail building.
+            raw = outbox.compose(from_addr=from_addr, to=to, body=body, domain=domain,
+                                 subject="[TLD-OPS] Your request was not accepted",
+                                 in_reply_to=in_reply_to, auto="auto-replied")
             outbox.enqueue(raw, "", [to], "refusal", ref=queue_id)(conn)
 
         return job

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import ipaddress
+import itertools
 import secrets
 import ssl
 import time
@@ -25,6 +26,11 @@ from .config import Config
 from .live import Live
 from .recipients import Service, classify
 from .storage import StorageFull, Writer
+
+_PROCESS_TAG = secrets.token_hex(3)
+_SESSIONS = itertools.count(1)
+"""Session ids: a random tag per daemon start and a counter, unique in any log, and with no
+system call per connection."""
 
 
 class Limiter:
@@ -138,19 +144,18 @@ class Protocol(SMTP):
     """One SMTP connection."""
 
     def __init__(self, handler: Intake, *, runtime: Runtime, **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
         self.runtime = runtime
-        self.session_id = secrets.token_hex(6)
+        self._commands = -1  # aiosmtpd resets the idle timer once at connect, then per command
+        super().__init__(handler, **kwargs)
+        self.session_id = f"{_PROCESS_TAG}{next(_SESSIONS):x}"
         self.log = runtime.log.bind(session=self.session_id)
         self.in_data = False
-        self.data_done: asyncio.Future[None] = self.loop.create_future()
+        self._data_done: asyncio.Future[None] | None = None
         self._refused = False
         self._counted_ip: str | None = None
         self._greeted = False
         self._raw_replies = False
-        self._commands = 0
         self._deadline: asyncio.TimerHandle | None = None
-        self._smtp_methods = {name: self._counted(m) for name, m in self._smtp_methods.items()}
 
     # -- connection-level guards -------------------------------------------------------
 
@@ -187,19 +192,31 @@ class Protocol(SMTP):
             self.runtime.limiter.release(self._counted_ip)
             self._counted_ip = None
         self.runtime.sessions.discard(self)
-        if not self.data_done.done():
-            self.data_done.set_result(None)
+        self._set_data_done()
         self.log.debug("connection closed")
         super().connection_lost(error)
 
-    def data_received(self, data: bytes) -> None:
-        if not self._refused:
-            super().data_received(data)
+    @property
+    def data_done(self) -> asyncio.Future[None]:
+        """Resolved when this session's DATA is over (only shutdown waits for it)."""
+        if self._data_done is None:
+            self._data_done = self.loop.create_future()
+            if not self.in_data:
+                self._data_done.set_result(None)
+        return self._data_done
 
-    def eof_received(self) -> bool | None:
-        if self._refused:
-            return False
-        return super().eof_received()
+    def _set_data_done(self) -> None:
+        if self._data_done is not None and not self._data_done.done():
+            self._data_done.set_result(None)
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        # aiosmtpd calls this once per valid command, before running it: the one place to
+        # count commands without wrapping every command method of every session.
+        self._commands += 1
+        if self._commands > self.runtime.cfg["server.max_commands"]:
+            self.close_with(replies.TOO_MANY_COMMANDS)
+            return
+        super()._reset_timeout(duration)
 
     def _timeout_cb(self) -> None:
         self.close_with(replies.IDLE_TIMEOUT)
@@ -213,17 +230,6 @@ class Protocol(SMTP):
         assert isinstance(transport, asyncio.WriteTransport)
         transport.write(reply.encode() + b"\r\n")
         transport.close()
-
-    def _counted(self, method: Callable[[str | None], Any]) -> Callable[[str | None], Any]:
-        @functools.wraps(method)
-        async def counted(arg: str | None) -> None:
-            self._commands += 1
-            if self._commands > self.runtime.cfg["server.max_commands"]:
-                self.close_with(replies.TOO_MANY_COMMANDS)
-                return
-            await method(arg)
-
-        return counted
 
     # -- replies -------------------------------------------------------------------------
 
@@ -283,8 +289,7 @@ class Protocol(SMTP):
             self.in_data = False
         if self.runtime.closing:
             self.close_with(replies.SHUTTING_DOWN)
-            if not self.data_done.done():
-                self.data_done.set_result(None)
+            self._set_data_done()
 
 
 class Intake:

@@ -137,11 +137,16 @@ def _statements(sql: str) -> list[str]:
 class Reader:
     """A read-only connection on its own thread, so reads never stall the event loop."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, *, inline: bool = False) -> None:
+        """``inline``: query on the caller's thread. Right for the worker process, whose loop
+        serves nobody else and whose reads are short; wrong for the SMTP loop."""
         self._conn = conn
+        self._inline = inline
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="tldops-reader")
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._inline:
+            return fn(self._conn, *args)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: fn(self._conn, *args))
 
