@@ -98,8 +98,7 @@ def test_messages_left_processing_are_redone_after_restart(start_daemon) -> None
     rows = d.query("SELECT status, attempts, services FROM spool ORDER BY id")
     assert rows == [("done", 2, '["postmaster"]')] * 3
     history = d.query("SELECT status FROM spool_events WHERE spool_id = 1 ORDER BY rowid")
-    assert [h[0] for h in history] == ["received", "processing", "done", "received",
-                                       "processing", "done"]
+    assert [h[0] for h in history] == ["processing", "done", "received", "processing", "done"]
 
 
 def test_messages_waiting_for_the_disk_are_committed_together(start_daemon) -> None:
