@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
-import httpx
 import idna
 
 from . import iana_answers as answers
@@ -319,6 +318,10 @@ class IanaClient:
         # trust_env=False: IANA is asked directly, never through a proxy taken from the
         # environment (and a loopback test server stays on loopback).
         headers = {"Accept": "application/rdap+json, application/json", "Accept-Encoding": "identity"}
+        # Imported here: httpx weighs 12 MB and is needed about once per TLD per day
+        # (fresh answers come from the cache), not in every idle worker.
+        import httpx
+
         try:
             async with (asyncio.timeout(timeout),
                         httpx.AsyncClient(timeout=timeout, trust_env=False) as client,
