@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     _json_flag(c)
     c.set_defaults(func=cmd_config_show)
     c = csub.add_parser("docs", help="print docs/configuration.md from the schema")
+    _common(c)
     c.set_defaults(func=cmd_config_docs)
 
     p = sub.add_parser("db", help="database maintenance")

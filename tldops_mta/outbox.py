@@ -10,7 +10,6 @@ permanent refusal is recorded as failed, never dropped silently.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import os
 import sqlite3
@@ -25,6 +24,7 @@ import aiosmtplib
 
 from . import logs
 from .config import Config, parse_listen
+from .due_loop import DueLoop
 from .retry import backoff
 from .storage import Reader, Writer
 
@@ -119,46 +119,21 @@ class PermanentFailure(Exception):
     """The next hop refused the mail for good (5xx)."""
 
 
-class Deliverer:
-    """Sends what the outbox holds, one delivery at a time per batch, until stopped."""
-
-    IDLE_POLL = 5.0
+class Deliverer(DueLoop):
+    """Sends what the outbox holds, one delivery at a time, until stopped."""
 
     def __init__(self, cfg: Config, writer: Writer, reader: Reader) -> None:
+        super().__init__(reader, logs.get("outbox"))
         self.cfg = cfg
         self.writer = writer
-        self.reader = reader
-        self.log = logs.get("outbox")
-        self._wake = asyncio.Event()
-        self._stopping = False
 
-    def wake(self) -> None:
-        self._wake.set()
-
-    def stop(self) -> None:
-        self._stopping = True
-        self._wake.set()
+    def next_due(self, conn: sqlite3.Connection) -> float | None:
+        return next_due_at(conn)
 
     @property
     def maildir(self) -> Path:
         d = Path(str(self.cfg["outbox.maildir"]))
         return d if d.is_absolute() else self.cfg.state_dir / d
-
-    async def run(self) -> None:
-        while not self._stopping:
-            self._wake.clear()
-            try:
-                worked = await self.step()
-            except Exception:
-                self.log.exception("outbox step failed")
-                worked = False
-            if not worked:
-                nxt = await self.reader.run(next_due_at)
-                delay = self.IDLE_POLL if nxt is None else min(self.IDLE_POLL, max(0.0, nxt - time.time()))
-                if self._stopping:
-                    return
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=delay)
 
     async def step(self, now: float | None = None) -> bool:
         now = time.time() if now is None else now

@@ -10,20 +10,17 @@ max_attempts: never a drop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 
 from . import logs, message_facts, spool
+from .due_loop import DueLoop
 from .live import Live
 from .recipients import Service, classify
 from .retry import backoff
 from .storage import Reader, Writer
-
-IDLE_POLL = 5.0
-"""Longest sleep with nothing due: picks up rows another process (the CLI) re-queued."""
-
 
 Handler = Callable[[spool.Pending, message_facts.MessageFacts, frozenset[Service]],
                    Awaitable[spool.Outcome]]
@@ -37,52 +34,26 @@ async def classify_only(p: spool.Pending, facts: message_facts.MessageFacts,
                          tuple(sorted(s.value for s in services)))
 
 
-class Worker:
+class Worker(DueLoop):
     def __init__(self, live: Live, writer: Writer, reader: Reader,
                  handler: Handler = classify_only) -> None:
+        super().__init__(reader, logs.get("worker"))
         self.rt = live
         self.writer = writer
-        self.reader = reader
         self.handler = handler
-        self.log = logs.get("worker")
-        self._wake = asyncio.Event()
-        self._stopping = False
         self.processed = 0
         self.owner = secrets.token_hex(8)
         """This worker's name on the messages it claims."""
         self.on_outcomes: Callable[[], None] = lambda: None
         """Called after outcomes commit: they may have queued mail for the outbox."""
 
-    def wake(self) -> None:
-        self._wake.set()
+    def next_due(self, conn: sqlite3.Connection) -> float | None:
+        return spool.next_due_at(conn)
 
-    def stop(self) -> None:
-        self._stopping = True
-        self._wake.set()
-
-    async def run(self) -> None:
-        while not self._stopping:
-            self._wake.clear()
-            try:
-                worked = await self.step()
-            except Exception:
-                # Storage trouble. Nothing is lost: a claimed message whose outcome could not
-                # be written goes back to received, as after a crash.
-                self.log.exception("worker step failed")
-                with contextlib.suppress(Exception):
-                    await self.writer.run(spool.requeue_interrupted)
-                await self._sleep(1.0)
-                continue
-            if not worked:
-                nxt = await self.reader.run(spool.next_due_at)
-                delay = IDLE_POLL if nxt is None else min(IDLE_POLL, max(0.0, nxt - time.time()))
-                await self._sleep(delay)
-
-    async def _sleep(self, delay: float) -> None:
-        if self._stopping:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=delay)
+    async def recover(self) -> None:
+        # Storage trouble. Nothing is lost: a claimed message whose outcome could not be
+        # written goes back to received, as after a crash.
+        await self.writer.run(spool.requeue_interrupted)
 
     async def step(self, now: float | None = None) -> bool:
         """Process one batch due at ``now`` (default: the clock); False when none was due."""
