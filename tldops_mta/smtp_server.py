@@ -18,6 +18,8 @@ import ssl
 import time
 from collections import Counter
 from collections.abc import Callable
+from email._header_value_parser import get_addr_spec, get_angle_addr
+from email.errors import HeaderParseError
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException, syntax
@@ -111,11 +113,14 @@ class Runtime(Live):
     def protocol_factory(self) -> Callable[[], Protocol]:
         handler = Intake(self)
 
+        loop = asyncio.get_running_loop()
+
         def make() -> Protocol:
             cfg = self.cfg
             return Protocol(
                 handler,
                 runtime=self,
+                loop=loop,  # else aiosmtpd asks asyncio for it, warnings machinery and all
                 hostname=cfg.hostname,
                 ident="tldops-mta",
                 data_size_limit=cfg["server.max_message_size"],
@@ -233,6 +238,25 @@ class Protocol(SMTP):
         assert isinstance(transport, asyncio.WriteTransport)
         transport.write(reply.encode() + b"\r\n")
         transport.close()
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's own address reading, without the class it defines on every call (a
+        typing.Protocol subclass per MAIL and RCPT: a tenth of the session's CPU)."""
+        if not arg:
+            return "", ""
+        address: Any
+        try:
+            if arg.lstrip().startswith("<"):
+                address, rest = get_angle_addr(arg)
+            else:
+                address, rest = get_addr_spec(arg)
+        except HeaderParseError:
+            return None, None
+        addr = str(address.addr_spec)
+        local = addr.rpartition("@")[0]
+        if self.local_part_limit and len(local) > self.local_part_limit:
+            return None, None
+        return addr, str(rest)
 
     # -- replies -------------------------------------------------------------------------
 
