@@ -227,22 +227,28 @@ class Writer:
         except sqlite3.Error as e:
             return [(fut, None, storage_error(e)) for _, fut in batch]
         outcomes: list[Delivery] = []
+        # A lone job needs no savepoint: if it fails, the whole transaction is rolled back.
+        isolate = len(batch) > 1
         try:
             for job, fut in batch:
-                conn.execute("SAVEPOINT job")
+                if isolate:
+                    conn.execute("SAVEPOINT job")
                 try:
                     result = job(conn)
                 except Exception as e:
                     err: BaseException = storage_error(e) if isinstance(e, sqlite3.Error) else e
-                    if not conn.in_transaction:
-                        # SQLite rolled the whole transaction back (it does on SQLITE_FULL):
-                        # every job of the batch is lost, for the same reason.
+                    if not conn.in_transaction or not isolate:
+                        # Alone, or SQLite rolled the whole transaction back (it does on
+                        # SQLITE_FULL): every job of the batch is lost, for the same reason.
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
                         return [(f, None, err) for _, f in batch]
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
                     outcomes.append((fut, None, err))
                 else:
-                    conn.execute("RELEASE job")
+                    if isolate:
+                        conn.execute("RELEASE job")
                     outcomes.append((fut, result, None))
             conn.execute("COMMIT")
         except sqlite3.Error as e:
