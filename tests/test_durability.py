@@ -178,3 +178,12 @@ def test_killing_the_daemon_takes_the_worker_process_with_it(start_daemon) -> No
         assert ready, "worker process outlived the daemon"
     finally:
         os.close(pidfd)
+
+
+def test_the_worker_process_yields_the_cpu_to_smtp_intake(start_daemon) -> None:
+    import os
+
+    d = start_daemon()
+    worker_pid = d.wait_for("worker ready")["pid"]
+    daemon_nice = os.getpriority(os.PRIO_PROCESS, d.proc.pid)
+    assert os.getpriority(os.PRIO_PROCESS, worker_pid) == daemon_nice + 10
