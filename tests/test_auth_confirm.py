@@ -245,3 +245,35 @@ def test_relaxed_alignment_lets_a_subdomain_signature_count(tmp_path) -> None:
         dns.stop()
         rdap.stop()
         whois.stop()
+
+
+def test_sighup_switches_outgoing_mail_to_a_new_smarthost(tmp_path) -> None:
+    import signal
+
+    from daemon_proc import write_config
+
+    sink = SmtpSink()
+    dns, rdap, whois = DnsServer().start(), RdapServer(), WhoisServer()
+    d = DaemonProc(tmp_path, settings_for(dns, rdap, whois))
+    try:
+        d.start()
+        env = AuthEnv(d, dns, rdap, whois)
+        first = env.send(env.signed(request("ssc@nic.org.mt", headers=[f"Cc: {ADMIN}"])),
+                         mail_from="ssc@nic.org.mt")
+        assert env.processed(first)[0] == "done"
+        d.wait_for("mail delivered", lambda r: r.get("how") == "written")
+        write_config(d.config_path, {**d.settings, "outbox.smarthost": f"127.0.0.1:{sink.port}"})
+        mark = d.mark()
+        d.signal(signal.SIGHUP)
+        d.wait_for("worker reloaded", after=mark)
+        second = env.send(env.signed(request("ssc@nic.org.mt", headers=[f"Cc: {ADMIN}"])),
+                          mail_from="ssc@nic.org.mt")
+        assert env.processed(second)[0] == "done"
+        d.wait_for("mail delivered", lambda r: r.get("how") == "relayed", after=mark)
+        assert [r.rcpt_tos for r in sink.wait(1)] == [[ADMIN]]
+    finally:
+        d.kill()
+        sink.stop()
+        dns.stop()
+        rdap.stop()
+        whois.stop()

@@ -231,6 +231,10 @@ class IanaClient:
         """The newest stored answer per TLD as last read: while it is fresh, requests need
         not ask the database (or IANA) at all."""
 
+    def reconfigure(self, cfg: Config) -> None:
+        """New URLs, ports and cache ages apply to the next lookup (SIGHUP)."""
+        self._cfg = cfg
+
     async def admin_contact(self, tld: str, *, refresh: bool = False,
                             now: float | None = None) -> AdminContact:
         """The administrative contact of ``tld``; LookupUnavailable means try later.

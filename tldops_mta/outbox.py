@@ -130,6 +130,10 @@ class Deliverer(DueLoop):
     def next_due(self, conn: sqlite3.Connection) -> float | None:
         return next_due_at(conn)
 
+    def reconfigure(self, cfg: Config) -> None:
+        """A new smarthost or outbox directory applies to the next delivery (SIGHUP)."""
+        self.cfg = cfg
+
     @property
     def maildir(self) -> Path:
         d = Path(str(self.cfg["outbox.maildir"]))

@@ -83,7 +83,10 @@ async def run(config_path: Path | None, overrides: Mapping[str, Any], wake_fd: i
 
     def reload() -> None:
         try:
-            live.apply(config_mod.load(config_path, overrides))
+            new = config_mod.load(config_path, overrides)
+            live.apply(new)
+            auth.reconfigure(new)
+            deliverer.reconfigure(new)
             log.info("worker reloaded")
         except config_mod.ConfigError as e:
             log.error("worker reload refused", problems=[str(p) for p in e.problems])

@@ -19,6 +19,7 @@ from typing import Any
 
 from . import addresses, logs, outbox, spool, tokens
 from .auth_decision import Decision, IanaView, MessageView, Verdict, decide
+from .config import Config
 from .dkim_verify import DkimReport, KeyResolver, authentication_results, verify
 from .iana import AdminContact, IanaClient, LookupUnavailable, tld_labels
 from .live import Live
@@ -39,6 +40,11 @@ class Authenticator:
         self.resolver = resolver
         self.iana = iana
         self.log = logs.get("auth")
+
+    def reconfigure(self, cfg: Config) -> None:
+        """New DNS servers and IANA settings apply to the next message (SIGHUP)."""
+        self.resolver = KeyResolver.from_config(cfg)
+        self.iana.reconfigure(cfg)
 
     # -- requests@ ---------------------------------------------------------------------
 
