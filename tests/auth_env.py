@@ -7,10 +7,11 @@ daemon's outbox directory, read here as files once the daemon logs their deliver
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import email
 import smtplib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from email.message import Message
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
@@ -113,3 +114,19 @@ def settings_for(dns: DnsServer, rdap: RdapServer, whois: WhoisServer, **extra: 
         "iana.timeout": 2.0,
         **extra,
     }
+
+
+@contextlib.contextmanager
+def auth_daemon(workdir: Path, **settings: Any) -> Iterator[AuthEnv]:
+    """Loopback DNS, RDAP and WHOIS servers and a daemon pointed at them; all stopped after."""
+    dns, rdap, whois = DnsServer().start(), RdapServer(), WhoisServer()
+    d = DaemonProc(workdir, settings_for(dns, rdap, whois, **settings))
+    try:
+        d.start()
+        yield AuthEnv(d, dns, rdap, whois)
+    finally:
+        if d.alive:
+            d.kill()
+        dns.stop()
+        rdap.stop()
+        whois.stop()

@@ -9,25 +9,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
-from auth_env import ADMIN, ADMIN_DOMAIN, ATTACKER, REQUESTS, SELECTOR, AuthEnv, request, settings_for
-from daemon_proc import DaemonProc
+from auth_env import ADMIN, ADMIN_DOMAIN, ATTACKER, REQUESTS, SELECTOR, AuthEnv, auth_daemon, request
 from dkim_sign import rsa_key
-from dns_server import DnsServer
-from iana_servers import RdapServer, WhoisServer
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthEnv]:
-    dns, rdap, whois = DnsServer().start(), RdapServer(), WhoisServer()
-    workdir = tmp_path_factory.mktemp("auth")
-    d = DaemonProc(workdir, settings_for(dns, rdap, whois, **{"worker.retry_base": 0.2})).start()
-    try:
-        yield AuthEnv(d, dns, rdap, whois)
-    finally:
-        d.kill()
-        dns.stop()
-        rdap.stop()
-        whois.stop()
+    with auth_daemon(tmp_path_factory.mktemp("auth"), **{"worker.retry_base": 0.2}) as e:
+        yield e
 
 
 REFUSED, CONFIRM = "refused", "confirm"

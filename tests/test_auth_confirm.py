@@ -7,24 +7,15 @@ from collections.abc import Iterator
 from email.message import Message
 
 import pytest
-from auth_env import ADMIN, ATTACKER, AuthEnv, request, settings_for
-from daemon_proc import DOMAIN, DaemonProc
-from dns_server import DnsServer
-from iana_servers import RdapServer, WhoisServer
+from auth_env import ADMIN, ATTACKER, AuthEnv, auth_daemon, request
+from daemon_proc import DOMAIN, write_config
 from smtp_sink import SmtpSink
 
 
 @pytest.fixture
 def env(tmp_path) -> Iterator[AuthEnv]:
-    dns, rdap, whois = DnsServer().start(), RdapServer(), WhoisServer()
-    d = DaemonProc(tmp_path, settings_for(dns, rdap, whois, **{"worker.retry_base": 0.2})).start()
-    try:
-        yield AuthEnv(d, dns, rdap, whois)
-    finally:
-        d.kill()
-        dns.stop()
-        rdap.stop()
-        whois.stop()
+    with auth_daemon(tmp_path, **{"worker.retry_base": 0.2}) as e:
+        yield e
 
 
 def confirm_address(mail: Message) -> str:
@@ -171,66 +162,49 @@ def test_no_reply_to_robots_or_the_null_sender(env: AuthEnv, headers: tuple[str,
     assert env.outbox_rows() == []
 
 
+def cc_request_to_deliver(env: AuthEnv) -> None:
+    """A request from an SSC with the admin in Cc, whose confirmation mail then goes out."""
+    qid = env.send(env.signed(request("ssc@nic.org.mt", headers=[f"Cc: {ADMIN}"])),
+                   mail_from="ssc@nic.org.mt")
+    assert env.processed(qid)[0] == "done"
+
+
 def test_outgoing_mail_goes_to_a_real_smtp_sink_and_waits_out_its_failures(tmp_path) -> None:
     sink = SmtpSink()
     sink.reply = "451 4.3.0 try later"
-    dns, rdap, whois = DnsServer().start(), RdapServer(), WhoisServer()
-    d = DaemonProc(tmp_path, settings_for(dns, rdap, whois, **{
-        "outbox.smarthost": f"127.0.0.1:{sink.port}", "worker.retry_base": 0.2}))
     try:
-        d.start()
-        env = AuthEnv(d, dns, rdap, whois)
-        qid = env.send(env.signed(request("ssc@nic.org.mt", headers=[f"Cc: {ADMIN}"])),
-                       mail_from="ssc@nic.org.mt")
-        assert env.processed(qid)[0] == "done"
-        d.wait_for("delivery deferred")
-        assert d.query("SELECT status FROM outbox_deliveries") == [("queued",)]
-        sink.reply = "250 2.0.0 OK"  # the smarthost recovers; a later try goes through
-        got = sink.wait(1)
-        assert got[0].rcpt_tos == [ADMIN]
-        assert got[0].mail_from.startswith("bounces+r") and got[0].mail_from.endswith(f"@{DOMAIN}")
-        assert b"confirm+" in got[0].data
-        d.wait_for("mail delivered", lambda r: r.get("how") == "relayed")
-        assert d.query("SELECT status FROM outbox_deliveries") == [("sent",)]
+        with auth_daemon(tmp_path, **{"outbox.smarthost": f"127.0.0.1:{sink.port}",
+                                      "worker.retry_base": 0.2}) as env:
+            cc_request_to_deliver(env)
+            env.d.wait_for("delivery deferred")
+            assert env.d.query("SELECT status FROM outbox_deliveries") == [("queued",)]
+            sink.reply = "250 2.0.0 OK"  # the smarthost recovers; a later try goes through
+            got = sink.wait(1)
+            assert got[0].rcpt_tos == [ADMIN]
+            assert got[0].mail_from.startswith("bounces+r") and got[0].mail_from.endswith(f"@{DOMAIN}")
+            assert b"confirm+" in got[0].data
+            env.d.wait_for("mail delivered", lambda r: r.get("how") == "relayed")
+            assert env.d.query("SELECT status FROM outbox_deliveries") == [("sent",)]
     finally:
-        if d.alive:
-            d.kill()
         sink.stop()
-        dns.stop()
-        rdap.stop()
-        whois.stop()
 
 
 def test_permanent_refusal_by_the_smarthost_is_recorded_not_dropped(tmp_path) -> None:
     sink = SmtpSink()
     sink.reply = "550 5.1.1 no such user"
-    dns, rdap, whois = DnsServer().start(), RdapServer(), WhoisServer()
-    d = DaemonProc(tmp_path, settings_for(dns, rdap, whois,
-                                          **{"outbox.smarthost": f"127.0.0.1:{sink.port}"}))
     try:
-        d.start()
-        env = AuthEnv(d, dns, rdap, whois)
-        qid = env.send(env.signed(request("ssc@nic.org.mt", headers=[f"Cc: {ADMIN}"])),
-                       mail_from="ssc@nic.org.mt")
-        assert env.processed(qid)[0] == "done"
-        rec = d.wait_for("delivery refused for good")
-        assert rec["level"] == "error"
-        rows = d.query("SELECT status, last_error FROM outbox_deliveries")
-        assert rows[0][0] == "failed" and "550" in rows[0][1]
+        with auth_daemon(tmp_path, **{"outbox.smarthost": f"127.0.0.1:{sink.port}"}) as env:
+            cc_request_to_deliver(env)
+            rec = env.d.wait_for("delivery refused for good")
+            assert rec["level"] == "error"
+            rows = env.d.query("SELECT status, last_error FROM outbox_deliveries")
+            assert rows[0][0] == "failed" and "550" in rows[0][1]
     finally:
-        d.kill()
         sink.stop()
-        dns.stop()
-        rdap.stop()
-        whois.stop()
 
 
 def test_relaxed_alignment_lets_a_subdomain_signature_count(tmp_path) -> None:
-    dns, rdap, whois = DnsServer().start(), RdapServer(), WhoisServer()
-    d = DaemonProc(tmp_path, settings_for(dns, rdap, whois, **{"dkim.alignment": "relaxed"}))
-    try:
-        d.start()
-        env = AuthEnv(d, dns, rdap, whois)
+    with auth_daemon(tmp_path, **{"dkim.alignment": "relaxed"}) as env:
         env.publish("sel", "mail.nic.org.mt", env.admin_key)
         env.publish("sel", "org.mt", env.attacker_key)
         qid = env.send(env.signed(request(ADMIN), "mail.nic.org.mt"))
@@ -240,40 +214,23 @@ def test_relaxed_alignment_lets_a_subdomain_signature_count(tmp_path) -> None:
         qid = env.send(env.signed(request(ADMIN), "org.mt", env.attacker_key))
         assert env.processed(qid)[0] == "done"
         assert env.requests_for(qid) == [("mt", "token", "awaiting-confirmation", ADMIN)]
-    finally:
-        d.kill()
-        dns.stop()
-        rdap.stop()
-        whois.stop()
 
 
 def test_sighup_switches_outgoing_mail_to_a_new_smarthost(tmp_path) -> None:
     import signal
 
-    from daemon_proc import write_config
-
     sink = SmtpSink()
-    dns, rdap, whois = DnsServer().start(), RdapServer(), WhoisServer()
-    d = DaemonProc(tmp_path, settings_for(dns, rdap, whois))
     try:
-        d.start()
-        env = AuthEnv(d, dns, rdap, whois)
-        first = env.send(env.signed(request("ssc@nic.org.mt", headers=[f"Cc: {ADMIN}"])),
-                         mail_from="ssc@nic.org.mt")
-        assert env.processed(first)[0] == "done"
-        d.wait_for("mail delivered", lambda r: r.get("how") == "written")
-        write_config(d.config_path, {**d.settings, "outbox.smarthost": f"127.0.0.1:{sink.port}"})
-        mark = d.mark()
-        d.signal(signal.SIGHUP)
-        d.wait_for("worker reloaded", after=mark)
-        second = env.send(env.signed(request("ssc@nic.org.mt", headers=[f"Cc: {ADMIN}"])),
-                          mail_from="ssc@nic.org.mt")
-        assert env.processed(second)[0] == "done"
-        d.wait_for("mail delivered", lambda r: r.get("how") == "relayed", after=mark)
-        assert [r.rcpt_tos for r in sink.wait(1)] == [[ADMIN]]
+        with auth_daemon(tmp_path) as env:
+            d = env.d
+            cc_request_to_deliver(env)
+            d.wait_for("mail delivered", lambda r: r.get("how") == "written")
+            write_config(d.config_path, {**d.settings, "outbox.smarthost": f"127.0.0.1:{sink.port}"})
+            mark = d.mark()
+            d.signal(signal.SIGHUP)
+            d.wait_for("worker reloaded", after=mark)
+            cc_request_to_deliver(env)
+            d.wait_for("mail delivered", lambda r: r.get("how") == "relayed", after=mark)
+            assert [r.rcpt_tos for r in sink.wait(1)] == [[ADMIN]]
     finally:
-        d.kill()
         sink.stop()
-        dns.stop()
-        rdap.stop()
-        whois.stop()

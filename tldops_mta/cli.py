@@ -106,11 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_config(args: argparse.Namespace, **extra: Any) -> config_mod.Config:
-    overrides: dict[str, Any] = {k: v for k, v in extra.items() if v is not None}
-    if getattr(args, "state_dir", None):
-        overrides["storage.state_dir"] = args.state_dir
-    return config_mod.load(args.config, overrides)
+def load_config(args: argparse.Namespace) -> config_mod.Config:
+    return config_mod.load(args.config, flag_overrides(args))
 
 
 def open_db(cfg: config_mod.Config) -> sqlite3.Connection:
@@ -133,28 +130,24 @@ def _when(t: float) -> str:
     return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The configuration keys that command-line flags set (flags win over the file)."""
+    flags = {"server.listen": getattr(args, "listen", None),
+             "server.domain": getattr(args, "domain", None),
+             "storage.state_dir": getattr(args, "state_dir", None)}
+    return {k: v for k, v in flags.items() if v}
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .daemon import serve
 
-    overrides: dict[str, Any] = {}
-    if args.listen:
-        overrides["server.listen"] = args.listen
-    if args.domain:
-        overrides["server.domain"] = args.domain
-    if args.state_dir:
-        overrides["storage.state_dir"] = args.state_dir
-    return serve(args.config, overrides)
+    return serve(args.config, flag_overrides(args))
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from .processing import main as worker_main
 
-    overrides: dict[str, Any] = {}
-    if args.domain:
-        overrides["server.domain"] = args.domain
-    if args.state_dir:
-        overrides["storage.state_dir"] = args.state_dir
-    return worker_main(args.config, overrides, args.wake_fd)
+    return worker_main(args.config, flag_overrides(args), args.wake_fd)
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:

@@ -44,8 +44,9 @@ def die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-async def run(config_path: Path | None, overrides: Mapping[str, Any], wake_fd: int | None) -> int:
-    cfg = config_mod.load(config_path, overrides)
+async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mapping[str, Any],
+              wake_fd: int | None) -> int:
+    """``config_path`` and ``overrides`` are kept to re-read the configuration on SIGHUP."""
     log = logs.get("worker")
     loop = asyncio.get_running_loop()
     conn = storage.connect(cfg.database_path, busy_timeout_ms=cfg["storage.busy_timeout_ms"],
@@ -114,4 +115,4 @@ def main(config_path: Path | None, overrides: Mapping[str, Any], wake_fd: int | 
             os.nice(WORKER_NICENESS)
     cfg = config_mod.load(config_path, overrides)
     logs.setup(cfg["log.level"])
-    return asyncio.run(run(config_path, overrides, wake_fd))
+    return asyncio.run(run(cfg, config_path, overrides, wake_fd))
