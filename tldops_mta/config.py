@@ -199,6 +199,10 @@ SCHEMA: tuple[Key, ...] = (
         "Most writes committed together in one transaction (one fsync)."),
     Key("worker", "batch_size", 64, _int_range(1, 10_000),
         "Spooled messages the worker claims at once."),
+    Key("worker", "linger", 0.05, _float_range(0, 5),
+        "Seconds the worker lets a part-filled batch fill up before claiming it. Under load "
+        "this makes fewer, larger transactions (less contention with the SMTP intake for "
+        "the database); each message waits at most this much longer. 0: claim at once."),
     Key("worker", "max_attempts", 5, _int_range(1, 1000),
         "Attempts before a message that keeps failing is marked failed (kept, never "
         "dropped; `tldops spool retry` re-queues it)."),

@@ -37,15 +37,19 @@ def inherited_sockets() -> list[socket.socket]:
 class WorkerProcess:
     """Starts ``tldops worker`` beside the SMTP process and keeps it running.
 
-    The wake pipe carries one byte per spool commit (coalesced by the kernel buffer); the
-    worker drains it. A worker that exits on its own is restarted after a short pause,
-    logged at error level: processing must not stop while mail is being accepted.
+    The wake pipe carries a byte when mail was spooled, at most one per ``gap`` seconds (the
+    worker's linger: it waits that long for a batch to fill anyway), so that a burst of
+    mail wakes the worker process a few times a second rather than once per commit. A worker
+    that exits on its own is restarted after a short pause, logged at error level:
+    processing must not stop while mail is being accepted.
     """
 
     RESTART_PAUSE = 1.0
 
-    def __init__(self, config_path: Path | None, overrides: Mapping[str, Any]) -> None:
+    def __init__(self, config_path: Path | None, overrides: Mapping[str, Any],
+                 gap: float = 0.0) -> None:
         self.config_path = config_path
+        self.gap = gap
         self.overrides = dict(overrides)
         self.log = logs.get("daemon")
         self._read_fd, self._write_fd = os.pipe()
@@ -54,6 +58,7 @@ class WorkerProcess:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._wake_pending = False
+        self._woken_at = 0.0
         self.restarts = 0
 
     def argv(self) -> list[str]:
@@ -81,13 +86,15 @@ class WorkerProcess:
             await asyncio.sleep(self.RESTART_PAUSE)
 
     def wake(self) -> None:
-        """One byte per turn of the event loop, however many messages it spooled."""
+        """One byte at the end of this turn of the event loop, or ``gap`` after the last."""
         if not self._wake_pending:
             self._wake_pending = True
-            asyncio.get_running_loop().call_soon(self._send_wake)
+            loop = asyncio.get_running_loop()
+            loop.call_at(max(loop.time(), self._woken_at + self.gap), self._send_wake)
 
     def _send_wake(self) -> None:
         self._wake_pending = False
+        self._woken_at = asyncio.get_running_loop().time()
         with contextlib.suppress(BlockingIOError, OSError):
             os.write(self._write_fd, b"\0")
 
@@ -134,7 +141,7 @@ class Daemon:
         writer = storage.Writer(conn, max_batch=cfg["storage.group_commit_max"])
         writer.start()
         requeued = await writer.run(spool.requeue_interrupted)
-        worker = WorkerProcess(self.config_path, self.overrides)
+        worker = WorkerProcess(self.config_path, self.overrides, gap=cfg["worker.linger"])
         rt = Runtime(cfg, writer, on_spooled=worker.wake)
 
         servers = []
@@ -180,6 +187,7 @@ class Daemon:
             self.log.warning("listen addresses change only on restart")
         self.cfg, self.rules = cfg, new_rules
         rt.reconfigure(cfg)
+        worker.gap = cfg["worker.linger"]
         worker.signal(signal.SIGHUP)
         self.log.info("reloaded", changed_sections=changed, rules=sorted(new_rules))
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from .storage import Grouped
+
 
 class Status(StrEnum):
     RECEIVED = "received"
@@ -104,22 +106,46 @@ def new_queue_id(now: float | None = None) -> str:
     return f"{ms:011X}{random.getrandbits(32):08X}"
 
 
-def insert(arrival: Arrival) -> Callable[[sqlite3.Connection], None]:
-    def job(conn: sqlite3.Connection) -> None:
-        a = arrival
-        cur = conn.execute(
-            "INSERT INTO spool (queue_id, received_at, session_id, client_addr, client_port,"
-            " helo, mail_from, rcpt_to, smtputf8, size, updated_at)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            (a.queue_id, a.received_at, a.session_id, a.client_addr, a.client_port, a.helo,
-             a.mail_from, json.dumps(list(a.rcpt_to)), int(a.smtputf8), len(a.raw),
-             a.received_at),
-        )
-        conn.execute("INSERT INTO spool_messages (id, raw) VALUES (?, ?)", (cur.lastrowid, a.raw))
-        # No 'received' event row: the spool row holds that moment (received_at), and
-        # ``show`` puts it first in the history. One statement less per accepted message.
+def insert(arrival: Arrival) -> Grouped[Arrival, None]:
+    """The writer job that spools one arrival; concurrent ones are inserted together."""
+    return Grouped(insert_all, arrival)
 
-    return job
+
+def insert_all(conn: sqlite3.Connection, arrivals: list[Arrival]) -> list[None]:
+    """Spool several arrivals with two statements, however many there are (in chunks that
+    stay under SQLite's limit on parameters): see ``storage.Grouped`` for why."""
+    for start in range(0, len(arrivals), _INSERT_CHUNK):
+        chunk = arrivals[start:start + _INSERT_CHUNK]
+        rows: list[Any] = []
+        blobs: list[Any] = []
+        for a in chunk:
+            rows += (a.queue_id, a.received_at, a.session_id, a.client_addr, a.client_port,
+                     a.helo, a.mail_from, json.dumps(list(a.rcpt_to)), int(a.smtputf8),
+                     len(a.raw), a.received_at)
+            blobs += (a.queue_id, a.raw)
+        conn.execute(_insert_sql(len(chunk)), rows)
+        # The raw octets go to the rows just made, found by their (unique) queue ids.
+        conn.execute(_insert_raw_sql(len(chunk)), blobs)
+    # No 'received' event row: the spool row holds that moment (received_at), and
+    # ``show`` puts it first in the history. One statement less per accepted message.
+    return [None] * len(arrivals)
+
+
+def _insert_sql(n: int) -> str:
+    rows = ",".join(["(?,?,?,?,?,?,?,?,?,?,?)"] * n)  # placeholders only: no data in the SQL
+    return ("INSERT INTO spool (queue_id, received_at, session_id, client_addr, client_port,"  # noqa: S608
+            f" helo, mail_from, rcpt_to, smtputf8, size, updated_at) VALUES {rows}")
+
+
+def _insert_raw_sql(n: int) -> str:
+    rows = ",".join(["(?,?)"] * n)
+    return ("INSERT INTO spool_messages (id, raw) SELECT s.id, v.column2"  # noqa: S608
+            f" FROM (VALUES {rows}) AS v JOIN spool AS s ON s.queue_id = v.column1")
+
+
+_INSERT_CHUNK = 64
+"""Arrivals per statement: 11 parameters each stays under SQLite's historical limit of 999,
+and the writer's statement cache holds every size up to it."""
 
 
 def requeue_interrupted(conn: sqlite3.Connection) -> int:
