@@ -195,6 +195,9 @@ SCHEMA: tuple[Key, ...] = (
     Key("storage", "max_size_mb", 0, _int_range(0, 1_000_000),
         "Cap on the database size in MiB; 0 means only the disk limits it. When full, "
         "new mail gets 452 4.3.1."),
+    Key("storage", "commit_timeout", 30.0, _float_range(1, 600),
+        "Seconds an SMTP session waits for its message to be committed before answering "
+        "451 4.3.0 (a hung disk or a stuck spool appender). Longer than busy_timeout_ms."),
     Key("storage", "group_commit_max", 512, _int_range(1, 100_000),
         "Most writes committed together in one transaction (one fsync)."),
     Key("worker", "batch_size", 64, _int_range(1, 10_000),

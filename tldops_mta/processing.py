@@ -11,8 +11,6 @@ can also be run on its own.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import os
 import signal
 from collections.abc import Mapping
@@ -21,6 +19,7 @@ from typing import Any
 
 from . import config as config_mod
 from . import logs, storage
+from .child import die_with_parent, yield_to_intake
 from .dispatch import Dispatcher
 from .dkim_verify import KeyResolver
 from .iana import IanaClient
@@ -29,19 +28,9 @@ from .outbox import Deliverer
 from .request_auth import Authenticator
 from .worker import Worker
 
-PR_SET_PDEATHSIG = 1
-
-
 WORKER_NICENESS = 10
 """Processing yields the CPU to SMTP intake when both want it: a 250 reply is what a
 sending server waits for, while a decision can come a moment later."""
-
-
-def die_with_parent() -> None:
-    """If the SMTP process is killed (kill -9, OOM), take this process down with it, as one
-    daemon; a restart then finds both gone and requeues what was in flight."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mapping[str, Any],
@@ -111,8 +100,7 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
 def main(config_path: Path | None, overrides: Mapping[str, Any], wake_fd: int | None) -> int:
     if wake_fd is not None:
         die_with_parent()
-        with contextlib.suppress(OSError):
-            os.nice(WORKER_NICENESS)
+        yield_to_intake(WORKER_NICENESS)
     cfg = config_mod.load(config_path, overrides)
     logs.setup(cfg["log.level"])
     return asyncio.run(run(cfg, config_path, overrides, wake_fd))

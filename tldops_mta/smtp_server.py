@@ -17,7 +17,7 @@ import secrets
 import ssl
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from email._header_value_parser import get_addr_spec, get_angle_addr
 from email.errors import HeaderParseError
 from typing import Any
@@ -28,7 +28,7 @@ from . import content_checks, logs, replies, spool
 from .config import Config
 from .live import Live
 from .recipients import Service, classify
-from .storage import StorageFull, Writer
+from .storage import StorageFull
 
 _PROCESS_TAG = secrets.token_hex(3)
 _SESSIONS = itertools.count(1)
@@ -94,9 +94,11 @@ class Runtime(Live):
     apply at once without tearing a session between two configurations mid-command.
     """
 
-    def __init__(self, cfg: Config, writer: Writer, on_spooled: Callable[[], None]) -> None:
+    def __init__(self, cfg: Config, append: Callable[[spool.Arrival], Awaitable[None]],
+                 on_spooled: Callable[[], None]) -> None:
+        """``append`` returns once the arrival is on disk, or raises StorageError."""
         super().__init__(cfg)
-        self.writer = writer
+        self.append = append
         self.on_spooled = on_spooled
         self.limiter = Limiter()
         self.sessions: set[Protocol] = set()
@@ -373,7 +375,7 @@ class Intake:
         )
         server.log.debug("spooling", queue_id=arrival.queue_id, size=len(raw))
         try:
-            await self.rt.writer.run(spool.insert(arrival))
+            await self.rt.append(arrival)
         except StorageFull as e:
             server.log.error("spool full", error=str(e))
             return replies.STORAGE_FULL

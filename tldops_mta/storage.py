@@ -17,7 +17,6 @@ what keeps a commit short while the loop is busy.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import queue
 import re
@@ -28,7 +27,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+if TYPE_CHECKING:  # the spool appender process imports this module and not asyncio
+    import asyncio
 
 T = TypeVar("T")
 A = TypeVar("A")
@@ -157,6 +159,8 @@ class Reader:
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         if self._inline:
             return fn(self._conn, *args)
+        import asyncio
+
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: fn(self._conn, *args))
 
@@ -178,22 +182,94 @@ class Grouped(Generic[A, T]):
         return self.together(conn, [self.item])[0]
 
 
-Entry = tuple[Job, "asyncio.Future[Any]"]
+Result = tuple[Any, BaseException | None]
+"""A job's result, or the error that replaces it."""
 
 
-def _runs(batch: list[Entry]) -> list[list[Entry]]:
-    """The batch cut into runs of consecutive jobs that can run together (a job that cannot
+def _runs(jobs: list[Job]) -> list[list[Job]]:
+    """The jobs cut into runs of consecutive jobs that can run together (a job that cannot
     is a run of its own)."""
-    runs: list[list[Entry]] = []
-    for entry in batch:
-        job = entry[0]
-        last = runs[-1][-1][0] if runs else None
+    runs: list[list[Job]] = []
+    for job in jobs:
+        last = runs[-1][-1] if runs else None
         if (isinstance(job, Grouped) and isinstance(last, Grouped)
                 and job.together is last.together):
-            runs[-1].append(entry)
+            runs[-1].append(job)
         else:
-            runs.append([entry])
+            runs.append([job])
     return runs
+
+
+def commit(conn: sqlite3.Connection, jobs: list[Job]) -> list[Result]:
+    """Run ``jobs`` in one transaction and commit it (one fsync); each job's result or error.
+
+    First straight through, without savepoints and with kindred jobs together: the common
+    case, in the fewest statements. If something fails, again with each job in its own
+    savepoint, so that only the failing one fails (jobs touch nothing but the connection,
+    so running one twice after a rollback is the same as running it once). A storage error
+    that ends the whole transaction (a full disk) fails them all, with that error.
+    """
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as e:
+        return [(None, storage_error(e))] * len(jobs)
+    try:
+        results = _straight(conn, jobs)
+        conn.execute("COMMIT")
+        return results
+    except Exception as e:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        if len(jobs) == 1:
+            return [(None, _as_storage_error(e))]
+    return _one_by_one(conn, jobs)
+
+
+def _as_storage_error(e: BaseException) -> BaseException:
+    return storage_error(e) if isinstance(e, sqlite3.Error) else e
+
+
+def _straight(conn: sqlite3.Connection, jobs: list[Job]) -> list[Result]:
+    results: list[Result] = []
+    for run in _runs(jobs):
+        first = run[0]
+        if len(run) > 1 and isinstance(first, Grouped):
+            items = [job.item for job in run if isinstance(job, Grouped)]
+            results += [(r, None) for r in first.together(conn, items)]
+        else:
+            results += [(job(conn), None) for job in run]
+    return results
+
+
+def _one_by_one(conn: sqlite3.Connection, jobs: list[Job]) -> list[Result]:
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as e:
+        return [(None, storage_error(e))] * len(jobs)
+    results: list[Result] = []
+    try:
+        for job in jobs:
+            conn.execute("SAVEPOINT job")
+            try:
+                result = job(conn)
+            except Exception as e:
+                if not conn.in_transaction:
+                    # SQLite rolled the whole transaction back (it does on SQLITE_FULL).
+                    return [(None, _as_storage_error(e))] * len(jobs)
+                conn.execute("ROLLBACK TO job")
+                conn.execute("RELEASE job")
+                results.append((None, _as_storage_error(e)))
+            else:
+                conn.execute("RELEASE job")
+                results.append((result, None))
+        conn.execute("COMMIT")
+    except sqlite3.Error as e:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        return [(None, storage_error(e))] * len(jobs)
+    return results
 
 
 _STOP = object()
@@ -212,6 +288,8 @@ class Writer:
         self.jobs = 0
 
     def start(self) -> None:
+        import asyncio
+
         self._loop = asyncio.get_running_loop()
         self._thread = threading.Thread(target=self._run, name="tldops-writer", daemon=True)
         self._thread.start()
@@ -231,6 +309,8 @@ class Writer:
         if self._thread is None:
             return
         self._queue.put(_STOP)
+        import asyncio
+
         await asyncio.to_thread(self._thread.join)
         self._thread = None
         self._conn.close()
@@ -259,77 +339,11 @@ class Writer:
                 return
         self._conn.close()
 
-    def _commit(self, batch: list[Entry]) -> list[Delivery]:
+    def _commit(self, batch: list[tuple[Job, asyncio.Future[Any]]]) -> list[Delivery]:
         self.batches += 1
         self.jobs += len(batch)
-        conn = self._conn
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as e:
-            return [(fut, None, storage_error(e)) for _, fut in batch]
-        # First straight through, without savepoints and with kindred jobs together: the
-        # common case, in the fewest statements.
-        try:
-            outcomes = self._straight(conn, batch)
-            conn.execute("COMMIT")
-            return outcomes
-        except Exception as e:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            if len(batch) == 1:
-                err: BaseException = storage_error(e) if isinstance(e, sqlite3.Error) else e
-                return [(fut, None, err) for _, fut in batch]
-        # Something failed and took the others with it: again, each job in its own savepoint,
-        # so that only the failing one fails. (Jobs touch nothing but the connection, so
-        # running one twice after a rollback is the same as running it once.)
-        return self._one_by_one(conn, batch)
-
-    @staticmethod
-    def _straight(conn: sqlite3.Connection, batch: list[Entry]) -> list[Delivery]:
-        outcomes: list[Delivery] = []
-        for run in _runs(batch):
-            first = run[0][0]
-            if len(run) > 1 and isinstance(first, Grouped):
-                items = [job.item for job, _ in run if isinstance(job, Grouped)]
-                results = first.together(conn, items)
-                outcomes += [(fut, r, None) for (_, fut), r in zip(run, results, strict=True)]
-            else:
-                outcomes += [(fut, job(conn), None) for job, fut in run]
-        return outcomes
-
-    @staticmethod
-    def _one_by_one(conn: sqlite3.Connection, batch: list[Entry]) -> list[Delivery]:
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as e:
-            return [(fut, None, storage_error(e)) for _, fut in batch]
-        outcomes: list[Delivery] = []
-        try:
-            for job, fut in batch:
-                conn.execute("SAVEPOINT job")
-                try:
-                    result = job(conn)
-                except Exception as e:
-                    err: BaseException = storage_error(e) if isinstance(e, sqlite3.Error) else e
-                    if not conn.in_transaction:
-                        # SQLite rolled the whole transaction back (it does on SQLITE_FULL):
-                        # every job of the batch is lost, for the same reason.
-                        return [(f, None, err) for _, f in batch]
-                    conn.execute("ROLLBACK TO job")
-                    conn.execute("RELEASE job")
-                    outcomes.append((fut, None, err))
-                else:
-                    conn.execute("RELEASE job")
-                    outcomes.append((fut, result, None))
-            conn.execute("COMMIT")
-        except sqlite3.Error as e:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            err = storage_error(e)
-            return [(fut, None, err) for _, fut in batch]
-        return outcomes
+        results = commit(self._conn, [job for job, _ in batch])
+        return [(fut, result, error) for (_, fut), (result, error) in zip(batch, results, strict=True)]
 
 
 def _deliver(outcomes: list[Delivery]) -> None:

@@ -1,0 +1,145 @@
+"""The spool appender: the process that commits accepted mail to the spool for the SMTP process.
+
+Why a process of its own: the sqlite3 module gives up the interpreter lock around every
+statement, and a writer *thread* in the SMTP process then has to win it back from the event
+loop each time, several times per commit. Under load the loop spent a tenth of its time
+waiting for that lock, in the middle of answering clients. Here the commits run on their
+own interpreter, and the SMTP loop only writes a frame and reads a reply (spool_frames).
+
+The loop: block until a frame arrives, take every frame already waiting (group commit),
+commit them all in one transaction (``storage.commit``: one fsync), reply to each, repeat.
+A reply is sent only after the commit, so the 250 the SMTP process gives on it means "on
+disk". End of file on the socket (the SMTP process closed it, or died) ends this process
+once what was received is committed; SIGTERM and SIGHUP are left to the SMTP process, which
+closes the socket when its sessions are done.
+
+Started by ``tldops serve`` as ``python -m tldops_mta.appender``; it imports neither asyncio
+nor structlog (half of an interpreter's memory), so its log lines are written here, in the
+same JSON shape as ``logs``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import sqlite3
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import spool, spool_frames, storage
+from .child import die_with_parent, yield_to_intake
+
+RECV = 1 << 20
+LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+
+
+class Log:
+    """JSON lines on stdout, shaped as structlog writes them in the other processes."""
+
+    def __init__(self, level: str) -> None:
+        self.level = LEVELS[level]
+
+    def __call__(self, level: str, event: str, **fields: Any) -> None:
+        if LEVELS[level] < self.level:
+            return
+        line = {"event": event, "process": "appender", **fields, "level": level,
+                "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z"}
+        sys.stdout.write(json.dumps(line) + "\n")
+        sys.stdout.flush()
+
+
+def reply_for(seq: int, error: BaseException | None) -> bytes:
+    if error is None:
+        return spool_frames.encode_reply(seq, spool_frames.OK)
+    code = spool_frames.FULL if isinstance(error, storage.StorageFull) else spool_frames.FAILED
+    return spool_frames.encode_reply(seq, code, f"{type(error).__name__}: {error}")
+
+
+class Appender:
+    def __init__(self, sock: socket.socket, conn: sqlite3.Connection, max_batch: int,
+                 log: Log) -> None:
+        self.sock = sock
+        self.conn = conn
+        self.max_batch = max_batch
+        self.log = log
+        self.commits = 0
+        self.writes = 0
+
+    def serve(self) -> None:
+        buf = bytearray()
+        while True:
+            self.sock.setblocking(True)
+            data = self.sock.recv(RECV)
+            eof = not data
+            buf += data
+            self.sock.setblocking(False)
+            while not eof:  # group commit: everything that is already waiting
+                try:
+                    more = self.sock.recv(RECV)
+                except BlockingIOError:
+                    break
+                eof = not more
+                buf += more
+            frames, used = spool_frames.decode_arrivals(buf)
+            del buf[:used]
+            for start in range(0, len(frames), self.max_batch):
+                self.commit(frames[start:start + self.max_batch])
+            if eof:
+                if buf:
+                    self.log("warning", "spool link closed mid-frame", octets=len(buf))
+                return
+
+    def commit(self, frames: Sequence[tuple[int, spool.Arrival]]) -> None:
+        results = storage.commit(self.conn, [spool.insert(a) for _, a in frames])
+        self.commits += 1
+        self.writes += len(frames)
+        replies = []
+        for (seq, a), (_, error) in zip(frames, results, strict=True):
+            if error is not None:
+                self.log("error", "spool commit failed", queue_id=a.queue_id, error=str(error))
+            replies.append(reply_for(seq, error))
+        self.sock.setblocking(True)
+        self.sock.sendall(b"".join(replies))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tldops_mta.appender", description=__doc__)
+    p.add_argument("--fd", type=int, required=True, help="our end of the socket pair")
+    p.add_argument("--database", type=Path, required=True)
+    p.add_argument("--busy-timeout-ms", type=int, default=5000)
+    p.add_argument("--max-size-mb", type=int, default=0)
+    p.add_argument("--group-commit-max", type=int, default=512)
+    p.add_argument("--log-level", choices=sorted(LEVELS), default="info")
+    args = p.parse_args(argv)
+    die_with_parent()
+    yield_to_intake()
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+    log = Log(args.log_level)
+    sock = socket.socket(fileno=args.fd)
+    conn = storage.connect(args.database, busy_timeout_ms=args.busy_timeout_ms,
+                           max_size_mb=args.max_size_mb)
+    storage.check_schema(conn)
+    appender = Appender(sock, conn, args.group_commit_max, log)
+    log("info", "appender ready", pid=os.getpid())
+    try:
+        appender.serve()
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the SMTP process is gone; whatever it was not told was not acknowledged
+    except spool_frames.FrameError as e:
+        log("error", "spool link broken", error=str(e))
+        return 1
+    finally:
+        conn.close()
+    log("info", "appender stopped", commits=appender.commits, writes=appender.writes)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
