@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from . import spool, spool_frames, storage
-from .child import die_with_parent, yield_to_intake
+from .child import die_with_parent
 
 RECV = 1 << 20
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
@@ -118,7 +118,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-level", choices=sorted(LEVELS), default="info")
     args = p.parse_args(argv)
     die_with_parent()
-    yield_to_intake()
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)
     log = Log(args.log_level)
