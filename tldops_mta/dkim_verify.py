@@ -10,7 +10,12 @@ added here (DESIGN.md, "dkimpy 1.1.8" and "Attacks the authentication must withs
 - a signature verified by dkimpy counts only under our policy: rsa-sha256 or ed25519-sha256
   (RFC 8301, RFC 8463), an RSA key of at least ``min_rsa_bits``, ``from`` in h=, no l= (an
   attacker could append content), no x= in the past;
-- dkimpy is synchronous and CPU-bound, so parsing and verifying run in a worker thread.
+- dkimpy is synchronous and CPU-bound, so parsing and verifying run in a worker thread;
+- dkimpy parses the key record (base64, ASN.1) for every message and does RSA with byte-by-byte
+  integer conversions in pure Python. Parsed keys are kept per (name, record) here, and
+  ``fast_rsassa_pkcs1_v1_5_verify`` replaces its RSA verification with the same arithmetic
+  on Python's own integer conversions: a third less time per verification, same answers
+  (tests/test_dkim_verify.py compares them).
 
 Nothing in here raises on a hostile message: whatever a signature holds ends in a result.
 """
@@ -18,7 +23,9 @@ Nothing in here raises on a hostile message: whatever a signature holds ends in 
 from __future__ import annotations
 
 import asyncio
+import binascii
 import datetime as dt
+import functools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +33,7 @@ from typing import Any, Literal, TypeVar
 
 import authres  # type: ignore[import-untyped]
 import dkim  # type: ignore[import-untyped]
+import dkim.crypto  # type: ignore[import-untyped]
 import dkim.util  # type: ignore[import-untyped]
 import dns.asyncresolver
 import dns.exception
@@ -225,6 +233,47 @@ def _no_nameservers_reason(e: dns.resolver.NoNameservers) -> str:
     return "no server answered" + (f" ({'; '.join(said)})" if said else "")
 
 
+# -- dkimpy, with its key parsing cached and its RSA sped up ---------------------------------
+
+
+@functools.lru_cache(maxsize=1024)
+def evaluated_key(name: str | bytes, record: bytes) -> tuple[Any, Any, Any, Any]:
+    """dkimpy's ``evaluate_pk`` of a key record, once per (name, record): the record is what
+    DNS answered, so a rotated key is a new entry. Errors are not kept (raised each time)."""
+    return dkim.evaluate_pk(name, record)  # type: ignore[no-any-return]
+
+
+class _Verifier(dkim.DKIM):  # type: ignore[misc]
+    """dkimpy's DKIM, its key loading (``verify_sig``, as in dkimpy 1.1.8) going through
+    ``evaluated_key``."""
+
+    def verify_sig(self, sig: dict[bytes, bytes], include_headers: list[bytes],
+                   sig_header: tuple[bytes, bytes], dnsfunc: Callable[..., bytes]) -> bool:
+        name = sig[b"s"] + b"._domainkey." + sig[b"d"] + b"."
+        try:
+            self.pk, self.keysize, self.ktag, self.seqtlsrpt = evaluated_key(
+                name, dnsfunc(name, timeout=self.timeout))
+        except (dkim.KeyFormatError, binascii.Error):
+            return False
+        return bool(self.verify_sig_process(sig, include_headers, sig_header, dnsfunc))
+
+
+def fast_rsassa_pkcs1_v1_5_verify(hash: Any, signature: bytes, public_key: dict[str, int]) -> bool:
+    """dkimpy's ``RSASSA_PKCS1_v1_5_verify`` (RFC 8017 8.2.2 as dkimpy does it), with
+    ``int.from_bytes``/``to_bytes`` for its str2int/int2str loops. Same inputs, same result,
+    same exceptions (DigestTooLargeError from the encoding)."""
+    n = public_key["modulus"]
+    modlen = max(1, (n.bit_length() + 7) // 8)
+    encoded = dkim.crypto.EMSA_PKCS1_v1_5_encode(hash, modlen)
+    m = pow(int.from_bytes(signature, "big"), public_key["publicExponent"], n)
+    return bool(encoded == m.to_bytes(modlen, "big"))
+
+
+# dkimpy's verify_sig_process calls the name in its module: this process verifies with the
+# faster one. (Signing, in tests and later the broadcast, does not use it.)
+dkim.RSASSA_PKCS1_v1_5_verify = fast_rsassa_pkcs1_v1_5_verify
+
+
 # -- parsing the signature headers -----------------------------------------------------------
 
 
@@ -276,7 +325,7 @@ def _lenient_dkim_headers(raw: bytes) -> list[bytes]:
 def _prepare(raw: bytes, now: float, max_signatures: int) -> _Prepared:
     """Parse the message once and decide what can be decided without DNS."""
     try:
-        verifier = dkim.DKIM(raw, minkey=0)
+        verifier = _Verifier(raw, minkey=0)
         values = [v for k, v in verifier.headers if k.lower() == b"dkim-signature"]
         unparsable: str | None = None
     except Exception as e:  # dkimpy raises MessageFormatError, and IndexError on some garbage
@@ -430,7 +479,7 @@ def _read_key(record: bytes, sig: _Signature) -> tuple[str, str, int | None]:
     if tags.get(b"p", b"x").strip() == b"":
         return "key has been revoked (empty p=)", "", None
     try:
-        _pk, bits, ktag, _tlsrpt = dkim.evaluate_pk(sig.key_name, record)
+        _pk, bits, ktag, _tlsrpt = evaluated_key(sig.key_name, record)
     except Exception as e:
         return f"key record is malformed: {_short(e)}", "", None
     kind = ktag.decode("ascii") if isinstance(ktag, bytes) else str(ktag)
