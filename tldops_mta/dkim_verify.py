@@ -11,11 +11,11 @@ added here (DESIGN.md, "dkimpy 1.1.8" and "Attacks the authentication must withs
   (RFC 8301, RFC 8463), an RSA key of at least ``min_rsa_bits``, ``from`` in h=, no l= (an
   attacker could append content), no x= in the past;
 - dkimpy is synchronous and CPU-bound, so parsing and verifying run in a worker thread;
-- dkimpy parses the key record (base64, ASN.1) for every message and does RSA with byte-by-byte
-  integer conversions in pure Python. Parsed keys are kept per (name, record) here, and
-  ``fast_rsassa_pkcs1_v1_5_verify`` replaces its RSA verification with the same arithmetic
-  on Python's own integer conversions: a third less time per verification, same answers
-  (tests/test_dkim_verify.py compares them).
+- dkimpy parses the key record (base64, ASN.1) for every message and does RSA in pure Python
+  (byte-by-byte integer conversions, then pow). Parsed keys are kept per (name, record) here,
+  and ``fast_rsassa_pkcs1_v1_5_verify`` does its RSA verification with OpenSSL (through
+  ``cryptography``): the same check, about a tenth of the time, the same answers
+  (tests/test_dkim_verify.py compares them with dkimpy's own on valid and broken signatures).
 
 Nothing in here raises on a hostile message: whatever a signature holds ends in a result.
 """
@@ -40,6 +40,10 @@ import dns.exception
 import dns.name
 import dns.rdtypes.ANY.TXT
 import dns.resolver
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from publicsuffixlist import PublicSuffixList
 
 from .config import Config
@@ -258,15 +262,40 @@ class _Verifier(dkim.DKIM):  # type: ignore[misc]
         return bool(self.verify_sig_process(sig, include_headers, sig_header, dnsfunc))
 
 
+_OPENSSL_HASHES: dict[str, hashes.HashAlgorithm] = {"sha256": hashes.SHA256(), "sha1": hashes.SHA1()}
+
+
+@functools.lru_cache(maxsize=1024)
+def _openssl_key(n: int, e: int) -> rsa.RSAPublicKey | None:
+    """The key as OpenSSL holds it, or None for one it will not load (dkimpy's arithmetic
+    then answers)."""
+    try:
+        return rsa.RSAPublicNumbers(e, n).public_key()
+    except (ValueError, TypeError, OverflowError):
+        return None
+
+
 def fast_rsassa_pkcs1_v1_5_verify(hash: Any, signature: bytes, public_key: dict[str, int]) -> bool:
-    """dkimpy's ``RSASSA_PKCS1_v1_5_verify`` (RFC 8017 8.2.2 as dkimpy does it), with
-    ``int.from_bytes``/``to_bytes`` for its str2int/int2str loops. Same inputs, same result,
-    same exceptions (DigestTooLargeError from the encoding)."""
-    n = public_key["modulus"]
+    """dkimpy's ``RSASSA_PKCS1_v1_5_verify`` (RFC 8017 8.2.2 as dkimpy does it), by OpenSSL.
+
+    dkimpy reads the signature as a number of any length and reduces it modulo n (pow does);
+    OpenSSL wants exactly the modulus's length and a number below n. So the number is reduced
+    and written at that length first: what dkimpy accepts, OpenSSL is shown, and the answers
+    match. DigestTooLargeError comes from the same encoding step as in dkimpy.
+    """
+    n, e = public_key["modulus"], public_key["publicExponent"]
     modlen = max(1, (n.bit_length() + 7) // 8)
     encoded = dkim.crypto.EMSA_PKCS1_v1_5_encode(hash, modlen)
-    m = pow(int.from_bytes(signature, "big"), public_key["publicExponent"], n)
-    return bool(encoded == m.to_bytes(modlen, "big"))
+    algorithm = _OPENSSL_HASHES.get(str(hash.name).lower())
+    key = _openssl_key(n, e) if algorithm is not None else None
+    s = int.from_bytes(signature, "big") % n if n > 0 else 0
+    if key is None or algorithm is None:
+        return bool(encoded == pow(s, e, n).to_bytes(modlen, "big"))
+    try:
+        key.verify(s.to_bytes(modlen, "big"), hash.digest(), padding.PKCS1v15(), Prehashed(algorithm))
+    except InvalidSignature:
+        return False
+    return True
 
 
 # dkimpy's verify_sig_process calls the name in its module: this process verifies with the
