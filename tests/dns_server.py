@@ -76,6 +76,8 @@ class DnsServer:
         self.host = HOST
         self.port = 0
         self.queries: list[Query] = []
+        self.ttl = 300
+        """TTL of the answers, in seconds."""
         self._cond = threading.Condition()
         self._lock = threading.Lock()
         self._udp: socket.socket | None = None
@@ -256,7 +258,7 @@ class DnsServer:
         elif question.rdtype == dns.rdatatype.TXT and records:
             rdatas = [dns.rdtypes.ANY.TXT.TXT(dns.rdataclass.IN, dns.rdatatype.TXT, strings)
                       for strings in records]
-            response.answer.append(dns.rrset.from_rdata_list(question.name, 300, rdatas))
+            response.answer.append(dns.rrset.from_rdata_list(question.name, self.ttl, rdatas))
         if transport == "tcp":
             return response.to_wire(max_size=65535)
         limit = UDP_LIMIT if query.edns < 0 else max(UDP_LIMIT, query.payload)

@@ -546,6 +546,15 @@ async def test_a_key_is_asked_of_dns_once_per_ttl(zone: DnsServer, resolver: Key
     assert len(zone.queries_for(dns_name(SEL, ORG))) == 1
 
 
+async def test_a_key_is_not_kept_past_its_ttl(zone: DnsServer, resolver: KeyResolver) -> None:
+    # TTL 0: every request asks again, so a rotated key is seen as soon as DNS serves it.
+    zone.ttl = 0
+    for i in range(3):
+        raw = sign(message(FROM, subject=f"t{i}"), ORG, SEL, rsa_key(2048))
+        assert only(await check(raw, resolver)).counts
+    assert len(zone.queries_for(dns_name(SEL, ORG))) == 3
+
+
 # -- the faster RSA verification gives dkimpy's answers ---------------------------------------
 
 

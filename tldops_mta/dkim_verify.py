@@ -27,6 +27,7 @@ import binascii
 import datetime as dt
 import functools
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -167,6 +168,9 @@ class KeyResolver:
     /etc/resolv.conf. ``timeout`` bounds a whole lookup, retries included.
     """
 
+    KEEP = 4096
+    """Key records kept between lookups (all of them are dropped when full)."""
+
     def __init__(self, nameservers: Sequence[str] = (), *, port: int = 53,
                  timeout: float = 5.0) -> None:
         self.timeout = timeout
@@ -184,8 +188,11 @@ class KeyResolver:
         resolver.lifetime = timeout
         # Keys are looked up once per TTL, not once per message: a burst of requests from
         # one domain costs one query, and the DNS server's TTL still governs key rotation.
+        # The records themselves are also kept here until the same expiry, so that a
+        # request whose key is known does not go through the resolver's machinery at all.
         resolver.cache = dns.resolver.LRUCache(4096)
         self._resolver = resolver
+        self._records: dict[str, tuple[float, bytes]] = {}
 
     @classmethod
     def from_config(cls, config: Config) -> KeyResolver:
@@ -198,6 +205,9 @@ class KeyResolver:
         None is permanent (NXDOMAIN, no TXT). ``KeyTemporaryError`` may pass with time.
         ``KeyRecordError``: several TXT records and not exactly one starts ``v=DKIM1``.
         """
+        known = self._records.get(name)
+        if known is not None and known[0] > time.time():
+            return known[1]
         if not self._resolver.nameservers:
             raise KeyTemporaryError("no DNS server configured")
         try:
@@ -222,11 +232,13 @@ class KeyResolver:
                    if isinstance(r, dns.rdtypes.ANY.TXT.TXT)]
         if not records:
             return None
-        if len(records) == 1:
-            return records[0]
         dkim1 = [r for r in records if _DKIM1_RE.match(r)]
-        if len(dkim1) == 1:
-            return dkim1[0]
+        if len(records) == 1 or len(dkim1) == 1:
+            record = records[0] if len(records) == 1 else dkim1[0]
+            if len(self._records) >= self.KEEP:
+                self._records.clear()
+            self._records[name] = (float(answer.expiration), record)
+            return record
         raise KeyRecordError(f"{len(records)} TXT records at {name}, {len(dkim1)} of them "
                              "v=DKIM1: the key is ambiguous")
 
@@ -262,7 +274,9 @@ class _Verifier(dkim.DKIM):  # type: ignore[misc]
         return bool(self.verify_sig_process(sig, include_headers, sig_header, dnsfunc))
 
 
-_OPENSSL_HASHES: dict[str, hashes.HashAlgorithm] = {"sha256": hashes.SHA256(), "sha1": hashes.SHA1()}
+# rsa-sha1 is still verified, to report it; our policy then refuses it (RFC 8301).
+_OPENSSL_HASHES: dict[str, hashes.HashAlgorithm] = {
+    "sha256": hashes.SHA256(), "sha1": hashes.SHA1()}  # noqa: S303
 
 
 @functools.lru_cache(maxsize=1024)
@@ -442,7 +456,9 @@ async def verify(raw: bytes, resolver: KeyResolver, *, min_rsa_bits: int, now: f
     """
     prepared = await _run(offload, _prepare, raw, now, max_signatures)
     names = sorted({s.key_name for s in prepared.signatures if s.key_name and s.outcome is None})
-    fetched = await asyncio.gather(*(_fetch(resolver, n) for n in names))
+    # One key is the usual case: awaited directly, without a task per lookup.
+    fetched = ([await _fetch(resolver, names[0])] if len(names) == 1
+               else await asyncio.gather(*(_fetch(resolver, n) for n in names)))
     keys = dict(zip(names, fetched, strict=True))
     results = await _run(offload, _check_all, prepared, keys, max(min_rsa_bits, RSA_FLOOR))
     return DkimReport(tuple(results))
@@ -499,11 +515,21 @@ def _check_one(verifier: Any, sig: _Signature, key: _KeyOutcome,
     return "pass", "", bits, True
 
 
+@functools.lru_cache(maxsize=1024)
+def _key_tags(record: bytes) -> dict[bytes, bytes] | None:
+    """The tags of a key record (None if it has none that parse), once per record. The
+    dict is shared: read it, never change it."""
+    try:
+        tags: dict[bytes, bytes] = dkim.util.parse_tag_value(record)
+    except Exception:
+        return None
+    return tags
+
+
 def _read_key(record: bytes, sig: _Signature) -> tuple[str, str, int | None]:
     """(problem or "", key type, bits) of a key record, checked against the signature."""
-    try:
-        tags = dkim.util.parse_tag_value(record)
-    except Exception:
+    tags = _key_tags(record)
+    if tags is None:
         return "key record cannot be parsed", "", None
     if tags.get(b"p", b"x").strip() == b"":
         return "key has been revoked (empty p=)", "", None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sqlite3
 import time
 import weakref
@@ -38,11 +39,14 @@ AnswerStatus = Literal["ok", "not-delegated", "unreadable"]
 log = logs.get("iana")
 
 
+@functools.lru_cache(maxsize=4096)
 def tld_labels(name: str) -> tuple[str, str]:
     """(A-label, U-label) of a TLD written any way a person might: "MT", ".mt", "мкд", "xn--d1alf".
 
     Requests and operators name ccTLDs in both forms; the cache and IANA's services know only
-    the A-label, so everything is keyed on it and both forms find the same entry.
+    the A-label, so everything is keyed on it and both forms find the same entry. Kept per
+    name (IDNA is costly, and a few hundred TLDs are all there is); a name that is no TLD
+    raises each time.
     """
     s = name.strip()
     if s.startswith("."):

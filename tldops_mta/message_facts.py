@@ -1,22 +1,24 @@
 """Facts read from a message's header, as plain data for the decisions that follow.
 
-Only the header section is parsed here (cheap, and all that routing and authentication
-need). The counts of singleton headers are kept because parsers disagree on which of two
-From: lines counts: a message with more than one is refused before anything reads either.
-Address fields are kept as raw text: ``addresses`` parses them strictly, here nothing is
-interpreted.
+The message is parsed once, here, with the stdlib's compat32 parser; the parsed message
+rides along (``message``, not compared) for whoever reads the body next (request_form),
+so that nothing parses the same octets twice. The counts of singleton headers are kept
+because parsers disagree on which of two From: lines counts: a message with more than one
+is refused before anything reads either. Address fields are kept as raw text: ``addresses``
+parses them strictly, here nothing is interpreted.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from email.parser import BytesHeaderParser
+from dataclasses import dataclass, field
+from email.message import Message
+from email.parser import BytesParser
 from email.policy import compat32
 
 SINGLETONS = ("from", "sender", "date", "subject", "to", "cc", "message-id", "reply-to")
 REQUIRED_FOR_REQUESTS = ("from", "date", "subject")
 
-_parser = BytesHeaderParser(policy=compat32)
+_parser = BytesParser(policy=compat32)
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,10 @@ class MessageFacts:
     message_id: str | None
     auto_submitted: str | None
     precedence: str | None
-    header_defects: int
+    defects: int
+    """Defects the parser found (header and MIME structure); informative."""
+    message: Message | None = field(default=None, compare=False, repr=False)
+    """The parsed message these facts were read from (body parts included)."""
 
     def problem(self, required: tuple[str, ...] = ("from",)) -> str | None:
         """Why this message cannot be acted on at all, or None."""
@@ -80,5 +85,6 @@ def read(raw: bytes) -> MessageFacts:
         message_id=" ".join(mid.split()) if mid is not None else None,
         auto_submitted=folded_lower("auto-submitted"),
         precedence=folded_lower("precedence"),
-        header_defects=len(msg.defects),
+        defects=len(msg.defects),
+        message=msg,
     )

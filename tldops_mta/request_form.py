@@ -18,13 +18,15 @@ MAX_PARTS = 100
 """Deeper or wider MIME trees than this are not read further: no person writes one."""
 
 
-def body_text(raw: bytes) -> str:
+def body_text(raw: bytes | Message) -> str:
     """The text a person wrote: the text/plain parts (attachments aside), else the HTML ones
     turned into text. The stdlib's compat32 parser, which mail-parser wraps too, at a tenth
-    of mail-parser's cost: this runs for every request."""
+    of mail-parser's cost: this runs for every request. Given an already parsed message
+    (``MessageFacts.message``), it reads that one."""
     plain: list[str] = []
     html: list[str] = []
-    for n, part in enumerate(message_from_bytes(raw).walk()):
+    msg = raw if isinstance(raw, Message) else message_from_bytes(raw)
+    for n, part in enumerate(msg.walk()):
         if n >= MAX_PARTS:
             break
         if part.is_multipart() or part.get_content_disposition() == "attachment":

@@ -91,12 +91,11 @@ class Worker(DueLoop):
 
     async def process(self, p: spool.Pending) -> spool.Outcome:
         cfg = self.rt.cfg
-        log = self.log.bind(queue_id=p.queue_id)
         try:
             facts = message_facts.read(p.raw)
             problem = facts.problem()
             if problem is not None:
-                log.info("message rejected", reason=problem)
+                self.log.info("message rejected", queue_id=p.queue_id, reason=problem)
                 return spool.Outcome(p.id, spool.Status.REJECTED, problem)
             services = frozenset(
                 r.service for r in (classify(a, cfg["server.domain"], self.rt.parts)
@@ -108,11 +107,12 @@ class Worker(DueLoop):
             attempts = p.attempts + 1
             reason = f"{type(e).__name__}: {e}"[:500]
             if attempts >= cfg["worker.max_attempts"]:
-                log.exception("message failed", attempts=attempts)
+                self.log.exception("message failed", queue_id=p.queue_id, attempts=attempts)
                 return spool.Outcome(p.id, spool.Status.FAILED,
                                      f"gave up after {attempts} attempts: {reason}")
             delay = backoff(attempts, cfg["worker.retry_base"], cfg["worker.retry_max"])
-            log.warning("attempt failed, will retry", attempts=attempts, retry_in=delay, error=reason)
+            self.log.warning("attempt failed, will retry", queue_id=p.queue_id, attempts=attempts,
+                             retry_in=delay, error=reason)
             return spool.Outcome(p.id, spool.Status.RECEIVED, f"attempt {attempts} failed: {reason}",
                                  retry_at=time.time() + delay)
         return outcome
