@@ -156,6 +156,7 @@ def test_a_dead_worker_process_is_restarted_and_mail_still_processed(start_daemo
     import signal
 
     d = start_daemon()
+    d.wait_processed(queue_id(deliver(d, message("starts-the-worker"))))
     first = d.wait_for("worker ready")
     os.kill(first["pid"], signal.SIGKILL)
     restarted = d.wait_for("worker process exited, restarting")
@@ -171,6 +172,7 @@ def test_killing_the_daemon_takes_the_worker_process_with_it(start_daemon) -> No
     import select
 
     d = start_daemon()
+    queue_id(deliver(d, message("starts-the-worker")))
     worker_pid = d.wait_for("worker ready")["pid"]
     pidfd = os.pidfd_open(worker_pid)  # readable once that process has exited
     try:
@@ -184,7 +186,7 @@ def test_killing_the_daemon_takes_the_worker_process_with_it(start_daemon) -> No
 def test_the_child_processes_yield_the_cpu_to_smtp_intake(start_daemon) -> None:
     import os
 
-    d = start_daemon()
+    d = start_daemon({"worker.max_idle": 0})  # the worker runs from the start
     worker_pid = d.wait_for("worker ready")["pid"]
     appender_pid = d.wait_for("appender ready")["pid"]
     daemon_nice = os.getpriority(os.PRIO_PROCESS, d.proc.pid)
@@ -252,3 +254,43 @@ def test_killing_the_daemon_takes_the_spool_appender_with_it(start_daemon) -> No
         assert ready, "spool appender outlived the daemon"
     finally:
         os.close(pidfd)
+
+
+def test_the_worker_runs_only_when_there_is_work(start_daemon) -> None:
+    d = start_daemon({"worker.max_idle": 1.0})
+    d.wait_for("appender ready")
+    assert d.events("worker ready") == []  # an empty spool: no worker in memory
+    qid = queue_id(deliver(d, message("wakes-the-worker")))
+    d.wait_for("worker ready")
+    d.wait_processed(qid)
+    # Nothing left to do: it exits on its own, cleanly, and the daemon says so at info.
+    idle = d.wait_for("worker idle, exiting")
+    assert idle["idle_for"] >= 1.0
+    exited = d.wait_for("worker process exited idle")
+    assert exited["level"] == "info"
+    assert d.events("worker process exited, restarting") == []
+    # The next message starts a new one.
+    qid2 = queue_id(deliver(d, message("wakes-it-again")))
+    d.wait_count("worker ready", 2)
+    d.wait_processed(qid2)
+
+
+def test_work_made_due_while_no_worker_runs_starts_one(start_daemon) -> None:
+    import subprocess
+    import sys
+
+    d = start_daemon({"worker.max_idle": 1.0})
+    two_froms = (b"From: a@nic.example\r\nFrom: b@nic.example\r\nSubject: x\r\n"
+                 b"Date: Wed, 25 Nov 2026 12:00:00 +0000\r\n\r\nhello\r\n")
+    qid = queue_id(deliver(d, two_froms))
+    d.wait_processed(qid)
+    assert d.query("SELECT status FROM spool WHERE queue_id = ?", (qid,)) == [("rejected",)]
+    d.wait_for("worker process exited idle")
+    # The operator re-queues it from the command line: no wake byte, only the database says.
+    cli = subprocess.run([sys.executable, "-m", "tldops_mta", "spool", "retry", qid,
+                          "--state-dir", str(d.state_dir)], capture_output=True, text=True,
+                         check=False)
+    assert cli.returncode == 0, cli.stderr
+    d.wait_count("worker ready", 2)
+    d.wait_count("message processed", 2)
+    assert d.query("SELECT status FROM spool WHERE queue_id = ?", (qid,)) == [("rejected",)]

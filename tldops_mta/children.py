@@ -12,7 +12,8 @@ import contextlib
 import os
 import socket
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,14 @@ class Supervised:
 
 
 class WorkerProcess(Supervised):
-    """``tldops worker`` beside the SMTP process.
+    """``tldops worker`` beside the SMTP process, started when there is work (Postfix's way).
+
+    The worker exits on its own after worker.max_idle seconds with nothing to do (exit 0).
+    It is started again when mail is spooled (``wake``), or when queued work falls due:
+    ``next_work_at`` (work_due, a short query) is asked at start, after each exit, and every
+    POLL seconds while no worker runs, which also finds what the CLI made due. An idle
+    daemon thus holds no worker in memory. With max_idle 0 it runs from start to stop. A
+    worker that exits otherwise (non-zero) has crashed: logged at error, restarted.
 
     The wake pipe carries a byte when mail was spooled, at most one per ``gap`` seconds (the
     worker's linger: it waits that long for a batch to fill anyway), so that a burst of
@@ -98,17 +106,65 @@ class WorkerProcess(Supervised):
     """
 
     name = "worker"
+    POLL = 5.0
 
     def __init__(self, config_path: Path | None, overrides: Mapping[str, Any],
-                 gap: float = 0.0) -> None:
+                 gap: float = 0.0, *, next_work_at: Callable[[], float | None] = lambda: 0.0,
+                 max_idle: float = 0.0) -> None:
         super().__init__()
         self.config_path = config_path
         self.gap = gap
+        self.max_idle = max_idle
+        self.next_work_at = next_work_at
         self.overrides = dict(overrides)
         self._read_fd, self._write_fd = os.pipe()
         os.set_blocking(self._write_fd, False)
         self._wake_pending = False
         self._woken_at = 0.0
+        self._wanted = asyncio.Event()
+        self.starts = 0
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="worker process")
+
+    def _due(self) -> float | None:
+        """Seconds until the next queued work (0: now), None if nothing waits; a database
+        that cannot be read counts as work now (the worker will say what is wrong)."""
+        try:
+            nxt = self.next_work_at()
+        except Exception as e:
+            self.log.warning("could not read when work is due", error=str(e))
+            return 0.0
+        return None if nxt is None else max(0.0, nxt - time.time())
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            due = None if self._wanted.is_set() or self.max_idle <= 0 else self._due()
+            if not (self._wanted.is_set() or self.max_idle <= 0 or due == 0.0):
+                wait = self.POLL if due is None else min(due, self.POLL)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wanted.wait(), wait)
+                continue
+            self._wanted.clear()
+            self.proc = await self.spawn()
+            self.starts += 1
+            if self._stopping:  # stop() came while it was being started
+                self.ask_to_stop(self.proc)
+            code = await self.proc.wait()
+            if self._stopping:
+                return
+            if code == 0:
+                self.log.info("worker process exited idle")
+                continue
+            self.restarts += 1
+            self.log.error("worker process exited, restarting", exit_code=code,
+                           restarts=self.restarts)
+            await asyncio.sleep(self.RESTART_PAUSE)
+            self._wanted.set()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
 
     def argv(self) -> list[str]:
         args = [sys.executable, "-m", "tldops_mta", "worker", "--wake-fd", str(self._read_fd)]
@@ -125,7 +181,11 @@ class WorkerProcess(Supervised):
             *self.argv(), pass_fds=(self._read_fd,), stdin=asyncio.subprocess.DEVNULL)
 
     def wake(self) -> None:
-        """One byte at the end of this turn of the event loop, or ``gap`` after the last."""
+        """Start the worker if none runs; else one byte at the end of this turn of the event
+        loop, or ``gap`` after the last."""
+        if not self.running:
+            self._wanted.set()
+            return
         if not self._wake_pending:
             self._wake_pending = True
             loop = asyncio.get_running_loop()
@@ -138,6 +198,7 @@ class WorkerProcess(Supervised):
             os.write(self._write_fd, b"\0")
 
     async def stop(self) -> int | None:
+        self._wanted.set()  # out of its wait for work, to see that it is stopping
         code = await super().stop()
         os.close(self._write_fd)
         os.close(self._read_fd)

@@ -206,6 +206,10 @@ SCHEMA: tuple[Key, ...] = (
         "Seconds the worker lets a part-filled batch fill up before claiming it. Under load "
         "this makes fewer, larger transactions (less contention with the SMTP intake for "
         "the database); each message waits at most this much longer. 0: claim at once."),
+    Key("worker", "max_idle", 300.0, _float_range(0, 86400),
+        "Seconds the worker process stays with nothing to do before it exits; the SMTP "
+        "process starts it again when mail arrives or queued work falls due (Postfix's "
+        "max_idle). 0: it runs from start to stop."),
     Key("worker", "max_attempts", 5, _int_range(1, 1000),
         "Attempts before a message that keeps failing is marked failed (kept, never "
         "dropped; `tldops spool retry` re-queues it)."),

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import config as config_mod
-from . import logs, rules, spool, storage
+from . import logs, rules, spool, storage, work_due
 from .children import AppenderProcess, WorkerProcess
 from .smtp_server import Runtime
 
@@ -50,13 +50,19 @@ class Daemon:
         try:
             applied = storage.migrate(conn)
             [(requeued, error)] = storage.commit(conn, [spool.requeue_interrupted])
-        finally:
+        except BaseException:
             conn.close()
+            raise
         if error is not None:
+            conn.close()
             raise error
+        # ``conn`` stays open to ask when work is due (children.WorkerProcess): a short read
+        # now and then, while no worker runs.
         appender = AppenderProcess(cfg)
         await appender.start()
-        worker = WorkerProcess(self.config_path, self.overrides, gap=cfg["worker.linger"])
+        worker = WorkerProcess(self.config_path, self.overrides, gap=cfg["worker.linger"],
+                               next_work_at=lambda: work_due.next_work_at(conn),
+                               max_idle=cfg["worker.max_idle"])
         rt = Runtime(cfg, appender.append, on_spooled=worker.wake)
 
         servers = []
@@ -86,6 +92,7 @@ class Daemon:
         await rt.shutdown(rt.cfg["server.shutdown_grace"])
         worker_exit = await worker.stop()
         appender_exit = await appender.stop()
+        conn.close()
         self.log.info("stopped", worker_exit=worker_exit, appender_exit=appender_exit)
         return 0
 
@@ -103,6 +110,7 @@ class Daemon:
         self.cfg, self.rules = cfg, new_rules
         rt.reconfigure(cfg)
         worker.gap = cfg["worker.linger"]
+        worker.max_idle = cfg["worker.max_idle"]
         appender.cfg = cfg  # commit_timeout now; its storage settings at its next start
         worker.signal(signal.SIGHUP)
         self.log.info("reloaded", changed_sections=changed, rules=sorted(new_rules))

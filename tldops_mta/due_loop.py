@@ -23,6 +23,8 @@ class DueLoop:
         self.log = log
         self._wake = asyncio.Event()
         self._stopping = False
+        self.active_at = time.monotonic()
+        """When a step last found work (monotonic clock): how long this loop has been idle."""
 
     def wake(self) -> None:
         self._wake.set()
@@ -47,6 +49,8 @@ class DueLoop:
             self._wake.clear()
             try:
                 worked = await self.step()
+                if worked:
+                    self.active_at = time.monotonic()
             except Exception:
                 self.log.exception("step failed")
                 with contextlib.suppress(Exception):

@@ -20,8 +20,6 @@ from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
 
-import aiosmtplib
-
 from . import logs
 from .config import Config, parse_listen
 from .due_loop import DueLoop
@@ -176,6 +174,10 @@ class Deliverer(DueLoop):
         log.info("mail delivered", how=how)
 
     async def _relay(self, d: Due) -> None:
+        # Imported here: only a configured smarthost needs it, and the SMTP process imports
+        # this module (work_due) without ever relaying.
+        import aiosmtplib
+
         host, port = parse_listen(str(self.cfg["outbox.smarthost"]))
         try:
             await aiosmtplib.send(d.raw, sender=d.mail_from, recipients=[d.rcpt], hostname=host,

@@ -11,14 +11,16 @@ can also be run on its own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from . import config as config_mod
-from . import logs, storage
+from . import logs, spool, storage, work_due
 from .child import die_with_parent, yield_to_intake
 from .dispatch import Dispatcher
 from .dkim_verify import KeyResolver
@@ -27,6 +29,9 @@ from .live import Live
 from .outbox import Deliverer
 from .request_auth import Authenticator
 from .worker import Worker
+
+IDLE_CHECK = 5.0
+"""Seconds between two looks at whether the worker has been idle long enough to exit."""
 
 WORKER_NICENESS = 10
 """Processing yields the CPU to SMTP intake when both want it: a 250 reply is what a
@@ -54,6 +59,28 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
     deliverer = Deliverer(cfg, writer, reader)
     worker.on_outcomes = deliverer.wake
     stop = asyncio.Event()
+    # A worker before us may have died mid-batch (we are its restart): what it had claimed
+    # goes back to received. Only one worker runs at a time, so nothing live is taken.
+    requeued = await writer.run(spool.requeue_interrupted)
+
+    async def exit_when_idle() -> None:
+        """Ends this process once it has had nothing to do for worker.max_idle seconds and
+        nothing falls due sooner (the SMTP process starts it again when needed)."""
+        while not stop.is_set():
+            max_idle = float(live.cfg["worker.max_idle"])
+            check = min(max_idle, IDLE_CHECK) if max_idle > 0 else IDLE_CHECK
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), check)
+            if stop.is_set() or max_idle <= 0:
+                continue
+            idle_for = time.monotonic() - max(worker.active_at, deliverer.active_at)
+            if idle_for < max_idle:
+                continue
+            nxt = await reader.run(work_due.next_work_at)
+            if nxt is not None and nxt < time.time() + max_idle:
+                continue
+            log.info("worker idle, exiting", idle_for=round(idle_for, 1), next_work_at=nxt)
+            stop.set()
 
     def on_wake() -> None:
         assert wake_fd is not None
@@ -86,7 +113,9 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
     loop.add_signal_handler(signal.SIGHUP, reload)
     tasks = [asyncio.create_task(worker.run(), name="worker"),
              asyncio.create_task(deliverer.run(), name="outbox")]
-    log.info("worker ready", pid=os.getpid())
+    if wake_fd is not None:  # run by the SMTP process, which starts it again on demand
+        tasks.append(asyncio.create_task(exit_when_idle(), name="idle"))
+    log.info("worker ready", pid=os.getpid(), requeued=requeued)
     await stop.wait()
     worker.stop()
     deliverer.stop()

@@ -1,0 +1,18 @@
+"""When the worker next has something to do: the earliest due time of all it works on.
+
+The SMTP process asks this to start the worker process on demand (children.WorkerProcess),
+and the worker asks it before exiting idle, so both agree on what "nothing to do" means.
+A new kind of scheduled work (a broadcast, an expiry) adds its due time here.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from . import outbox, spool
+
+
+def next_work_at(conn: sqlite3.Connection) -> float | None:
+    """Unix time of the earliest due piece of work, or None when nothing waits."""
+    times = [t for t in (spool.next_due_at(conn), outbox.next_due_at(conn)) if t is not None]
+    return min(times) if times else None
