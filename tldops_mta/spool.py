@@ -186,14 +186,12 @@ def claim(ids: Iterable[int], now: float, owner: str) -> Callable[[sqlite3.Conne
     id_list = list(ids)
 
     def job(conn: sqlite3.Connection) -> list[int]:
-        claimed = []
-        for i in id_list:
-            row = conn.execute(
-                "UPDATE spool SET status = 'processing', attempts = attempts + 1, updated_at = ?,"
-                " claimed_by = ? WHERE id = ? AND status = 'received' RETURNING id",
-                (now, owner, i)).fetchone()
-            if row:
-                claimed.append(i)
+        # One statement for the batch (ids are integers we read: only placeholders in SQL).
+        marks = ",".join("?" * len(id_list))
+        claimed = sorted(r[0] for r in conn.execute(
+            "UPDATE spool SET status = 'processing', attempts = attempts + 1, updated_at = ?,"  # noqa: S608
+            f" claimed_by = ? WHERE status = 'received' AND id IN ({marks}) RETURNING id",
+            (now, owner, *id_list)).fetchall()) if id_list else []
         conn.executemany(
             "INSERT INTO spool_events (spool_id, at, status, reason) VALUES (?,?,?,?)",
             [(i, now, Status.PROCESSING.value, None) for i in claimed])
