@@ -35,4 +35,10 @@ def load(directory: Path) -> Rules:
             problems.append(f"{path}: {e}")
     if problems:
         raise RulesError(problems)
+    # Tables with a meaning are checked too, so a wrong value is refused like a bad file.
+    from . import policy  # here: its checks need phonenumbers, which only this step uses
+
+    problems = policy.check(rules)
+    if problems:
+        raise RulesError(problems)
     return rules
