@@ -246,7 +246,8 @@ SCHEMA: tuple[Key, ...] = (
         "A signed request whose Date is older than this, or whose Message-ID was seen before, "
         "is not verified again: it needs a token confirmation."),
     Key("auth", "refusal_interval", 86400.0, _float_range(0, 30 * 86400),
-        "At most one refusal reply per sender in this many seconds (no backscatter)."),
+        "At most one automatic reply of each kind (a refusal, the help template) per "
+        "sender in this many seconds (no backscatter)."),
     Key("outbox", "smarthost", "",
         _string(r"|[^\s:]+:\d{1,5}|\[[0-9A-Fa-f:.]+\]:\d{1,5}", "\"\" or HOST:PORT"),
         "Relay for outgoing mail. Empty: outgoing mail is written to outbox.maildir instead."),

@@ -8,6 +8,7 @@ request), and the others are noted in its services.
 from __future__ import annotations
 
 from . import spool
+from .help_desk import handle_help
 from .live import Live
 from .message_facts import MessageFacts
 from .recipients import Service, classify
@@ -34,4 +35,6 @@ class Dispatcher:
             return await self.auth.handle_confirmation(p, facts, tag)
         if first is Service.REQUESTS:
             return await self.auth.handle_request(p, facts)
+        if first is Service.HELP:
+            return await handle_help(self.rt, p, facts)
         return await classify_only(p, facts, services)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import config as config_mod
-from . import logs, spool, storage, work_due
+from . import logs, rules, spool, storage, work_due
 from .child import die_with_parent, yield_to_intake
 from .dispatch import Dispatcher
 from .dkim_verify import KeyResolver
@@ -52,7 +52,7 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
     writer.start()
     reader = storage.Reader(storage.connect(cfg.database_path,
                                             busy_timeout_ms=cfg["storage.busy_timeout_ms"]), inline=True)
-    live = Live(cfg)
+    live = Live(cfg, rules.load(cfg.rules_dir))
     auth = Authenticator(live, writer, reader, KeyResolver.from_config(cfg),
                          IanaClient(cfg, writer, reader), offload=False)
     worker = Worker(live, writer, reader, Dispatcher(live, auth))
@@ -101,11 +101,11 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
     def reload() -> None:
         try:
             new = config_mod.load(config_path, overrides)
-            live.apply(new)
+            live.apply(new, rules.load(new.rules_dir))
             auth.reconfigure(new)
             deliverer.reconfigure(new)
             log.info("worker reloaded")
-        except config_mod.ConfigError as e:
+        except (config_mod.ConfigError, rules.RulesError) as e:
             log.error("worker reload refused", problems=[str(p) for p in e.problems])
 
     for sig in (signal.SIGTERM, signal.SIGINT):

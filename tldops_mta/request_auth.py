@@ -16,7 +16,7 @@ from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from . import addresses, logs, outbox, spool, tokens
+from . import addresses, auto_reply, logs, outbox, spool, tokens
 from .auth_decision import Decision, IanaView, MessageView, Verdict, decide
 from .config import Config
 from .dkim_verify import DkimReport, KeyResolver, authentication_results, verify
@@ -227,14 +227,8 @@ class Authenticator:
                              effects=tuple(all_effects))
 
     def _reply_refusal(self, p: spool.Pending, facts: MessageFacts, reasons: list[str]) -> spool.Effect:
-        """A short reply saying what was wrong and how to fix it: to the envelope sender
-        (RFC 3834), never to a null sender or a robot, at most once per sender per
-        ``auth.refusal_interval``, and holding no roster data."""
-        cfg = self.rt.cfg
-        to = p.mail_from
-        if not to or facts.automatic or to.lower().endswith("@" + str(cfg["server.domain"]).lower()):
-            return _nothing
-        interval = float(cfg["auth.refusal_interval"])
+        """A short reply saying what was wrong and how to fix it (auto_reply: RFC 3834, one
+        per sender per ``auth.refusal_interval``), holding no roster data."""
         body = (
             "Your mail to TLD-OPS was not acted on:\n\n"
             + "".join(f"  - {r}\n" for r in reasons)
@@ -244,30 +238,9 @@ class Authenticator:
             + self.rt.service_address("help") + ".\n\n"
             "This reply is automatic; further refusals to this address are held back for a day.\n"
         )
-        from_addr = f"TLD-OPS <{self.rt.service_address('postmaster')}>"
-        domain = str(cfg["server.domain"])
-        queue_id, in_reply_to = p.queue_id, facts.message_id
+        return auto_reply.reply(self.rt, p, facts, kind="refusal", body=body,
+                                subject="[TLD-OPS] Your request was not accepted")
 
-        def job(conn: sqlite3.Connection) -> None:
-            now = time.time()
-            row = conn.execute("SELECT last_sent FROM refusal_replies WHERE address = ?",
-                               (to.lower(),)).fetchone()
-            if row is not None and row[0] > now - interval:
-                return
-            conn.execute("INSERT INTO refusal_replies (address, last_sent) VALUES (?, ?)"
-                         " ON CONFLICT (address) DO UPDATE SET last_sent = excluded.last_sent",
-                         (to.lower(), now))
-            # Composed only when it is sent: a flood of refused mail costs no mail building.
-            raw = outbox.compose(from_addr=from_addr, to=to, body=body, domain=domain,
-                                 subject="[TLD-OPS] Your request was not accepted",
-                                 in_reply_to=in_reply_to, auto="auto-replied")
-            outbox.enqueue(raw, "", [to], "refusal", ref=queue_id)(conn)
-
-        return job
-
-
-def _nothing(conn: sqlite3.Connection) -> None:
-    return None
 
 
 def _quote(text: str, limit: int = 4000) -> str:
