@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 
+import pytest
 from daemon_proc import DOMAIN, DaemonProc
 from smtp_raw import message, open_session
 
@@ -167,18 +168,17 @@ def test_a_dead_worker_process_is_restarted_and_mail_still_processed(start_daemo
     assert d.query("SELECT status FROM spool WHERE queue_id = ?", (qid,)) == [("done",)]
 
 
-def test_killing_the_daemon_takes_the_worker_process_with_it(start_daemon) -> None:
+@pytest.mark.parametrize("child", ["worker", "appender"])
+def test_killing_the_daemon_takes_its_child_processes_with_it(start_daemon, child: str) -> None:
     import os
     import select
 
-    d = start_daemon()
-    queue_id(deliver(d, message("starts-the-worker")))
-    worker_pid = d.wait_for("worker ready")["pid"]
-    pidfd = os.pidfd_open(worker_pid)  # readable once that process has exited
+    d = start_daemon({"worker.max_idle": 0})  # both children run from the start
+    pidfd = os.pidfd_open(d.wait_for(f"{child} ready")["pid"])  # readable once it has exited
     try:
         d.kill()
         ready, _, _ = select.select([pidfd], [], [], 10)
-        assert ready, "worker process outlived the daemon"
+        assert ready, f"{child} process outlived the daemon"
     finally:
         os.close(pidfd)
 
@@ -240,20 +240,6 @@ def test_a_stuck_spool_appender_answers_451_after_the_commit_timeout(start_daemo
     # Going on, the appender commits what it had; the next message is stored at once.
     queue_id(deliver(d, message("after-stuck")))
     assert d.alive
-
-
-def test_killing_the_daemon_takes_the_spool_appender_with_it(start_daemon) -> None:
-    import os
-    import select
-
-    d = start_daemon()
-    pidfd = os.pidfd_open(d.wait_for("appender ready")["pid"])
-    try:
-        d.kill()
-        ready, _, _ = select.select([pidfd], [], [], 10)
-        assert ready, "spool appender outlived the daemon"
-    finally:
-        os.close(pidfd)
 
 
 def test_the_worker_runs_only_when_there_is_work(start_daemon) -> None:
