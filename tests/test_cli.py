@@ -28,7 +28,7 @@ def test_version_and_help_on_every_command() -> None:
     assert r.returncode == 0 and r.stdout.startswith("tldops-mta ")
     for cmd in (["serve"], ["config", "check"], ["config", "show"], ["config", "docs"],
                 ["db", "migrate"], ["spool", "list"], ["spool", "show"], ["spool", "retry"],
-                ["iana", "show"], ["worker"]):
+                ["iana", "show"], ["queue", "list"], ["queue", "show"], ["worker"]):
         r = tldops(*cmd, "--help")
         assert r.returncode == 0, cmd
         assert "usage: tldops" in r.stdout

@@ -13,8 +13,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__, rules, spool, storage
+from . import __version__, queue, rules, spool, storage
 from . import config as config_mod
+from .queue_states import State
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -93,6 +94,20 @@ def build_parser() -> argparse.ArgumentParser:
     _common(s)
     s.add_argument("queue_id", metavar="ID")
     s.set_defaults(func=cmd_spool_retry)
+
+    p = sub.add_parser("queue", help="requests waiting for, or decided by, the Validator")
+    qsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = qsub.add_parser("list", help="newest requests first")
+    _common(q)
+    _json_flag(q)
+    q.add_argument("--state", choices=[st.value for st in State])
+    q.add_argument("--limit", type=int, default=50)
+    q.set_defaults(func=cmd_queue_list)
+    q = qsub.add_parser("show", help="one request with its authentication evidence")
+    _common(q)
+    _json_flag(q)
+    q.add_argument("item_id", metavar="ID", type=int)
+    q.set_defaults(func=cmd_queue_show)
 
     p = sub.add_parser("iana", help="IANA administrative contacts of ccTLDs")
     isub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -254,6 +269,47 @@ def cmd_spool_show(args: argparse.Namespace) -> int:
     print("header:")
     for line in header.splitlines():
         print("  " + line)
+    return EXIT_OK
+
+
+def cmd_queue_list(args: argparse.Namespace) -> int:
+    items = queue.listing(open_db(load_config(args)), args.state, args.limit)
+    if args.json:
+        _print_json([i.as_dict() for i in items])
+        return EXIT_OK
+    if not items:
+        print("no requests" if not args.state else f"no requests {args.state}")
+        return EXIT_OK
+    print(f"{'ID':>5}  {'CREATED (UTC)':<19}  {'CCTLD':<12}  {'AUTH':<5}  {'STATE':<21}  REQUESTER")
+    for i in items:
+        print(f"{i.id:>5}  {_when(i.created_at)}  {i.tld:<12}  {i.auth:<5}  {i.state:<21}  {i.requester}")
+    return EXIT_OK
+
+
+def cmd_queue_show(args: argparse.Namespace) -> int:
+    item = queue.show(open_db(load_config(args)), args.item_id)
+    if item is None:
+        raise CliError(f"no request {args.item_id} in the queue")
+    if args.json:
+        _print_json(item.as_dict())
+        return EXIT_OK
+    ev = item.evidence or {}
+    print(f"request:     {item.id} (.{item.tld}), {item.state}")
+    print(f"requester:   {item.requester}; IANA admin {item.admin_email}; authenticated by {item.auth}")
+    print(f"created:     {_when(item.created_at)} UTC from message {item.queue_id}; "
+          f"updated {_when(item.updated_at)} UTC")
+    decision = ev.get("decision") or {}
+    print(f"decision:    {decision.get('verdict', '?')}: {decision.get('reason', '')}")
+    iana = ev.get("iana") or {}
+    if iana:
+        print(f"IANA:        {iana.get('email')} ({iana.get('status')}, from {iana.get('source')}, "
+              f"fetched {_when(float(iana.get('fetched_at') or 0))} UTC)")
+    for sig in ev.get("dkim") or []:
+        counts = "counts" if sig.get("counts") else "does not count"
+        print(f"DKIM:        d={sig.get('domain')} s={sig.get('selector')} {sig.get('result')}, "
+              f"{counts}{': ' + sig['reason'] if sig.get('reason') else ''}")
+    if ev.get("authentication_results"):
+        print(f"A-R:         {ev['authentication_results']}")
     return EXIT_OK
 
 
