@@ -24,11 +24,15 @@ from .storage import StorageError, StorageFull
 
 class Supervised:
     """Keeps one child process running: a child that exits on its own is restarted after
-    RESTART_PAUSE, logged at error level (the daemon must not go on half working)."""
+    RESTART_PAUSE, logged at error level (the daemon must not go on half working).
+
+    A child that may exit when idle (``exits_when_idle``: exit 0) is not an error; it is
+    started again when ``wait_until_wanted`` returns. The base class wants it always."""
 
     RESTART_PAUSE = 1.0
     STOP_WAIT = 30.0
     name = "child"
+    exits_when_idle = False
 
     def __init__(self) -> None:
         self.log = logs.get("daemon")
@@ -46,25 +50,45 @@ class Supervised:
     def ask_to_stop(self, proc: asyncio.subprocess.Process) -> None:
         proc.terminate()
 
-    async def start(self) -> None:
-        """Start the child; once this returns, it is there to talk to."""
-        self.proc = await self.spawn()
-        self._task = asyncio.create_task(self._watch(), name=f"{self.name} process")
+    def wanted_at_start(self) -> bool:
+        return True
 
-    async def _watch(self) -> None:
-        while True:
-            assert self.proc is not None
+    async def wait_until_wanted(self, after_crash: bool) -> None:
+        """Returns when the child should run (again); at once unless a subclass knows better."""
+
+    async def start(self) -> None:
+        """Start the child if it is wanted now; once this returns, a wanted child is there to
+        talk to."""
+        if self.wanted_at_start():
+            self.proc = await self._start_child()
+        self._task = asyncio.create_task(self._run(), name=f"{self.name} process")
+
+    async def _start_child(self) -> asyncio.subprocess.Process:
+        proc = await self.spawn()
+        if self._stopping:  # stop() came while it was being started
+            self.ask_to_stop(proc)
+        return proc
+
+    async def _run(self) -> None:
+        crashed = False
+        while not self._stopping:
+            if self.proc is None or self.proc.returncode is not None:
+                await self.wait_until_wanted(crashed)
+                if self._stopping:
+                    return
+                self.proc = await self._start_child()
             code = await self.proc.wait()
             self.exited()
             if self._stopping:
                 return
+            crashed = not (code == 0 and self.exits_when_idle)
+            if not crashed:
+                self.log.info(f"{self.name} process exited idle")
+                continue
             self.restarts += 1
             self.log.error(f"{self.name} process exited, restarting", exit_code=code,
                            restarts=self.restarts)
             await asyncio.sleep(self.RESTART_PAUSE)
-            if self._stopping:
-                return
-            self.proc = await self.spawn()
 
     def signal(self, sig: int) -> None:
         if self.proc is not None and self.proc.returncode is None:
@@ -122,10 +146,27 @@ class WorkerProcess(Supervised):
         self._wake_pending = False
         self._woken_at = 0.0
         self._wanted = asyncio.Event()
-        self.starts = 0
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="worker process")
+    @property
+    def exits_when_idle(self) -> bool:  # type: ignore[override]
+        return self.max_idle > 0
+
+    def wanted_at_start(self) -> bool:
+        return not self.exits_when_idle or self._due() == 0.0
+
+    async def wait_until_wanted(self, after_crash: bool) -> None:
+        """After a crash at once (what it had claimed waits for a new worker, and claimed
+        mail is not 'due'); else when woken, or when queued work falls due."""
+        if after_crash or not self.exits_when_idle:
+            return
+        while not (self._wanted.is_set() or self._stopping):
+            due = self._due()
+            if due == 0.0:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wanted.wait(), self.POLL if due is None
+                                       else min(due, self.POLL))
+        self._wanted.clear()
 
     def _due(self) -> float | None:
         """Seconds until the next queued work (0: now), None if nothing waits; a database
@@ -136,31 +177,6 @@ class WorkerProcess(Supervised):
             self.log.warning("could not read when work is due", error=str(e))
             return 0.0
         return None if nxt is None else max(0.0, nxt - time.time())
-
-    async def _run(self) -> None:
-        while not self._stopping:
-            due = None if self._wanted.is_set() or self.max_idle <= 0 else self._due()
-            if not (self._wanted.is_set() or self.max_idle <= 0 or due == 0.0):
-                wait = self.POLL if due is None else min(due, self.POLL)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wanted.wait(), wait)
-                continue
-            self._wanted.clear()
-            self.proc = await self.spawn()
-            self.starts += 1
-            if self._stopping:  # stop() came while it was being started
-                self.ask_to_stop(self.proc)
-            code = await self.proc.wait()
-            if self._stopping:
-                return
-            if code == 0:
-                self.log.info("worker process exited idle")
-                continue
-            self.restarts += 1
-            self.log.error("worker process exited, restarting", exit_code=code,
-                           restarts=self.restarts)
-            await asyncio.sleep(self.RESTART_PAUSE)
-            self._wanted.set()
 
     @property
     def running(self) -> bool:
