@@ -50,12 +50,11 @@ class Daemon:
         try:
             applied = storage.migrate(conn)
             [(requeued, error)] = storage.commit(conn, [spool.requeue_interrupted])
+            if error is not None:
+                raise error
         except BaseException:
             conn.close()
             raise
-        if error is not None:
-            conn.close()
-            raise error
         # ``conn`` stays open to ask when work is due (children.WorkerProcess): a short read
         # now and then, while no worker runs.
         appender = AppenderProcess(cfg)
