@@ -91,7 +91,8 @@ class Cpu:
                    self.children - other.children)
 
 
-def _stat_cpu(path: Path) -> float:
+def stat_cpu(path: Path) -> float:
+    """CPU seconds (user + system) from a /proc/PID/stat or /proc/PID/task/TID/stat file."""
     fields = path.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime: fields 14, 15
 
@@ -125,9 +126,9 @@ def _try(fn: Callable[[], float]) -> float:
 def cpu(pid: int) -> Cpu:
     """CPU used so far by ``pid`` and its descendants. A child that exits during a
     measurement takes its CPU time with it: the figure is then a little low."""
-    main_total = _stat_cpu(Path(f"/proc/{pid}/stat"))
-    kids = sum(_try(lambda k=k: _stat_cpu(Path(f"/proc/{k}/stat"))) for k in descendants(pid))
-    return Cpu(main_total + kids, _stat_cpu(Path(f"/proc/{pid}/task/{pid}/stat")), kids)
+    main_total = stat_cpu(Path(f"/proc/{pid}/stat"))
+    kids = sum(_try(lambda k=k: stat_cpu(Path(f"/proc/{k}/stat"))) for k in descendants(pid))
+    return Cpu(main_total + kids, stat_cpu(Path(f"/proc/{pid}/task/{pid}/stat")), kids)
 
 
 def tree_rss_mb(pid: int) -> tuple[float, float]:
