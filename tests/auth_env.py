@@ -33,6 +33,20 @@ def now_date() -> str:
     return format_datetime(dt.datetime.now(dt.UTC))
 
 
+def form(action: str = "subscribe", tld: str = "mt", sscs: Sequence[tuple[str, ...]] = (
+        ("primary", "Jane", "Doe", "+356 2133 4455", "jane.doe@nic.org.mt"),
+        ("secondary", "John", "Roe", "+356 2133 4456", "john.roe@nic.org.mt")),
+         removals: Sequence[str] = ()) -> str:
+    """A request form (docs/requests.md) in CRLF lines; an SSC tuple of six names whom it
+    replaces (updates)."""
+    lines = [f"Action: {action}", f"ccTLD: {tld}", ""]
+    for s in sscs:
+        lines += [f"SSC: {s[0]}", f"First name: {s[1]}", f"Last name: {s[2]}", f"Phone: {s[3]}",
+                  f"Email: {s[4]}", *([f"Replaces: {s[5]}"] if len(s) > 5 else []), ""]
+    lines += [f"Remove: {r}" for r in removals]
+    return "\r\n".join(lines) + "\r\n"
+
+
 def request(from_line: str = ADMIN, *, headers: Sequence[str] = (), body: str = "",
             date: str | None = None, message_id: str | None = None, subject: str = "Subscription",
             tld: str = "mt") -> bytes:
@@ -40,7 +54,7 @@ def request(from_line: str = ADMIN, *, headers: Sequence[str] = (), body: str = 
     lines = [f"From: {from_line}", f"To: {REQUESTS}", f"Subject: {subject}",
              f"Date: {date or now_date()}", f"Message-ID: {message_id or make_msgid(domain='nic.org.mt')}",
              "MIME-Version: 1.0", "Content-Type: text/plain; charset=utf-8", *headers]
-    text = body or f"action: subscribe\r\nccTLD: {tld}\r\n"
+    text = body or form(tld=tld)
     return ("\r\n".join(lines) + "\r\n\r\n" + text).encode("utf-8")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -42,6 +43,9 @@ def write_config(path: Path, values: dict[str, Any]) -> Path:
     return path
 
 
+SHIPPED_RULES = Path(__file__).resolve().parent.parent / "rules"
+
+
 class DaemonProc:
     """A running ``tldops serve`` with its log lines collected as they arrive."""
 
@@ -49,6 +53,9 @@ class DaemonProc:
                  env: dict[str, str] | None = None) -> None:
         self.workdir = workdir
         self.state_dir = workdir / "state"
+        # The rules as shipped (texts, policy), in a copy a test may change and SIGHUP.
+        if not (workdir / "rules").exists():
+            shutil.copytree(SHIPPED_RULES, workdir / "rules")
         base = {
             "server.listen": ["127.0.0.1:0"],
             "storage.state_dir": str(self.state_dir),

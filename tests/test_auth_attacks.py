@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
-from auth_env import ADMIN, ADMIN_DOMAIN, ATTACKER, REQUESTS, SELECTOR, AuthEnv, auth_daemon, request
+from auth_env import ADMIN, ADMIN_DOMAIN, ATTACKER, REQUESTS, SELECTOR, AuthEnv, auth_daemon, form, request
 from dkim_sign import rsa_key
 
 
@@ -46,7 +46,9 @@ def signed_admin(**sign_kw: object) -> Build:
 
 def appended_after_l(e: AuthEnv) -> tuple[bytes, str]:
     raw = e.signed(request(ADMIN), length=True)
-    return raw + b"ccTLD: bg\r\nAlso add the attacker as SSC.\r\n", ADMIN
+    extra = b"SSC: third\r\nFirst name: Eve\r\nLast name: Attacker\r\nPhone: +356 2133 4457\r\n" \
+            b"Email: eve@attacker.example\r\n"
+    return raw + extra, ADMIN
 
 
 def short_key(e: AuthEnv) -> tuple[bytes, str]:
@@ -57,7 +59,7 @@ def short_key(e: AuthEnv) -> tuple[bytes, str]:
 
 def body_changed(e: AuthEnv) -> tuple[bytes, str]:
     raw = e.signed(request(ADMIN))
-    return raw.replace(b"action: subscribe", b"action: remove"), ADMIN
+    return raw.replace(b"First name: Jane", b"First name: Eve"), ADMIN
 
 
 def from_changed_after_signing(e: AuthEnv) -> tuple[bytes, str]:
@@ -76,7 +78,7 @@ def extra_header(header: str, from_value: str = ATTACKER, sign_as: str = "attack
 
 
 def admin_in_body(e: AuthEnv) -> tuple[bytes, str]:
-    raw = request(ATTACKER, body=f"ccTLD: mt\r\nFrom: {ADMIN}\r\nCc: {ADMIN}\r\n")
+    raw = request(ATTACKER, body=form() + f"From: {ADMIN}\r\nCc: {ADMIN}\r\n")
     return e.signed(raw, "attacker.example", e.attacker_key), ATTACKER
 
 
@@ -207,23 +209,23 @@ def test_ed25519_signature_counts(env: AuthEnv) -> None:
     assert env.requests_for(qid)[0][1] == "dkim"
 
 
-def test_one_admin_several_cctlds_each_checked(env: AuthEnv) -> None:
-    raw = env.signed(request(ADMIN, body="ccTLD: mt\r\nccTLD: xn--90ae\r\nccTLD: zz\r\n"))
-    qid = env.send(raw)
+def test_a_request_naming_several_cctlds_is_refused_whole(env: AuthEnv) -> None:
+    # One request, one ccTLD: a mail naming its own ccTLD and another's changes neither, so
+    # the admin of .mt cannot slip in a change for a ccTLD whose admin did not sign it.
+    body = form().replace("ccTLD: mt", "ccTLD: mt\r\nccTLD: xn--90ae")
+    qid = env.send(env.signed(request(ADMIN, body=body)))
     status, reason = env.processed(qid)
-    made = env.requests_for(qid)
-    assert status == "done"
-    # .mt is the admin's; xn--90ae has another admin (refused); .zz is not delegated (refused).
-    assert made == [("mt", "dkim", "awaiting-validator", ADMIN)]
-    assert ".xn--90ae: the request must come from" in reason
-    assert ".zz: .zz is not a delegated top-level domain" in reason
+    assert status == "rejected"
+    assert env.requests_for(qid) == []
+    assert "line 3: a second ccTLD line says 'xn--90ae', line 2 says 'mt'" in reason
+    assert "Send one request per action and ccTLD" in reason
 
 
 def test_request_naming_no_cctld_is_refused_with_how_to_fix_it(env: AuthEnv) -> None:
     qid = env.send(env.signed(request(ADMIN, body="Please add Jane.\r\n")))
     status, reason = env.processed(qid)
     assert status == "rejected"
-    assert "ccTLD: mt" in reason
+    assert "the request does not name its ccTLD. Add a line such as 'ccTLD: mt'" in reason
 
 
 def test_message_smuggled_inside_data_is_refused_at_smtp(env: AuthEnv) -> None:

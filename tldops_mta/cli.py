@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from . import __version__, queue, rules, spool, storage
 from . import config as config_mod
@@ -108,6 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
     _json_flag(q)
     q.add_argument("item_id", metavar="ID", type=int)
     q.set_defaults(func=cmd_queue_show)
+    for verb, says, needs_reason in (
+            ("approve", "approve a request: the roster changes and everyone concerned is told", False),
+            ("deny", "deny a request (or reverse a self-administered one), saying why", True),
+            ("escalate", "send a request to the Standing Committee, saying why", True)):
+        q = qsub.add_parser(verb, help=says)
+        _common(q)
+        _json_flag(q)
+        q.add_argument("item_id", metavar="ID", type=int)
+        q.add_argument("reason", metavar="REASON", nargs="+" if needs_reason else "*",
+                       help="why (required for deny and escalate); told to the requester")
+        q.set_defaults(func=cmd_queue_decide, event=verb)
 
     p = sub.add_parser("iana", help="IANA administrative contacts of ccTLDs")
     isub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -310,22 +321,67 @@ def cmd_queue_show(args: argparse.Namespace) -> int:
               f"{counts}{': ' + sig['reason'] if sig.get('reason') else ''}")
     if ev.get("authentication_results"):
         print(f"A-R:         {ev['authentication_results']}")
+    change = item.change or {}
+    if change:
+        from . import roster
+
+        print(f"asks:        {item.action} .{item.tld}; the roster then ('-' leaves, '+' comes):")
+        for line in roster.diff_lines(roster.from_dicts(change.get("before", [])),
+                                      roster.from_dicts(change.get("after", []))):
+            print(f"  {line}")
+        for w in change.get("warnings", []):
+            print(f"warning:     {w}")
+    print("history:")
+    for e in item.events or []:
+        print(f"  {_when(e['at'])}  {e['event']:<8}  -> {e['to_state']:<21}  {e['actor']} {e['who'] or ''}"
+              f" ({e['auth'] or '-'}){': ' + e['reason'] if e['reason'] else ''}")
     return EXIT_OK
 
 
 def cmd_spool_retry(args: argparse.Namespace) -> int:
     conn = open_db(load_config(args))
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        ok = spool.retry(args.queue_id, time.time())(conn)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
+    ok = _in_transaction(conn, spool.retry(args.queue_id, time.time()))
     if not ok:
         raise CliError(f"no failed or rejected message {args.queue_id}")
     print(f"{args.queue_id} queued for processing again")
     return EXIT_OK
+
+
+def cmd_queue_decide(args: argparse.Namespace) -> int:
+    """A Validator's decision from the command line: same rules as by mail (first decision
+    wins), recorded as made by the local user."""
+    import getpass
+
+    from . import decisions
+    from .live import Live
+    from .queue_states import Actor, Event
+
+    cfg = load_config(args)
+    live = Live(cfg, rules.load(cfg.rules_dir))
+    conn = open_db(cfg)
+    by = decisions.By(Actor.VALIDATOR, f"cli:{getpass.getuser()}", "cli")
+    reason = " ".join(args.reason) or None
+    result = _in_transaction(conn, lambda c: decisions.act(live, c, args.item_id, Event(args.event),
+                                                           by, reason))
+    if args.json:
+        _print_json({"ok": result.ok, "message": result.message, "state": result.state})
+    else:
+        print(result.message, file=sys.stdout if result.ok else sys.stderr)
+    return EXIT_OK if result.ok else EXIT_ERROR
+
+
+T = TypeVar("T")
+
+
+def _in_transaction(conn: sqlite3.Connection, job: Callable[[sqlite3.Connection], T]) -> T:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        out = job(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return out
 
 
 def cmd_iana_show(args: argparse.Namespace) -> int:

@@ -131,6 +131,16 @@ def _networks(v: Any) -> str | None:
     return None
 
 
+_MAILBOX = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z0-9-]+"
+
+
+def _mailboxes(v: Any) -> str | None:
+    allowed = "a list of mail addresses such as [\"validator@example.org\"]"
+    if not isinstance(v, list) or not all(isinstance(s, str) and re.fullmatch(_MAILBOX, s) for s in v):
+        return allowed
+    return None
+
+
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _DOMAIN = rf"(?=.{{1,253}}$)({_LABEL}\.)*{_LABEL}"
 _LOCAL = r"[a-z0-9][a-z0-9._-]{0,40}"
@@ -254,6 +264,28 @@ SCHEMA: tuple[Key, ...] = (
     Key("outbox", "maildir", "outgoing", _path,
         "Directory (relative to state_dir unless absolute) where outgoing mail is kept when "
         "no smarthost is set: one .eml file per message and recipient."),
+    Key("outbox", "smarthost_tls", "starttls", _one_of("none", "starttls", "tls"),
+        "How to talk to the smarthost: starttls (required, TLS 1.2 or newer), tls (TLS from "
+        "the first byte, port 465), none (plain; only for a relay on loopback)."),
+    Key("outbox", "smarthost_user", "", _string(r"[^\s]{0,200}", "a user name without spaces"),
+        "Login for the smarthost (after TLS). Empty: no login."),
+    Key("outbox", "smarthost_password_file", "", _path_or_empty,
+        "File holding the smarthost password (its first line), so no secret sits in the "
+        "configuration."),
+    Key("validation", "validators", ["validator@tld-ops.localhost"], _mailboxes,
+        "The Validators' addresses: each waiting request is mailed to them, and only their "
+        "DKIM-signed replies to decide+TOKEN@ count. The default is a placeholder that "
+        "stays in the local outbox."),
+    Key("validation", "committee", "committee@tld-ops.localhost",
+        _string(f"|{_MAILBOX}", "a mail address or \"\""),
+        "The Standing Committee's address, to which escalated requests are mailed. Empty: "
+        "escalation is refused."),
+    Key("validation", "remind_after", 3 * 86400.0, _float_range(60, 365 * 86400),
+        "Seconds a request may wait for a Validator before they are reminded (then again "
+        "after as long)."),
+    Key("validation", "expire_after", 14 * 86400.0, _float_range(60, 365 * 86400),
+        "Seconds a request may wait for a Validator before it expires (the requester is "
+        "told). Escalated requests do not expire."),
     Key("log", "level", "info", _one_of("debug", "info", "warning", "error"),
         "Least severe log level written. Personal data appears only at debug."),
     Key("rules", "dir", "rules", _path,

@@ -60,7 +60,7 @@ class Daemon:
         appender = AppenderProcess(cfg)
         await appender.start()
         worker = WorkerProcess(self.config_path, self.overrides, gap=cfg["worker.linger"],
-                               next_work_at=lambda: work_due.next_work_at(conn),
+                               next_work_at=lambda: work_due.next_work_at(conn, rt.cfg),
                                max_idle=cfg["worker.max_idle"])
         rt = Runtime(cfg, appender.append, on_spooled=worker.wake)
 

@@ -8,6 +8,7 @@ request), and the others are noted in its services.
 from __future__ import annotations
 
 from . import spool
+from .decision_desk import DecisionDesk
 from .help_desk import handle_help
 from .live import Live
 from .message_facts import MessageFacts
@@ -20,18 +21,21 @@ ORDER = (Service.CONFIRM, Service.DECIDE, Service.REQUESTS, Service.UPDATE, Serv
 
 
 class Dispatcher:
-    def __init__(self, live: Live, auth: Authenticator) -> None:
+    def __init__(self, live: Live, auth: Authenticator, desk: DecisionDesk) -> None:
         self.rt = live
         self.auth = auth
+        self.desk = desk
 
     async def __call__(self, p: spool.Pending, facts: MessageFacts,
                        services: frozenset[Service]) -> spool.Outcome:
         first = next(s for s in ORDER if s in services)
-        if first is Service.CONFIRM:
+        if first in (Service.CONFIRM, Service.DECIDE):
             tag = next(r.tag for r in (classify(a, self.rt.cfg["server.domain"], self.rt.parts)
                                         for a in p.rcpt_to)
-                       if r is not None and r.service is Service.CONFIRM)
+                       if r is not None and r.service is first)
             assert tag is not None
+            if first is Service.DECIDE:
+                return await self.desk.handle(p, facts, tag)
             return await self.auth.handle_confirmation(p, facts, tag)
         if first is Service.REQUESTS:
             return await self.auth.handle_request(p, facts)

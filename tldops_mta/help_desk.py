@@ -7,22 +7,15 @@ of the roster.
 
 from __future__ import annotations
 
-from . import auto_reply, spool
+from . import auto_reply, spool, texts
 from .live import Live
 from .message_facts import MessageFacts
-
-_FALLBACK = ("Send your request to {requests} as a plain-text form: 'Action: subscribe',\n"
-             "'ccTLD: xx', then one 'SSC: primary' block per contact with First name,\n"
-             "Last name, Phone and Email. (This server has no rules/replies.toml.)\n")
 
 
 def template(live: Live) -> tuple[str, str]:
     """(subject, body) of the help reply, with the service addresses filled in."""
-    table = live.rules.get("replies", {}).get("help", {})
-    subject = str(table.get("subject", "[TLD-OPS] How to send a request"))
-    body = str(table.get("body", _FALLBACK)).lstrip("\n")
-    return subject, body.replace("{requests}", live.service_address("requests")).replace(
-        "{help}", live.service_address("help"))
+    return texts.render(live.rules, "help", {"requests": live.service_address("requests"),
+                                             "help": live.service_address("help")})
 
 
 async def handle_help(live: Live, p: spool.Pending, facts: MessageFacts) -> spool.Outcome:

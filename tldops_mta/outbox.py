@@ -13,6 +13,7 @@ import asyncio
 import datetime as dt
 import os
 import sqlite3
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -179,9 +180,20 @@ class Deliverer(DueLoop):
         import aiosmtplib
 
         host, port = parse_listen(str(self.cfg["outbox.smarthost"]))
+        mode = self.cfg["outbox.smarthost_tls"]
+        user = str(self.cfg["outbox.smarthost_user"]) or None
+        password = None
+        if user and self.cfg["outbox.smarthost_password_file"]:
+            password = self._password()
+        tls = None
+        if mode != "none":
+            tls = ssl.create_default_context()
+            tls.minimum_version = ssl.TLSVersion.TLSv1_2
         try:
             await aiosmtplib.send(d.raw, sender=d.mail_from, recipients=[d.rcpt], hostname=host,
-                                  port=port, timeout=30, start_tls=False,
+                                  port=port, timeout=30, use_tls=mode == "tls",
+                                  start_tls=mode == "starttls", tls_context=tls,
+                                  username=user, password=password,
                                   local_hostname=self.cfg.hostname)
         except aiosmtplib.SMTPRecipientsRefused as e:
             codes = [r.code for r in e.recipients]
@@ -192,6 +204,11 @@ class Deliverer(DueLoop):
             if 500 <= e.code < 600:
                 raise PermanentFailure(f"{e.code} {e.message}") from e
             raise
+
+    def _password(self) -> str:
+        """Read at each relay, so a changed password file needs no restart."""
+        text = Path(self.cfg["outbox.smarthost_password_file"]).read_text(encoding="utf-8")
+        return (text.splitlines() or [""])[0]
 
     def _write_file(self, d: Due) -> None:
         """One file per delivery, written whole (temp file, fsync, rename), so a reader of

@@ -24,6 +24,7 @@ DEFAULTS: dict[str, Any] = {
     "addresses": {"role_local_parts": ["info", "noc", "hostmaster", "security", "abuse",
                                        "postmaster", "webmaster", "admin", "support"]},
     "phones": {"region_of": {}},
+    "workflow": {"self_administration": False},
 }
 
 
@@ -71,6 +72,8 @@ def check(rules: Mapping[str, Mapping[str, Any]]) -> list[str]:
     parts = t["addresses"]["role_local_parts"]
     if not (isinstance(parts, list) and all(isinstance(p, str) and p for p in parts)):
         out.append("rules/roster.toml: [addresses] role_local_parts wants a list of local parts")
+    if not isinstance(t["workflow"]["self_administration"], bool):
+        out.append("rules/roster.toml: [workflow] self_administration wants true or false")
     regions = t["phones"]["region_of"]
     if not isinstance(regions, dict):
         out.append("rules/roster.toml: [phones] region_of wants a table of ccTLD = \"XX\"")
@@ -141,13 +144,14 @@ def judge(form: RequestForm, tld: str, current: Sequence[RosterEntry],
     high, low = t["ssc"]["max_per_cctld"], t["ssc"]["min_per_cctld"]
     if len(roster) > high:
         problems.append(FormProblem(None, f"the ccTLD would have {len(roster)} SSCs; at most "
-                                    f"{high} are allowed", "Name fewer SSCs, or replace one."))
+                                    f"{high} are allowed", "Name fewer SSCs, or replace one.",
+                                    private=True))
     elif 0 < len(roster) < low:
         warnings.append(f"the ccTLD would have {len(roster)} SSC(s); {low} are expected")
     emails = [r.email.lower() for r in roster]
     if len(set(emails)) != len(emails):
         problems.append(FormProblem(None, "the same address would hold two roles",
-                                    "Give each SSC their own address."))
+                                    "Give each SSC their own address.", private=True))
     return Judgement(tuple(sorted(problems, key=lambda p: p.line or 0)), tuple(warnings),
                      tuple(roster), tuple(entries))
 
@@ -160,7 +164,7 @@ def _after(form: RequestForm, entries: Sequence[SscEntry], current: Sequence[Ros
     if form.action == "subscribe":
         if current:
             problems.append(FormProblem(None, "the ccTLD is already subscribed",
-                                        "Send 'Action: update' to change its SSCs."))
+                                        "Send 'Action: update' to change its SSCs.", private=True))
             return list(current)
         return new
     if form.action == "remove":
@@ -169,14 +173,16 @@ def _after(form: RequestForm, entries: Sequence[SscEntry], current: Sequence[Ros
         for address in form.removals:
             if address.lower() not in on_roster:
                 problems.append(FormProblem(None, f"{address} is not an SSC of this ccTLD",
-                                            "Name SSCs by the address the roster has for them."))
+                                            "Name SSCs by the address the roster has for them.",
+                                            private=True))
         return [r for r in current if r.email.lower() not in {a.lower() for a in form.removals}]
     # update: each new SSC takes the place of the one it names
     leaving = set()
     for e in entries:
         if e.replaces is None or e.replaces.lower() not in on_roster:
             problems.append(FormProblem(e.line, f"Replaces: {e.replaces} is not an SSC of this "
-                                        "ccTLD", "Name the SSC being replaced by their roster address."))
+                                        "ccTLD", "Name the SSC being replaced by their roster address.",
+                                        private=True))
         else:
             leaving.add(e.replaces.lower())
     staying = [r for r in current if r.email.lower() not in leaving]
@@ -184,5 +190,5 @@ def _after(form: RequestForm, entries: Sequence[SscEntry], current: Sequence[Ros
         holder = next((r for r in staying if r.role == n.role), None)
         if holder is not None:
             problems.append(FormProblem(None, f"the {n.role} role is held by an SSC who stays",
-                                        "Replace that SSC, or give the new one another role."))
+                                        "Replace that SSC, or give the new one another role.", private=True))
     return staying + new

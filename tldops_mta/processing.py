@@ -22,11 +22,13 @@ from typing import Any
 from . import config as config_mod
 from . import logs, rules, spool, storage, work_due
 from .child import die_with_parent, yield_to_intake
+from .decision_desk import DecisionDesk
 from .dispatch import Dispatcher
 from .dkim_verify import KeyResolver
 from .iana import IanaClient
 from .live import Live
 from .outbox import Deliverer
+from .queue_clock import QueueClock
 from .request_auth import Authenticator
 from .worker import Worker
 
@@ -55,9 +57,11 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
     live = Live(cfg, rules.load(cfg.rules_dir))
     auth = Authenticator(live, writer, reader, KeyResolver.from_config(cfg),
                          IanaClient(cfg, writer, reader), offload=False)
-    worker = Worker(live, writer, reader, Dispatcher(live, auth))
+    worker = Worker(live, writer, reader, Dispatcher(live, auth, DecisionDesk(live, writer, reader, auth)))
     deliverer = Deliverer(cfg, writer, reader)
     worker.on_outcomes = deliverer.wake
+    clock = QueueClock(live, writer, reader)
+    clock.on_mail = deliverer.wake
     stop = asyncio.Event()
     # A worker before us may have died mid-batch (we are its restart): what it had claimed
     # goes back to received. Only one worker runs at a time, so nothing live is taken.
@@ -73,10 +77,10 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
                 await asyncio.wait_for(stop.wait(), check)
             if stop.is_set() or max_idle <= 0:
                 continue
-            idle_for = time.monotonic() - max(worker.active_at, deliverer.active_at)
+            idle_for = time.monotonic() - max(worker.active_at, deliverer.active_at, clock.active_at)
             if idle_for < max_idle:
                 continue
-            nxt = await reader.run(work_due.next_work_at)
+            nxt = await reader.run(lambda c: work_due.next_work_at(c, live.cfg))
             if nxt is not None and nxt < time.time() + max_idle:
                 continue
             log.info("worker idle, exiting", idle_for=round(idle_for, 1), next_work_at=nxt)
@@ -112,13 +116,15 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload)
     tasks = [asyncio.create_task(worker.run(), name="worker"),
-             asyncio.create_task(deliverer.run(), name="outbox")]
+             asyncio.create_task(deliverer.run(), name="outbox"),
+             asyncio.create_task(clock.run(), name="queue-clock")]
     if wake_fd is not None:  # run by the SMTP process, which starts it again on demand
         tasks.append(asyncio.create_task(exit_when_idle(), name="idle"))
     log.info("worker ready", pid=os.getpid(), requeued=requeued)
     await stop.wait()
     worker.stop()
     deliverer.stop()
+    clock.stop()
     await asyncio.gather(*tasks)
     await writer.close()
     reader.close()

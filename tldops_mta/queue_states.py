@@ -3,8 +3,10 @@
 An item is born ``awaiting-confirmation`` (the IANA admin was only in Cc and must confirm)
 or ``awaiting-validator`` (the admin sent it, DKIM-verified, or has confirmed). From there
 only the events below move it; every move is one row of the audit log. ``approved``,
-``denied``, ``expired`` and ``withdrawn`` are final; ``escalated`` waits for the Standing
-Committee, whose answer comes back through a Validator (approve or deny).
+``denied``, ``expired`` and ``withdrawn`` are final (except that a Validator may reverse
+an approval made by self-administration: decisions.act checks who approved);
+``escalated`` waits for the Standing Committee, whose answer comes back through a
+Validator (approve or deny).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class Event(StrEnum):
     ESCALATE = "escalate"
     EXPIRE = "expire"  # the scheduler: nobody acted in time
     WITHDRAW = "withdraw"  # the requester, or the IANA admin, takes it back
+    REVERSE = "reverse"  # a Validator takes back what self-administration applied
 
 
 class Actor(StrEnum):
@@ -37,6 +40,7 @@ class Actor(StrEnum):
     VALIDATOR = "validator"
     SCHEDULER = "scheduler"
     POLICY = "policy"  # self-administration (report section 5.3), off by default
+    REQUESTER = "requester"  # who sent a request the admin must still confirm (audit only)
 
 
 FINAL = frozenset({State.APPROVED, State.DENIED, State.EXPIRED, State.WITHDRAWN})
@@ -50,6 +54,7 @@ TRANSITIONS: dict[tuple[State, Event], tuple[State, frozenset[Actor]]] = {
     (State.AWAITING_VALIDATOR, Event.ESCALATE): (State.ESCALATED, frozenset({Actor.VALIDATOR})),
     (State.AWAITING_VALIDATOR, Event.EXPIRE): (State.EXPIRED, frozenset({Actor.SCHEDULER})),
     (State.AWAITING_VALIDATOR, Event.WITHDRAW): (State.WITHDRAWN, frozenset({Actor.ADMIN})),
+    (State.APPROVED, Event.REVERSE): (State.DENIED, frozenset({Actor.VALIDATOR})),
     (State.ESCALATED, Event.APPROVE): (State.APPROVED, frozenset({Actor.VALIDATOR})),
     (State.ESCALATED, Event.DENY): (State.DENIED, frozenset({Actor.VALIDATOR})),
     (State.ESCALATED, Event.WITHDRAW): (State.WITHDRAWN, frozenset({Actor.ADMIN})),
@@ -81,4 +86,4 @@ def move(state: State, event: Event, actor: Actor) -> Move:
 def _past(event: Event) -> str:
     return {Event.CONFIRM: "confirmed", Event.APPROVE: "approved", Event.DENY: "denied",
             Event.ESCALATE: "escalated", Event.EXPIRE: "expired",
-            Event.WITHDRAW: "withdrawn"}[event]
+            Event.WITHDRAW: "withdrawn", Event.REVERSE: "reversed"}[event]

@@ -16,14 +16,15 @@ from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from . import addresses, auto_reply, logs, outbox, spool, tokens
+from . import addresses, auto_reply, decisions, logs, outbox, policy, roster, spool, texts, tokens
 from .auth_decision import Decision, IanaView, MessageView, Verdict, decide
 from .config import Config
 from .dkim_verify import DkimReport, KeyResolver, authentication_results, verify
 from .iana import AdminContact, IanaClient, LookupUnavailable, tld_labels
 from .live import Live
 from .message_facts import REQUIRED_FOR_REQUESTS, MessageFacts
-from .request_form import body_text, named_tlds
+from .queue_states import Actor, Event, State
+from .request_form import body_text, parse_form
 from .storage import Reader, Writer
 
 PURPOSE_CONFIRM = "confirm-request"
@@ -63,15 +64,20 @@ class Authenticator:
                     cc = addresses.parse_address_list(facts.cc_value, field="Cc")
             except addresses.AddressError as e:
                 problem = e.reason
-        tlds = named_tlds(body_text(facts.message or p.raw)) if problem is None else []
-        if problem is None and not tlds:
-            problem = ("the request does not name its ccTLD: add a line such as 'ccTLD: mt' "
-                       "(one line per ccTLD)")
-        if problem is not None:
+        form = parse_form(body_text(facts.message or p.raw)) if problem is None else None
+        if problem is not None or form is None:
             log.info("request refused", reason=problem)
-            return self._refusal(p, facts, [problem])
+            return self._refusal(p, facts, [problem or "unreadable"])
+        if not form.ok:
+            log.info("request form refused", problems=len(form.problems))
+            return self._refusal(p, facts, [str(x) for x in form.problems])
+        assert form.tld is not None and sender is not None
+        try:
+            a_label, _ = tld_labels(form.tld)
+        except ValueError:
+            return self._refusal(p, facts, [f"'{form.tld[:30]}' is not a top-level domain name. "
+                                            "Write the ccTLD as in 'ccTLD: mt'."])
 
-        assert sender is not None
         report = await verify(p.raw, self.resolver, min_rsa_bits=cfg["dkim.min_rsa_bits"], now=now,
                               offload=self.offload)
         alignment = cfg["dkim.alignment"]
@@ -85,62 +91,70 @@ class Authenticator:
             dkim_temporary=report.temporary(sender.domain, alignment),
             replayed=replayed,
         )
-
-        decisions: list[tuple[Decision, AdminContact | None]] = []
-        contact: AdminContact | None
-        for name in tlds:
-            try:
-                a_label, _ = tld_labels(name)
-            except ValueError:
-                decisions.append((Decision(name.lower(), Verdict.REFUSED,
-                                           f"'{name[:30]}' is not a top-level domain name"), None))
-                continue
-            try:
-                contact = await self.iana.admin_contact(a_label)
-            except LookupUnavailable as e:
-                log.warning("IANA lookup unavailable", tld=a_label, reason=e.reason)
-                decisions.append((decide(view, IanaView(a_label, None, unavailable=True)), None))
-                continue
-            iv = IanaView(a_label, contact.email if contact.status == "ok" else None)
-            decisions.append((decide(view, iv), contact))
-
-        waits = [d for d, _ in decisions if d.verdict is Verdict.WAIT]
-        if waits:
-            reason = "; ".join(f".{d.tld}: {d.reason}" for d in waits)
-            log.info("request waits", reason=reason)
-            return spool.Outcome(p.id, spool.Status.RECEIVED, f"waiting: {reason}",
+        contact: AdminContact | None = None
+        try:
+            contact = await self.iana.admin_contact(a_label)
+        except LookupUnavailable as e:
+            log.warning("IANA lookup unavailable", tld=a_label, reason=e.reason)
+            d = decide(view, IanaView(a_label, None, unavailable=True))
+        else:
+            d = decide(view, IanaView(a_label, contact.email if contact.status == "ok" else None))
+        log.info("request decided", tld=d.tld, verdict=d.verdict.value, reason=d.reason,
+                 dkim=[s.domain for s in counting], replayed=replayed)
+        if d.verdict is Verdict.WAIT:
+            return spool.Outcome(p.id, spool.Status.RECEIVED, f"waiting: .{d.tld}: {d.reason}",
                                  ("requests",), retry_at=now + float(cfg["worker.retry_base"]),
                                  counts_attempt=False)
 
-        ar = authentication_results(cfg.hostname, report)
         effects: list[spool.Effect] = []
         if facts.message_id:
             # Verified requests claim their Message-ID strictly: if a copy of the same message
             # was verified in the same batch, this insert fails at commit, the outcome becomes
             # a retry, and the retry sees a replay.
-            strict = any(d.verdict is Verdict.VERIFIED for d, _ in decisions)
-            effects.append(_remember_message_id(facts.message_id, p.id, now, strict=strict))
-        refusals: list[str] = []
-        accepted: list[str] = []
-        for d, contact in decisions:
-            log.info("request decided", tld=d.tld, verdict=d.verdict.value, reason=d.reason,
-                     dkim=[s.domain for s in counting], replayed=replayed)
-            evidence = _evidence(d, contact, report, ar, sender, facts, replay_why)
-            if d.verdict is Verdict.VERIFIED:
-                effects.append(_new_request(p.id, d, sender.key, "dkim", "awaiting-validator", evidence, now))
-                accepted.append(f".{d.tld}: verified")
-            elif d.verdict is Verdict.NEEDS_CONFIRMATION:
-                assert d.admin_key is not None
-                effects.append(self._confirmation(p, facts, d, sender.key, evidence, now))
-                accepted.append(f".{d.tld}: confirmation asked of the IANA administrative contact")
-            else:
-                refusals.append(f".{d.tld}: {d.reason}")
-        if not accepted:
-            return self._refusal(p, facts, refusals, effects)
-        if refusals:
-            effects.append(self._reply_refusal(p, facts, refusals))
-        return spool.Outcome(p.id, spool.Status.DONE, "; ".join(accepted + refusals)[:1000],
-                             ("requests",), effects=tuple(effects))
+            effects.append(_remember_message_id(facts.message_id, p.id, now,
+                                                strict=d.verdict is Verdict.VERIFIED))
+        if d.verdict is Verdict.REFUSED:
+            return self._refusal(p, facts, [f".{d.tld}: {d.reason}"], effects)
+
+        current = await self.reader.run(roster.current, d.tld)
+        judgement = policy.judge(form, d.tld, current, self.rt.rules)
+        if judgement.problems:
+            log.info("request refused by policy", tld=d.tld, problems=len(judgement.problems))
+            return self._refusal(p, facts, _policy_problems(judgement, d), effects)
+        change = decisions.change_of(form, judgement, current, auto_reply.may_answer(self.rt, p, facts))
+        evidence = _evidence(d, contact, report, authentication_results(cfg.hostname, report),
+                             sender, facts, replay_why)
+        if d.verdict is Verdict.VERIFIED:
+            effects.append(self._verified(p, d, form.action or "", sender.key, evidence, change, now))
+            said = f".{d.tld}: verified"
+        else:
+            assert d.admin_key is not None
+            effects.append(self._confirmation(p, facts, d, form.action or "", sender.key, evidence,
+                                              change, now))
+            said = f".{d.tld}: confirmation asked of the IANA administrative contact"
+        return spool.Outcome(p.id, spool.Status.DONE, said, ("requests",), effects=tuple(effects))
+
+    def _verified(self, p: spool.Pending, d: Decision, action: str, requester: str,
+                  evidence: dict[str, Any], change: dict[str, Any], now: float) -> spool.Effect:
+        """The request row, then either self-administration applies it (when the policy
+        allows and nothing needs a Validator's eye) or the Validators are asked."""
+        live = self.rt
+        request = _new_request(p.id, d, action, requester, "dkim", State.AWAITING_VALIDATOR,
+                               evidence, change, now)
+        self_admin = (bool(policy.table(live.rules)["workflow"]["self_administration"])
+                      and not change["warnings"])
+
+        def job(conn: sqlite3.Connection) -> None:
+            request_id = request(conn)
+            if self_admin:
+                by = decisions.By(Actor.POLICY, "self-administration", "dkim")
+                if decisions.act(live, conn, request_id, Event.APPROVE, by,
+                                 "verified and no policy warning", now=now).ok:
+                    decisions.ask_validators(live, conn, request_id, now=now, template="applied")
+                    return
+            decisions.ask_validators(live, conn, request_id, now=now)
+
+        return job
 
     async def _replayed(self, facts: MessageFacts, now: float) -> tuple[bool, str | None]:
         window = float(self.rt.cfg["auth.replay_window"])
@@ -157,35 +171,28 @@ class Authenticator:
             return True, "this Message-ID was seen before"
         return False, None
 
-    def _confirmation(self, p: spool.Pending, facts: MessageFacts, d: Decision, requester: str,
-                      evidence: dict[str, Any], now: float) -> spool.Effect:
+    def _confirmation(self, p: spool.Pending, facts: MessageFacts, d: Decision, action: str,
+                      requester: str, evidence: dict[str, Any], change: dict[str, Any],
+                      now: float) -> spool.Effect:
         """Request row, token (hash only) and the mail that carries the token, together."""
         cfg = self.rt.cfg
         token = tokens.new_token()
         admin = d.admin_key
         assert admin is not None
         confirm_addr = self.rt.service_address("confirm", token)
-        expires = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(now + cfg["auth.token_ttl"]))
-        body = (
-            f"Someone asked TLD-OPS to act for .{d.tld}, whose administrative contact at IANA is\n"
-            f"this address ({admin}).\n\n"
-            f"  From:    {requester}\n"
-            f"  Subject: {(facts.subject or '')[:200]}\n"
-            f"  Date:    {(facts.date_value or '')[:100]}\n"
-            f"  Why a confirmation is needed: {d.reason}\n\n"
-            "The request as received:\n\n"
-            + _quote(body_text(facts.message or p.raw)) +
-            "\n\nTo confirm it, reply to this mail (the reply goes to\n"
-            f"{confirm_addr}).\n"
-            "If you did not ask for this, ignore this mail: nothing happens without your reply.\n"
-            f"The confirmation expires on {expires}.\n"
-        )
+        subject, body = texts.render(self.rt.rules, "confirmation", {
+            "tld": d.tld, "admin": admin, "requester": requester,
+            "subject": (facts.subject or "")[:200], "date": (facts.date_value or "")[:100],
+            "why": d.reason, "request": _quote(body_text(facts.message or p.raw)),
+            "confirm_address": confirm_addr,
+            "expires": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(now + cfg["auth.token_ttl"])),
+        })
         raw = outbox.compose(
-            from_addr=f"TLD-OPS <{confirm_addr}>", to=admin,
-            subject=f"[TLD-OPS] Please confirm a request for .{d.tld}", body=body,
+            from_addr=f"TLD-OPS <{confirm_addr}>", to=admin, subject=subject, body=body,
             domain=cfg["server.domain"], reply_to=confirm_addr, in_reply_to=facts.message_id)
         ttl = float(cfg["auth.token_ttl"])
-        request = _new_request(p.id, d, requester, "token", "awaiting-confirmation", evidence, now)
+        request = _new_request(p.id, d, action, requester, "token", State.AWAITING_CONFIRMATION,
+                               evidence, change, now)
 
         def job(conn: sqlite3.Connection) -> None:
             request_id = request(conn)
@@ -209,7 +216,7 @@ class Authenticator:
         except addresses.AddressError as e:
             return self._refusal(p, facts, [e.reason], service="confirm")
         now = time.time()
-        redemption = await self.writer.run(_redeem(token, sender.key, now, p.id))
+        redemption = await self.writer.run(_redeem(self.rt, token, sender.key, now, p.id))
         if redemption.request_id is None:
             log.info("confirmation refused", reason=redemption.reason)
             return self._refusal(p, facts, [f"this confirmation does not count: {redemption.reason}"],
@@ -229,18 +236,23 @@ class Authenticator:
     def _reply_refusal(self, p: spool.Pending, facts: MessageFacts, reasons: list[str]) -> spool.Effect:
         """A short reply saying what was wrong and how to fix it (auto_reply: RFC 3834, one
         per sender per ``auth.refusal_interval``), holding no roster data."""
-        body = (
-            "Your mail to TLD-OPS was not acted on:\n\n"
-            + "".join(f"  - {r}\n" for r in reasons)
-            + "\nRequests count only when they come from, or are copied (Cc) to, the address IANA\n"
-            "lists as administrative contact of the ccTLD. Name the ccTLD on a line of its own,\n"
-            "such as 'ccTLD: mt'. The request template is sent by "
-            + self.rt.service_address("help") + ".\n\n"
-            "This reply is automatic; further refusals to this address are held back for a day.\n"
-        )
-        return auto_reply.reply(self.rt, p, facts, kind="refusal", body=body,
-                                subject="[TLD-OPS] Your request was not accepted")
+        subject, body = texts.render(self.rt.rules, "refusal", {
+            "problems": "".join(f"  - {r}\n" for r in reasons),
+            "requests": self.rt.service_address("requests"), "help": self.rt.service_address("help")})
+        return auto_reply.reply(self.rt, p, facts, kind="refusal", body=body, subject=subject)
 
+
+def _policy_problems(judgement: policy.Judgement, d: Decision) -> list[str]:
+    """What the sender may be told: everything when the ccTLD's administrative contact
+    sent the request (DKIM-verified); otherwise not what would reveal the current roster
+    to whoever put the admin in Cc."""
+    if d.verdict is Verdict.VERIFIED:
+        return [str(x) for x in judgement.problems]
+    shown = [str(x) for x in judgement.problems if not x.private]
+    if len(shown) < len(judgement.problems):
+        shown.append(f"the request does not fit the current roster of .{d.tld}. Only a request "
+                     "from the ccTLD's administrative contact at IANA is told how")
+    return shown
 
 
 def _quote(text: str, limit: int = 4000) -> str:
@@ -263,28 +275,36 @@ def _remember_message_id(message_id: str, spool_id: int, now: float, *, strict: 
     return job
 
 
-def _new_request(spool_id: int, d: Decision, requester: str, auth: str, state: str,
-                 evidence: dict[str, Any], now: float) -> Callable[[sqlite3.Connection], int]:
+def _new_request(spool_id: int, d: Decision, action: str, requester: str, auth: str, state: State,
+                 evidence: dict[str, Any], change: dict[str, Any], now: float,
+                 ) -> Callable[[sqlite3.Connection], int]:
+    """The request row and its birth in the audit log."""
     def job(conn: sqlite3.Connection) -> int:
         cur = conn.execute(
             "INSERT INTO requests (spool_id, tld, requester, admin_email, auth, state, evidence,"
-            " created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
-            (spool_id, d.tld, requester, d.admin_key, auth, state, json.dumps(evidence), now, now))
-        return int(cur.lastrowid or 0)
+            " created_at, updated_at, action, change) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (spool_id, d.tld, requester, d.admin_key, auth, state.value, json.dumps(evidence), now, now,
+             action, json.dumps(change, ensure_ascii=False)))
+        request_id = int(cur.lastrowid or 0)
+        who = Actor.ADMIN if auth == "dkim" else Actor.REQUESTER
+        decisions.record(conn, request_id, "submit", None, state.value,
+                         decisions.By(who, requester, auth if auth == "dkim" else "-"), d.reason, now)
+        return request_id
 
     return job
 
 
-def _redeem(token: str, sender_key: str, now: float, spool_id: int,
+def _redeem(live: Live, token: str, sender_key: str, now: float, spool_id: int,
             ) -> Callable[[sqlite3.Connection], tokens.Redemption]:
-    """Use the token and advance its request in one transaction."""
+    """Use the token, advance its request and ask the Validators, in one transaction."""
     use = tokens.redeem(token, PURPOSE_CONFIRM, sender_key, now, spool_id)
 
     def job(conn: sqlite3.Connection) -> tokens.Redemption:
         r = use(conn)
         if r.request_id is not None:
-            conn.execute("UPDATE requests SET state = 'awaiting-validator', updated_at = ?"
-                         " WHERE id = ? AND state = 'awaiting-confirmation'", (now, r.request_id))
+            by = decisions.By(Actor.ADMIN, sender_key, "token")
+            if decisions.act(live, conn, r.request_id, Event.CONFIRM, by, "token redeemed", now=now).ok:
+                decisions.ask_validators(live, conn, r.request_id, now=now)
         return r
 
     return job

@@ -129,6 +129,9 @@ class FormProblem:
     line: int | None
     what: str
     fix: str
+    private: bool = False
+    """It tells something of the current roster: said only to the ccTLD's authenticated
+    administrative contact (policy.judge sets it)."""
 
     def __str__(self) -> str:
         where = f"line {self.line}: " if self.line is not None else ""

@@ -36,9 +36,9 @@ def load(directory: Path) -> Rules:
     if problems:
         raise RulesError(problems)
     # Tables with a meaning are checked too, so a wrong value is refused like a bad file.
-    from . import policy  # here: its checks need phonenumbers, which only this step uses
+    from . import policy, texts  # here: policy's checks need phonenumbers, which only this step uses
 
-    problems = policy.check(rules)
+    problems = policy.check(rules) + texts.check(rules)
     if problems:
         raise RulesError(problems)
     return rules

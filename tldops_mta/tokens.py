@@ -67,3 +67,19 @@ def redeem(token: str, purpose: str, sender_key: str | None, now: float,
         return Redemption(int(request_id), "confirmed")
 
     return job
+
+
+def find(token: str, purpose: str, now: float,
+         ) -> Callable[[sqlite3.Connection], tuple[int, str] | None]:
+    """(request id, address it was sent to) of a live token, without using it up: a
+    Validator's decide+TOKEN@ address stays valid while its request is open (an escalated
+    request comes back through it), and the request's state decides what may still happen."""
+
+    def job(conn: sqlite3.Connection) -> tuple[int, str] | None:
+        row = conn.execute("SELECT request_id, address, expires_at FROM tokens"
+                           " WHERE hash = ? AND purpose = ?", (token_hash(token), purpose)).fetchone()
+        if row is None or row[2] <= now:
+            return None
+        return int(row[0]), str(row[1])
+
+    return job

@@ -1,0 +1,125 @@
+"""decide+TOKEN@: a Validator's answer to the mail that asked for a decision.
+
+It counts only when all hold: the From is one of ``validation.validators``, the message
+carries a counting DKIM signature aligned with that address's domain (the same strict
+check as for requests), the token is one we issued for a request, and the first line of
+the text is ``approve``, ``deny REASON`` or ``escalate REASON``. Anything else from a
+stranger is dropped without a reply (no backscatter, nothing learned); a Validator is
+always told what became of their mail, so a decision that did not count is never mistaken
+for one that did.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+
+from . import addresses, decisions, logs, spool, tokens
+from .dkim_verify import verify
+from .live import Live
+from .message_facts import MessageFacts
+from .queue_states import Actor, Event
+from .request_auth import Authenticator
+from .request_form import body_text
+from .storage import Reader, Writer
+
+_COMMAND = re.compile(r"^(approve|deny|escalate)\b[\s:,-]*(.*)$", re.IGNORECASE)
+HOW = "Write 'approve', 'deny REASON' or 'escalate REASON' on the first line of your reply."
+
+
+def first_line(text: str) -> str:
+    """The first line a person wrote: blank lines and quoted lines ('>') skipped."""
+    for line in text.splitlines():
+        s = line.strip()
+        if s and not s.startswith(">"):
+            return s
+    return ""
+
+
+def command(text: str) -> tuple[Event, str] | None:
+    m = _COMMAND.match(first_line(text))
+    if m is None:
+        return None
+    return Event(m.group(1).lower()), " ".join(m.group(2).split())[:500]
+
+
+class DecisionDesk:
+    def __init__(self, live: Live, writer: Writer, reader: Reader, auth: Authenticator) -> None:
+        self.rt = live
+        self.writer = writer
+        self.reader = reader
+        self.auth = auth  # its resolver (replaced on SIGHUP) and offload setting
+        self.log = logs.get("decide")
+
+    async def handle(self, p: spool.Pending, facts: MessageFacts, token: str) -> spool.Outcome:
+        cfg = self.rt.cfg
+        log = self.log.bind(queue_id=p.queue_id)
+        now = time.time()
+
+        def dropped(why: str) -> spool.Outcome:
+            log.info("decision ignored", reason=why)
+            return spool.Outcome(p.id, spool.Status.REJECTED, f"decision ignored: {why}", ("decide",))
+
+        if not p.mail_from or facts.automatic:
+            return dropped("automatic mail (null sender or Auto-Submitted)")
+        try:
+            sender = addresses.parse_single(facts.from_value or "", field="From")
+        except addresses.AddressError as e:
+            return dropped(e.reason)
+        if sender.key not in {v.lower() for v in cfg["validation.validators"]}:
+            return dropped("the sender is not a Validator")
+        # From here on the answer goes to a Validator's own address: safe to send, even if
+        # this mail was forged in their name (they then learn of the attempt).
+        found = await self.reader.run(tokens.find(token, decisions.PURPOSE_DECIDE, now))
+        report = await verify(p.raw, self.auth.resolver, min_rsa_bits=cfg["dkim.min_rsa_bits"],
+                              now=now, offload=self.auth.offload)
+        alignment = cfg["dkim.alignment"]
+        counting = report.counting(sender.domain, alignment)
+        if not counting and report.temporary(sender.domain, alignment):
+            return spool.Outcome(p.id, spool.Status.RECEIVED, "waiting: DKIM key lookup failed",
+                                 ("decide",), retry_at=now + float(cfg["worker.retry_base"]),
+                                 counts_attempt=False)
+        request_id = found[0] if found else None
+        wanted = command(body_text(facts.message or p.raw))
+        if found is None:
+            why = "this decision address is unknown or has expired; answer the newest mail about the request"
+        elif not counting:
+            why = (f"your decision did not count: it has no valid DKIM signature of {sender.domain}. "
+                   "Send it from your usual mail system, which signs, or decide with 'tldops queue'.")
+        elif wanted is None:
+            why = f"your mail did not say what to do. {HOW}"
+        else:
+            why = ""
+        if why:
+            log.info("decision refused", request_id=request_id, reason=why)
+            await self.writer.run(self._answer(request_id, sender.key, why, facts.message_id))
+            return spool.Outcome(p.id, spool.Status.REJECTED, why[:1000], ("decide",))
+
+        assert wanted is not None and request_id is not None
+        event, reason = wanted
+        by = decisions.By(Actor.VALIDATOR, sender.key, "dkim")
+        evidence = {"message_id": facts.message_id, "spool": p.queue_id,
+                    "dkim": [dict(s.__dict__) for s in counting]}
+        live = self.rt
+
+        def job(conn: sqlite3.Connection) -> decisions.Result:
+            result = decisions.act(live, conn, request_id, event, by, reason or None, now=now,
+                                   evidence=evidence)
+            decisions.answer_validator(live, conn, request_id, sender.key, result.message,
+                                       facts.message_id)
+            return result
+
+        result = await self.writer.run(job)
+        log.info("decision", request_id=request_id, event=event.value, ok=result.ok, state=result.state)
+        status = spool.Status.DONE if result.ok else spool.Status.REJECTED
+        return spool.Outcome(p.id, status, result.message[:1000], ("decide",))
+
+    def _answer(self, request_id: int | None, to: str, text: str, in_reply_to: str | None,
+                ) -> spool.Effect:
+        live = self.rt
+
+        def job(conn: sqlite3.Connection) -> None:
+            decisions.answer_validator(live, conn, request_id, to, text, in_reply_to)
+
+        return job

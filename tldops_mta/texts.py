@@ -1,0 +1,74 @@
+"""The texts of every mail the daemon writes: templates in rules/replies.toml.
+
+Each table there is one template with a ``subject`` and a ``body``; ``{name}`` is replaced by
+the value the code gives (FIELDS lists which exist for each). Plain substitution, not
+str.format: an operator's translation can hold any braces without breaking a mail, and no
+template can reach into the program's objects. A missing template still gives a mail (the
+values, labelled) so nothing is lost; ``tldops config check`` reports it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+FIELDS: dict[str, frozenset[str]] = {
+    "help": frozenset({"requests", "help"}),
+    "refusal": frozenset({"problems", "requests", "help"}),
+    "confirmation": frozenset({"tld", "admin", "requester", "subject", "date", "why", "request",
+                               "confirm_address", "expires"}),
+    "validator": frozenset({"id", "tld", "action", "requester", "evidence", "diff", "warnings",
+                            "decide_address", "expires", "reminder"}),
+    "applied": frozenset({"id", "tld", "action", "requester", "evidence", "diff", "warnings",
+                          "decide_address"}),
+    "escalation": frozenset({"id", "tld", "action", "requester", "evidence", "diff", "warnings",
+                             "reason", "validator"}),
+    "decision": frozenset({"id", "tld", "result"}),
+    "outcome": frozenset({"id", "tld", "action", "outcome", "reason", "diff"}),
+    "welcome": frozenset({"tld", "name", "roster", "who", "update", "help"}),
+    "removed": frozenset({"tld", "name", "help"}),
+}
+
+_PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
+
+
+def check(rules: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """What is wrong with rules/replies.toml: a template missing, or a placeholder the code
+    never fills (a typo would otherwise reach the recipients as '{tdl}')."""
+    table = rules.get("replies")
+    if table is None:
+        return []  # no rules directory at all: the labelled fallback texts are used
+    out: list[str] = []
+    for name, fields in FIELDS.items():
+        t = table.get(name)
+        if not (isinstance(t, dict) and isinstance(t.get("subject"), str)
+                and isinstance(t.get("body"), str)):
+            out.append(f"rules/replies.toml: [{name}] wants a subject and a body (strings)")
+            continue
+        for key in ("subject", "body"):
+            unknown = sorted(set(_PLACEHOLDER.findall(t[key])) - fields)
+            if unknown:
+                used = ", ".join("{" + u + "}" for u in unknown)
+                allowed = ", ".join(sorted("{" + f + "}" for f in fields))
+                out.append(f"rules/replies.toml: [{name}] {key} uses {used}; it may use {allowed}")
+    for name in table:
+        if name not in FIELDS:
+            out.append(f"rules/replies.toml: unknown template [{name}]")
+    return out
+
+
+def render(rules: Mapping[str, Mapping[str, Any]], name: str,
+           values: Mapping[str, object]) -> tuple[str, str]:
+    """(subject, body) of template ``name`` with ``values`` put in."""
+    assert set(values) <= FIELDS[name], set(values) - FIELDS[name]
+    t = rules.get("replies", {}).get(name)
+    if not isinstance(t, dict):
+        body = "".join(f"{k}: {v}\n" for k, v in values.items())
+        return f"[TLD-OPS] {name}", f"(rules/replies.toml has no [{name}] text)\n\n{body}"
+    filled = {k: str(v) for k, v in values.items()}
+
+    def fill(text: str) -> str:
+        return _PLACEHOLDER.sub(lambda m: filled.get(m.group(1), m.group(0)), text)
+
+    return " ".join(fill(str(t["subject"])).split()), fill(str(t["body"]).lstrip("\n"))
