@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,26 @@ class SmtpSink:
             if not self._cond.wait_for(lambda: len(self.received) >= n, timeout):
                 raise AssertionError(f"sink received {len(self.received)} of {n} messages")
             return list(self.received)
+
+    def wait_for(self, what: Callable[[Received], bool], timeout: float = 15.0) -> Received:
+        """The first message received (so far or later) for which ``what`` holds."""
+        with self._cond:
+            found: list[Received] = []
+
+            def seen() -> bool:
+                found[:] = [r for r in self.received if what(r)]
+                return bool(found)
+
+            if not self._cond.wait_for(seen, timeout):
+                got = [(r.rcpt_tos, r.data.split(b"Subject: ", 1)[-1].split(b"\r\n", 1)[0])
+                       for r in self.received]
+                raise AssertionError(f"no such message among {len(self.received)} received: {got}")
+            return found[0]
+
+    def to(self, rcpt: str) -> list[Received]:
+        """What was received for ``rcpt`` so far."""
+        with self._cond:
+            return [r for r in self.received if rcpt.lower() in (t.lower() for t in r.rcpt_tos)]
 
     def stop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)

@@ -280,10 +280,10 @@ SCHEMA: tuple[Key, ...] = (
         _string(f"|{_MAILBOX}", "a mail address or \"\""),
         "The Standing Committee's address, to which escalated requests are mailed. Empty: "
         "escalation is refused."),
-    Key("validation", "remind_after", 3 * 86400.0, _float_range(60, 365 * 86400),
+    Key("validation", "remind_after", 3 * 86400.0, _float_range(1, 365 * 86400),
         "Seconds a request may wait for a Validator before they are reminded (then again "
         "after as long)."),
-    Key("validation", "expire_after", 14 * 86400.0, _float_range(60, 365 * 86400),
+    Key("validation", "expire_after", 14 * 86400.0, _float_range(1, 365 * 86400),
         "Seconds a request may wait for a Validator before it expires (the requester is "
         "told). Escalated requests do not expire."),
     Key("log", "level", "info", _one_of("debug", "info", "warning", "error"),

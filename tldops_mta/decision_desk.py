@@ -111,7 +111,7 @@ class DecisionDesk:
             return result
 
         result = await self.writer.run(job)
-        log.info("decision", request_id=request_id, event=event.value, ok=result.ok, state=result.state)
+        log.info("decision", request_id=request_id, action=event.value, ok=result.ok, state=result.state)
         status = spool.Status.DONE if result.ok else spool.Status.REJECTED
         return spool.Outcome(p.id, status, result.message[:1000], ("decide",))
 

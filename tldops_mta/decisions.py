@@ -130,7 +130,8 @@ def act(live: Live, conn: sqlite3.Connection, request_id: int, event: Event, by:
         last = conn.execute("SELECT actor FROM request_events WHERE request_id = ? AND event = 'approve'"
                             " ORDER BY id DESC LIMIT 1", (r.id,)).fetchone()
         if last is None or last[0] != Actor.POLICY.value:
-            return Result(False, f"request #{r.id} is already approved by a Validator", r.state.value)
+            # A Validator's approval is final: a later "deny" is a conflicting decision.
+            return Result(False, f"request #{r.id}: the request is already approved", r.state.value)
         applied = roster.from_dicts(r.change.get("applied", r.change.get("after", [])))
         if roster.current(conn, r.tld) != applied:
             return Result(False, f"request #{r.id}: the roster of .{r.tld} has changed since it was "

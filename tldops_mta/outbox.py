@@ -190,11 +190,14 @@ class Deliverer(DueLoop):
             tls = ssl.create_default_context()
             tls.minimum_version = ssl.TLSVersion.TLSv1_2
         try:
-            await aiosmtplib.send(d.raw, sender=d.mail_from, recipients=[d.rcpt], hostname=host,
-                                  port=port, timeout=30, use_tls=mode == "tls",
-                                  start_tls=mode == "starttls", tls_context=tls,
-                                  username=user, password=password,
-                                  local_hostname=self.cfg.hostname)
+            # The client, not aiosmtplib.send: send() refuses an empty sender with a raw
+            # message, and automatic replies must go out from the null sender (RFC 3834).
+            client = aiosmtplib.SMTP(hostname=host, port=port, timeout=30, use_tls=mode == "tls",
+                                     start_tls=mode == "starttls", tls_context=tls,
+                                     username=user, password=password,
+                                     local_hostname=self.cfg.hostname)
+            async with client:
+                await client.sendmail(d.mail_from, [d.rcpt], d.raw)
         except aiosmtplib.SMTPRecipientsRefused as e:
             codes = [r.code for r in e.recipients]
             if all(500 <= c < 600 for c in codes):

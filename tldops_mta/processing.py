@@ -59,9 +59,14 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
                          IanaClient(cfg, writer, reader), offload=False)
     worker = Worker(live, writer, reader, Dispatcher(live, auth, DecisionDesk(live, writer, reader, auth)))
     deliverer = Deliverer(cfg, writer, reader)
-    worker.on_outcomes = deliverer.wake
     clock = QueueClock(live, writer, reader)
     clock.on_mail = deliverer.wake
+
+    def after_outcomes() -> None:
+        deliverer.wake()  # outcomes may have queued mail
+        clock.wake()  # and made requests whose reminders and expiry the clock must time
+
+    worker.on_outcomes = after_outcomes
     stop = asyncio.Event()
     # A worker before us may have died mid-batch (we are its restart): what it had claimed
     # goes back to received. Only one worker runs at a time, so nothing live is taken.
