@@ -53,8 +53,8 @@ class Flow:
         qid = self.env.send(self.env.signed(request(ADMIN, body=body, **kw)))
         return self.env.processed(qid)
 
-    def decide(self, decide_address: str, first_line: str, *, sender: str = VALIDATOR,
-               sign: bool = True) -> tuple[str, str]:
+    def decision(self, decide_address: str, first_line: str, *, sender: str = VALIDATOR,
+                 sign: bool = True) -> bytes:
         domain = sender.split("@")[1]
         raw = (f"From: {sender}\r\nTo: {decide_address}\r\nSubject: Re: request\r\n"
                f"Date: {now_date()}\r\nMessage-ID: {make_msgid(domain=domain)}\r\n"
@@ -63,8 +63,16 @@ class Flow:
         if sign:
             key = self.validator_key if domain == "validators.example" else self.env.attacker_key
             raw = self.env.signed(raw, domain, key)
+        return raw
+
+    def send_decision(self, raw: bytes, decide_address: str, sender: str = VALIDATOR) -> tuple[str, str]:
         qid = self.env.send(raw, mail_from=sender, rcpts=(decide_address,))
         return self.env.processed(qid)
+
+    def decide(self, decide_address: str, first_line: str, *, sender: str = VALIDATOR,
+               sign: bool = True) -> tuple[str, str]:
+        raw = self.decision(decide_address, first_line, sender=sender, sign=sign)
+        return self.send_decision(raw, decide_address, sender)
 
     def tldops(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "tldops_mta", *args, "--config",
@@ -342,6 +350,19 @@ def test_escalation_goes_to_the_committee_whose_answer_a_validator_enters(f: Flo
     assert "redelegation in progress" in text and VALIDATOR in text
     assert f.decide(address, "approve") == ("done", "request #1 approved")
     assert [e[0] for e in f.events()] == ["submit", "escalate", "approve"]
+
+
+def test_a_replayed_decision_mail_counts_once(f: Flow) -> None:
+    assert f.submit(form())[0] == "done"
+    address = f.decide_address()
+    escalate = f.decision(address, "escalate ask the Committee")
+    assert f.send_decision(escalate, address) == ("done", "request #1 escalated")
+    assert f.decide(address, "deny the Committee says no") == ("done", "request #1 denied")
+    queued = f.d.query("SELECT count(*) FROM outbox_messages")
+    replayed = f.send_decision(escalate, address)
+    assert replayed == ("rejected", "this decision mail was already processed")
+    assert [e[0] for e in f.events()] == ["submit", "escalate", "deny"]
+    assert f.d.query("SELECT count(*) FROM outbox_messages") == queued  # and nobody is mailed
 
 
 def test_an_approval_is_judged_against_the_roster_as_it_is_then(f: Flow) -> None:

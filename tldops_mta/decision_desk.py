@@ -103,7 +103,15 @@ class DecisionDesk:
                     "dkim": [dict(s.__dict__) for s in counting]}
         live = self.rt
 
+        once = facts.message_id or f"<spool-{p.id}@{cfg['server.domain']}>"
+
         def job(conn: sqlite3.Connection) -> decisions.Result:
+            # A decision mail counts once: a replayed copy, or this one processed again after
+            # a crash between this commit and the spool's, changes nothing and mails nobody.
+            if conn.execute("SELECT 1 FROM seen_messages WHERE message_id = ?", (once,)).fetchone():
+                return decisions.Result(False, "this decision mail was already processed")
+            conn.execute("INSERT INTO seen_messages (message_id, spool_id, seen_at) VALUES (?,?,?)",
+                         (once, p.id, now))
             result = decisions.act(live, conn, request_id, event, by, reason or None, now=now,
                                    evidence=evidence)
             decisions.answer_validator(live, conn, request_id, sender.key, result.message,
