@@ -317,6 +317,27 @@ def test_a_forged_validator_decision_without_dkim_does_not_count_and_the_validat
     assert "did not count" in _text(f.mail_to(VALIDATOR, "Request #1 (.mt)"))
 
 
+def test_where_configured_an_unsigned_decision_counts_after_a_token_confirmation(tmp_path: Path) -> None:
+    with flow(tmp_path, **{"validation.decision_auth": "dkim-or-confirmation"}) as f:
+        assert f.submit(form())[0] == "done"
+        status, reason = f.decide(f.decide_address(), "approve", sign=False)
+        assert (status, reason) == ("done", "decision without DKIM: confirmation asked")
+        assert f.state() == "awaiting-validator"
+        ask = f.mail_to(VALIDATOR, "Please confirm your decision on request #1")
+        assert "approve" in _text(ask)
+        confirm = str(ask["Reply-To"])
+        # Only from the Validator's address, and only once.
+        forged = request(ATTACKER, body="yes\r\n", subject="Re: confirm")
+        assert f.env.processed(f.env.send(forged, mail_from=ATTACKER, rcpts=(confirm,)))[0] == "rejected"
+        reply = request(VALIDATOR, body="yes\r\n", subject="Re: confirm")
+        assert f.env.processed(f.env.send(reply, mail_from=VALIDATOR, rcpts=(confirm,))) == (
+            "done", "decision confirmed: request #1 approved")
+        assert f.events()[-1] == ("approve", "approved", "validator", "token")
+        assert len(f.roster()) == 2
+        again = f.env.processed(f.env.send(reply, mail_from=VALIDATOR, rcpts=(confirm,)))
+        assert again[0] == "rejected" and "token already used" in again[1]
+
+
 def test_two_conflicting_decisions_the_first_wins(f: Flow) -> None:
     assert f.submit(form())[0] == "done"
     first, second = f.decide_address(VALIDATOR), f.decide_address(OTHER_VALIDATOR)

@@ -280,6 +280,10 @@ SCHEMA: tuple[Key, ...] = (
         _string(f"|{_MAILBOX}", "a mail address or \"\""),
         "The Standing Committee's address, to which escalated requests are mailed. Empty: "
         "escalation is refused."),
+    Key("validation", "decision_auth", "dkim", _one_of("dkim", "dkim-or-confirmation"),
+        "How a Validator's decision by mail is authenticated. dkim: only with a DKIM "
+        "signature of the Validator's domain that counts. dkim-or-confirmation: a decision "
+        "without one is confirmed by a one-time token sent to the Validator's address."),
     Key("validation", "remind_after", 3 * 86400.0, _float_range(1, 365 * 86400),
         "Seconds a request may wait for a Validator before they are reminded (then again "
         "after as long)."),

@@ -82,8 +82,22 @@ class DecisionDesk:
                                  counts_attempt=False)
         request_id = found[0] if found else None
         wanted = command(body_text(facts.message or p.raw))
+        confirmable = cfg["validation.decision_auth"] == "dkim-or-confirmation"
         if found is None:
             why = "this decision address is unknown or has expired; answer the newest mail about the request"
+        elif not counting and confirmable and wanted is not None:
+            assert request_id is not None
+            rid, (event, reason), to = request_id, wanted, sender.key
+            live = self.rt
+
+            def ask(conn: sqlite3.Connection) -> None:
+                decisions.ask_to_confirm(live, conn, rid, to, event, reason or None, now=now,
+                                         in_reply_to=facts.message_id)
+
+            await self.writer.run(ask)
+            log.info("decision waits for confirmation", request_id=request_id)
+            return spool.Outcome(p.id, spool.Status.DONE, "decision without DKIM: confirmation asked",
+                                 ("decide",))
         elif not counting:
             why = (f"your decision did not count: it has no valid DKIM signature of {sender.domain}. "
                    "Send it from your usual mail system, which signs, or decide with 'tldops queue'.")

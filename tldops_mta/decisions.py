@@ -24,6 +24,7 @@ from .queue_states import FINAL, Actor, Event, State, move
 from .request_form import RequestForm, SscEntry
 
 PURPOSE_DECIDE = "decide"
+PURPOSE_CONFIRM_DECISION = "confirm-decision"
 DECIDE_TOKEN_TTL = 366 * 86400.0
 """A Validator's decide+TOKEN@ address outlives any wait: the request's state, not the
 token, says when deciding is over (an escalated request can wait for the Committee)."""
@@ -186,6 +187,24 @@ def ask_validators(live: Live, conn: sqlite3.Connection, request_id: int, *, now
     if reminder:
         conn.execute("UPDATE requests SET reminded_at = ? WHERE id = ?", (now, r.id))
     return sent
+
+
+def ask_to_confirm(live: Live, conn: sqlite3.Connection, request_id: int, validator: str,
+                   event: Event, reason: str | None, *, now: float, in_reply_to: str | None) -> None:
+    """A Validator's decision that came without a DKIM signature that counts, where the
+    configuration allows confirming it: a one-time token to their address; the decision
+    is made when they answer it (request_auth's confirmation handler)."""
+    r = load(conn, request_id)
+    assert r is not None
+    token = tokens.new_token()
+    ttl = float(live.cfg["auth.token_ttl"])
+    tokens.issue(token, PURPOSE_CONFIRM_DECISION, request_id, validator, now=now, ttl=ttl,
+                 payload=json.dumps({"event": event.value, "reason": reason}))(conn)
+    address = live.service_address("confirm", token)
+    _mail(live, conn, r, "decision_confirmation", [validator], {
+        "id": r.id, "tld": r.tld, "decision": f"{event.value} {reason or ''}".strip(),
+        "confirm_address": address, "expires": _when(now + ttl)},
+        reply_to=address, auto="auto-replied", in_reply_to=in_reply_to)
 
 
 def open_states() -> tuple[str, ...]:

@@ -221,6 +221,10 @@ class Authenticator:
             log.info("confirmation refused", reason=redemption.reason)
             return self._refusal(p, facts, [f"this confirmation does not count: {redemption.reason}"],
                                  service="confirm")
+        if redemption.purpose == decisions.PURPOSE_CONFIRM_DECISION:
+            log.info("decision confirmed", request_id=redemption.request_id, result=redemption.reason)
+            return spool.Outcome(p.id, spool.Status.DONE, f"decision confirmed: {redemption.reason}",
+                                 ("confirm",))
         log.info("request confirmed", request_id=redemption.request_id)
         return spool.Outcome(p.id, spool.Status.DONE, f"confirmed request {redemption.request_id}",
                              ("confirm",))
@@ -296,15 +300,26 @@ def _new_request(spool_id: int, d: Decision, action: str, requester: str, auth: 
 
 def _redeem(live: Live, token: str, sender_key: str, now: float, spool_id: int,
             ) -> Callable[[sqlite3.Connection], tokens.Redemption]:
-    """Use the token, advance its request and ask the Validators, in one transaction."""
-    use = tokens.redeem(token, PURPOSE_CONFIRM, sender_key, now, spool_id)
+    """Use the token and carry out what it confirms, in one transaction: a request goes to
+    the Validators; a Validator's decision (sent without a DKIM signature that counts, where
+    ``validation.decision_auth`` allows confirming it) is made."""
+    use = tokens.redeem(token, frozenset({PURPOSE_CONFIRM, decisions.PURPOSE_CONFIRM_DECISION}),
+                        sender_key, now, spool_id)
 
     def job(conn: sqlite3.Connection) -> tokens.Redemption:
         r = use(conn)
-        if r.request_id is not None:
-            by = decisions.By(Actor.ADMIN, sender_key, "token")
-            if decisions.act(live, conn, r.request_id, Event.CONFIRM, by, "token redeemed", now=now).ok:
-                decisions.ask_validators(live, conn, r.request_id, now=now)
+        if r.request_id is None:
+            return r
+        if r.purpose == decisions.PURPOSE_CONFIRM_DECISION:
+            wanted = json.loads(r.payload or "{}")
+            by = decisions.By(Actor.VALIDATOR, sender_key, "token")
+            result = decisions.act(live, conn, r.request_id, Event(wanted["event"]), by,
+                                   wanted.get("reason"), now=now)
+            decisions.answer_validator(live, conn, r.request_id, sender_key, result.message, None)
+            return tokens.Redemption(r.request_id, result.message, r.purpose)
+        by = decisions.By(Actor.ADMIN, sender_key, "token")
+        if decisions.act(live, conn, r.request_id, Event.CONFIRM, by, "token redeemed", now=now).ok:
+            decisions.ask_validators(live, conn, r.request_id, now=now)
         return r
 
     return job

@@ -25,6 +25,7 @@ FIELDS: dict[str, frozenset[str]] = {
     "escalation": frozenset({"id", "tld", "action", "requester", "evidence", "diff", "warnings",
                              "reason", "validator"}),
     "decision": frozenset({"id", "tld", "result"}),
+    "decision_confirmation": frozenset({"id", "tld", "decision", "confirm_address", "expires"}),
     "outcome": frozenset({"id", "tld", "action", "outcome", "reason", "diff"}),
     "welcome": frozenset({"tld", "name", "roster", "who", "update", "help"}),
     "removed": frozenset({"tld", "name", "help"}),

@@ -27,12 +27,14 @@ def token_hash(token: str) -> str:
 
 
 def issue(token: str, purpose: str, request_id: int, address: str, *, now: float,
-          ttl: float) -> Callable[[sqlite3.Connection], None]:
+          ttl: float, payload: str | None = None) -> Callable[[sqlite3.Connection], None]:
+    """``payload``: what redeeming it carries out, when the purpose needs more than the
+    request (a Validator's decision waiting for confirmation)."""
     def job(conn: sqlite3.Connection) -> None:
         conn.execute(
-            "INSERT INTO tokens (hash, purpose, request_id, address, created_at, expires_at)"
-            " VALUES (?,?,?,?,?,?)",
-            (token_hash(token), purpose, request_id, address, now, now + ttl))
+            "INSERT INTO tokens (hash, purpose, request_id, address, created_at, expires_at, payload)"
+            " VALUES (?,?,?,?,?,?,?)",
+            (token_hash(token), purpose, request_id, address, now, now + ttl, payload))
 
     return job
 
@@ -42,20 +44,22 @@ class Redemption:
     request_id: int | None
     """The request confirmed, or None when the token did not count."""
     reason: str
+    purpose: str | None = None
+    payload: str | None = None
 
 
-def redeem(token: str, purpose: str, sender_key: str | None, now: float,
+def redeem(token: str, purposes: frozenset[str], sender_key: str | None, now: float,
            spool_id: int) -> Callable[[sqlite3.Connection], Redemption]:
-    """Use a token once. It counts only if it exists for this purpose, is unused and
-    unexpired, and the answer comes From the address it was sent to."""
+    """Use a token once. It counts only if it exists for one of these purposes, is unused
+    and unexpired, and the answer comes From the address it was sent to."""
 
     def job(conn: sqlite3.Connection) -> Redemption:
         row = conn.execute(
-            "SELECT request_id, address, expires_at, used_at FROM tokens WHERE hash = ? AND purpose = ?",
-            (token_hash(token), purpose)).fetchone()
-        if row is None:
+            "SELECT request_id, address, expires_at, used_at, purpose, payload FROM tokens"
+            " WHERE hash = ?", (token_hash(token),)).fetchone()
+        if row is None or row[4] not in purposes:
             return Redemption(None, "unknown token")
-        request_id, address, expires_at, used_at = row
+        request_id, address, expires_at, used_at, purpose, payload = row
         if used_at is not None:
             return Redemption(None, "token already used")
         if expires_at <= now:
@@ -64,7 +68,7 @@ def redeem(token: str, purpose: str, sender_key: str | None, now: float,
             return Redemption(None, "answer does not come from the address the token was sent to")
         conn.execute("UPDATE tokens SET used_at = ?, used_by = ? WHERE hash = ?",
                      (now, spool_id, token_hash(token)))
-        return Redemption(int(request_id), "confirmed")
+        return Redemption(int(request_id), "confirmed", purpose, payload)
 
     return job
 
