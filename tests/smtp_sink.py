@@ -7,12 +7,14 @@ told to answer DATA with a temporary or permanent failure.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, AuthResult
 
 
 @dataclass(frozen=True)
@@ -20,10 +22,18 @@ class Received:
     mail_from: str
     rcpt_tos: list[str]
     data: bytes
+    tls: bool = False
+    login: str | None = None
 
 
 class SmtpSink:
-    def __init__(self) -> None:
+    """``tls`` (certificate, key): STARTTLS offered and required. ``login`` (user, password):
+    AUTH required, over TLS only, as a smarthost would."""
+
+    def __init__(self, tls: tuple[Path, Path] | None = None,
+                 login: tuple[str, str] | None = None) -> None:
+        self.tls = tls
+        self.login = login
         self.received: list[Received] = []
         self.reply = "250 2.0.0 OK"
         self._cond = threading.Condition()
@@ -42,14 +52,31 @@ class SmtpSink:
             async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
                 if sink.reply.startswith("250"):
                     with sink._cond:
-                        sink.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos),
-                                                      envelope.original_content))
+                        who = getattr(session, "auth_data", None)
+                        sink.received.append(Received(
+                            envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content,
+                            tls=session.ssl is not None,
+                            login=who.decode() if isinstance(who, bytes) else None))
                         sink._cond.notify_all()
                 return sink.reply
 
+        def authenticate(server: Any, session: Any, envelope: Any, mechanism: str,
+                         auth_data: Any) -> AuthResult:
+            assert sink.login is not None
+            ok = (auth_data.login.decode(), auth_data.password.decode()) == sink.login
+            return AuthResult(success=ok, handled=False, auth_data=auth_data.login if ok else None)
+
+        def protocol() -> SMTP:
+            if self.tls is None:
+                return SMTP(Handler(), hostname="sink.localhost")
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(str(self.tls[0]), str(self.tls[1]))
+            return SMTP(Handler(), hostname="sink.localhost", tls_context=ctx, require_starttls=True,
+                        authenticator=authenticate if self.login else None,
+                        auth_required=self.login is not None, auth_require_tls=True)
+
         async def start() -> None:
-            srv = await self._loop.create_server(
-                lambda: SMTP(Handler(), hostname="sink.localhost"), "127.0.0.1", 0)
+            srv = await self._loop.create_server(protocol, "127.0.0.1", 0)
             self.port = srv.sockets[0].getsockname()[1]
             self._ready.set()
 

@@ -4,36 +4,18 @@ delivered over it, and nothing sent in plain text before the handshake carried i
 from __future__ import annotations
 
 import json
-import shutil
 import smtplib
 import ssl
-import subprocess
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from daemon_proc import DOMAIN, DaemonProc
+from daemon_proc import DaemonProc
 from smtp_checks import GOOD_RCPT, assert_serving, expect, queue_id, spool_count, spooled
 from smtp_raw import RawClient, message, open_session
 
 Start = Callable[..., DaemonProc]
-
-
-@pytest.fixture(scope="module")
-def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A self-signed certificate for the domain and the loopback addresses."""
-    openssl = shutil.which("openssl")
-    assert openssl, "the openssl command is needed to make a test certificate"
-    d = tmp_path_factory.mktemp("tls")
-    crt, key = d / "cert.pem", d / "key.pem"
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", str(key), "-out", str(crt), "-days", "2",
-         "-subj", f"/CN={DOMAIN}",
-         "-addext", f"subjectAltName=DNS:{DOMAIN},IP:127.0.0.1,IP:::1"],
-        check=True, capture_output=True)
-    return crt, key
 
 
 @pytest.fixture

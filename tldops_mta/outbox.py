@@ -203,6 +203,8 @@ class Deliverer(DueLoop):
             if all(500 <= c < 600 for c in codes):
                 raise PermanentFailure(f"recipient refused: {codes}") from e
             raise
+        except aiosmtplib.SMTPAuthenticationError:
+            raise  # our login is wrong: retried, so fixing the password file sends the mail
         except aiosmtplib.SMTPResponseException as e:
             if 500 <= e.code < 600:
                 raise PermanentFailure(f"{e.code} {e.message}") from e
