@@ -120,6 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="why (required for deny and escalate); told to the requester")
         q.set_defaults(func=cmd_queue_decide, event=verb)
 
+    p = sub.add_parser("roster", help="the Security and Stability Contacts of each ccTLD")
+    rsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    r = rsub.add_parser("list", help="the current roster, by ccTLD")
+    _common(r)
+    _json_flag(r)
+    r.add_argument("--tld", help="only this ccTLD (A-label)")
+    r.set_defaults(func=cmd_roster_list)
+
     p = sub.add_parser("iana", help="IANA administrative contacts of ccTLDs")
     isub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     i = isub.add_parser("show", help="a ccTLD's administrative contact address, and where it came from")
@@ -368,6 +376,26 @@ def cmd_queue_decide(args: argparse.Namespace) -> int:
     else:
         print(result.message, file=sys.stdout if result.ok else sys.stderr)
     return EXIT_OK if result.ok else EXIT_ERROR
+
+
+def cmd_roster_list(args: argparse.Namespace) -> int:
+    from . import roster
+
+    conn = open_db(load_config(args))
+    tlds = [args.tld.lower().lstrip(".")] if args.tld else [
+        r[0] for r in conn.execute("SELECT DISTINCT tld FROM roster ORDER BY tld")]
+    listing = {tld: roster.current(conn, tld) for tld in tlds}
+    if args.json:
+        _print_json({tld: roster.as_dicts(entries) for tld, entries in listing.items()})
+        return EXIT_OK
+    if not any(listing.values()):
+        print("the roster is empty" if not args.tld else f"no SSCs for .{tlds[0]}")
+        return EXIT_OK
+    for tld, entries in listing.items():
+        print(f".{tld}")
+        for e in entries:
+            print(f"  {roster.line(e)}")
+    return EXIT_OK
 
 
 T = TypeVar("T")

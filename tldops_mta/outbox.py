@@ -59,7 +59,10 @@ def compose(*, from_addr: str, to: str, subject: str, body: str, domain: str,
     if in_reply_to:
         msg["In-Reply-To"] = in_reply_to
         msg["References"] = in_reply_to
-    msg.set_content(body)
+    # Plain 7bit when it can be: readable as stored in the outbox directory and by any
+    # client; quoted-printable only for text that is not ASCII.
+    plain = body.isascii() and all(len(line) <= 998 for line in body.splitlines())
+    msg.set_content(body, cte="7bit" if plain else "quoted-printable")
     return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
 
 

@@ -1,0 +1,87 @@
+"""docs/walkthrough.md, step by step, with its own files: examples/demo_iana.py,
+examples/demo.toml and examples/subscribe-mt.txt (smtplib standing in for swaks)."""
+
+from __future__ import annotations
+
+import email
+import json
+import smtplib
+import socket
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from email.message import Message
+from pathlib import Path
+
+import pytest
+from daemon_proc import DaemonProc
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.fixture
+def demo_iana() -> Iterator[int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, str(EXAMPLES / "demo_iana.py"), str(port)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().startswith("demo IANA RDAP on")  # listening
+    yield port
+    proc.kill()
+    proc.wait()
+
+
+def outgoing(d: DaemonProc, subject_has: str) -> Message:
+    for path in sorted((d.state_dir / "outgoing").glob("*.eml")):
+        m = email.message_from_bytes(path.read_bytes())
+        if subject_has in str(m["Subject"]):
+            return m
+    raise AssertionError(f"no outgoing mail about {subject_has!r}")
+
+
+def send(d: DaemonProc, sender: str, to: str, body: str) -> None:
+    with smtplib.SMTP(d.host, d.port, timeout=10) as s:
+        s.sendmail(sender, [to], (f"From: {sender}\r\nTo: {to}\r\nSubject: walkthrough\r\n"
+                                  f"Date: Wed, 25 Nov 2026 12:00:00 +0000\r\n\r\n{body}").encode())
+
+
+def test_the_walkthrough_works_as_written(tmp_path: Path, demo_iana: int) -> None:
+    demo = tomllib.loads((EXAMPLES / "demo.toml").read_text())
+    settings = {f"{section}.{key}": value for section, table in demo.items() for key, value in table.items()}
+    settings["iana.rdap_url"] = f"http://127.0.0.1:{demo_iana}/"
+    d = DaemonProc(tmp_path, settings).start()
+    try:
+        # 2. the request, From the address the stand-in IANA gives for .mt, unsigned
+        send(d, "admin@nic.mt.test", "requests@tld-ops.localhost",
+             (EXAMPLES / "subscribe-mt.txt").read_text().replace("\n", "\r\n"))
+        d.wait_for("request decided", lambda r: r.get("verdict") == "needs-confirmation")
+        # 3. the admin confirms
+        confirm = str(outgoing_when(d, "Please confirm a request for .mt", 1)["Reply-To"])
+        send(d, "admin@nic.mt.test", confirm, "Yes, this is our request.\r\n")
+        # 5. the Validator approves by mail, and confirms the unsigned decision
+        decide = str(outgoing_when(d, "Request #1: subscribe .mt", 2)["Reply-To"])
+        send(d, "validator@tld-ops.localhost", decide, "approve\r\n")
+        again = str(outgoing_when(d, "Please confirm your decision", 3)["Reply-To"])
+        send(d, "validator@tld-ops.localhost", again, "yes\r\n")
+        d.wait_for("decision confirmed")
+        # 6. the roster
+        listed = subprocess.run([sys.executable, "-m", "tldops_mta", "roster", "list", "--json",
+                                 "--config", str(d.config_path)], capture_output=True, text=True,
+                                timeout=60, check=True)
+        assert json.loads(listed.stdout) == {"mt": [
+            {"role": "primary", "first_name": "Jane", "last_name": "Doe", "phone": "+35621334455",
+             "email": "jane.doe@nic.org.mt"},
+            {"role": "secondary", "first_name": "John", "last_name": "Roe", "phone": "+35621334456",
+             "email": "john.roe@nic.org.mt"}]}
+        outgoing_when(d, "Welcome", 5)
+    finally:
+        d.stop()
+
+
+def outgoing_when(d: DaemonProc, subject_has: str, n: int) -> Message:
+    """The mail about ``subject_has``, once ``n`` mails were written."""
+    d.wait_count("mail delivered", n)
+    return outgoing(d, subject_has)
