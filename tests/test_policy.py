@@ -115,3 +115,15 @@ def test_a_wrong_rules_table_is_refused_on_load(tmp_path: Path, roster_toml: str
     with pytest.raises(rules.RulesError) as e:
         rules.load(tmp_path)
     assert any(expected in p for p in e.value.problems), e.value.problems
+
+
+def test_only_problems_that_reveal_the_roster_are_marked_private() -> None:
+    role = form("update", ssc("secondary", "Network", "Ops", "+356 2133 9999", "noc@nic.org.mt",
+                              replaces="nobody@nic.org.mt"))
+    j = run(role, (JANE, JOHN))
+    # The role mailbox is the sender's own mistake; whether nobody@ is an SSC is the roster's.
+    assert sorted((p.private, p.what.split(" ")[0]) for p in j.problems) == [
+        (False, "noc@nic.org.mt"), (True, "Replaces:"), (True, "the")]  # the role held by John
+    again = run(form("subscribe", ssc("primary", "Ann", "Lee", "+356 2133 9999", "ann.lee@nic.org.mt")),
+                (JANE, JOHN))
+    assert [(p.private, p.what) for p in again.problems] == [(True, "the ccTLD is already subscribed")]
