@@ -215,11 +215,14 @@ def _summary(live: Live, conn: sqlite3.Connection, r: Request) -> dict[str, obje
     before = roster.from_dicts(r.change.get("before", []))
     after = roster.from_dicts(r.change.get("after", []))
     if r.state in (State.AWAITING_VALIDATOR, State.ESCALATED, State.AWAITING_CONFIRMATION):
-        # The diff against the roster as it is now, which is what an approval would change.
-        before = roster.current(conn, r.tld)
-        j = policy.judge(form_of(r), r.tld, before, live.rules)
-        if not j.problems:
-            after = list(j.roster)
+        # The diff against the roster as it is now, which is what an approval would change
+        # (judged again only when the roster changed since the request came).
+        now_roster = roster.current(conn, r.tld)
+        if now_roster != before:
+            before = now_roster
+            j = policy.judge(form_of(r), r.tld, before, live.rules)
+            if not j.problems:
+                after = list(j.roster)
     warnings = r.change.get("warnings") or []
     return {
         "id": r.id, "tld": r.tld, "action": r.action, "requester": r.requester,
