@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from . import outbox, policy, roster, texts, tokens
@@ -87,12 +87,12 @@ def change_of(form: RequestForm, judgement: policy.Judgement, current: list[Rost
               reply_ok: bool) -> dict[str, Any]:
     """What a request row stores of its form: enough to judge it again at approval."""
     return {
-        "sscs": [asdict(e) for e in judgement.entries],
+        "sscs": roster.as_dicts(judgement.entries),
         "removals": list(form.removals),
         "remove_all": form.remove_all,
         "warnings": list(judgement.warnings),
-        "before": [asdict(e) for e in current],
-        "after": [asdict(e) for e in judgement.roster],
+        "before": roster.as_dicts(current),
+        "after": roster.as_dicts(judgement.roster),
         "reply_ok": reply_ok,
     }
 

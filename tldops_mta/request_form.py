@@ -116,6 +116,8 @@ _LABEL = {"first_name": "First name", "last_name": "Last name", "phone": "Phone"
           "email": "Email", "replaces": "Replaces"}
 _FIELD_LINE = re.compile(r"^([A-Za-z][A-Za-z _-]{0,30}?)\s*:\s*(.*)$")
 _QUOTE = re.compile(r"^\s*(?:>\s*)+")
+_SIGNATURE = re.compile(r"--\s*")
+_NAME_NOISE = re.compile(r"[\s_-]")
 _EMAIL = re.compile(r"^[^@\s<>\"(),;:]+@[^@\s<>\"(),;:]+\.[^@\s<>\"(),;:.]+$")
 _PHONE = re.compile(r"^\+?[0-9 ()./-]{6,30}$")
 FIELD_LIST = "Action, ccTLD, SSC, First name, Last name, Phone, Email, Replaces, Remove"
@@ -193,7 +195,7 @@ def parse_form(text: str) -> RequestForm:
 
     for n, raw_line in enumerate(text.splitlines(), 1):
         line = _QUOTE.sub("", raw_line)
-        if re.fullmatch(r"--\s*", line):
+        if _SIGNATURE.fullmatch(line):
             break  # a signature follows
         stripped = line.strip()
         if not stripped:
@@ -201,7 +203,7 @@ def parse_form(text: str) -> RequestForm:
                 current = None
             continue
         m = _FIELD_LINE.match(stripped)
-        field = _FIELDS.get(re.sub(r"[\s_-]", "", m.group(1)).lower()) if m else None
+        field = _FIELDS.get(_NAME_NOISE.sub("", m.group(1)).lower()) if m else None
         if m is None or field is None:
             if current is not None:
                 shown = stripped[:40]
