@@ -395,6 +395,22 @@ def test_an_approval_is_judged_against_the_roster_as_it_is_then(f: Flow) -> None
     assert f.state(2) == "awaiting-validator"
 
 
+def test_the_admin_is_told_the_number_and_can_withdraw_before_a_decision(f: Flow) -> None:
+    assert f.submit(form())[0] == "done"
+    ack = f.mail_to(ADMIN, "Request #1 for .mt received")
+    assert "+ primary   Jane Doe <jane.doe@nic.org.mt> +35621334455" in _text(ack)
+    withdraw = str(ack["Reply-To"])
+    forged = request(ATTACKER, body="withdraw\r\n", subject="Re: received")
+    assert f.env.processed(f.env.send(forged, mail_from=ATTACKER, rcpts=(withdraw,)))[0] == "rejected"
+    reply = request(ADMIN, body="Please withdraw it.\r\n", subject="Re: received")
+    assert f.env.processed(f.env.send(reply, rcpts=(withdraw,))) == (
+        "done", "withdrawal: request #1 withdrawn")
+    assert f.events()[-1] == ("withdraw", "withdrawn", "admin", "token")
+    f.mail_to(ADMIN, "Your request #1 for .mt: withdrawn")
+    assert f.decide(f.decide_address(), "approve")[1] == "request #1: the request is already withdrawn"
+    assert f.roster() == []
+
+
 # -- the scheduler ------------------------------------------------------------------------------
 
 def test_a_request_nobody_decides_is_reminded_then_expires(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from .request_form import RequestForm, SscEntry
 
 PURPOSE_DECIDE = "decide"
 PURPOSE_CONFIRM_DECISION = "confirm-decision"
+PURPOSE_WITHDRAW = "withdraw-request"
 DECIDE_TOKEN_TTL = 366 * 86400.0
 """A Validator's decide+TOKEN@ address outlives any wait: the request's state, not the
 token, says when deciding is over (an escalated request can wait for the Committee)."""
@@ -187,6 +188,24 @@ def ask_validators(live: Live, conn: sqlite3.Connection, request_id: int, *, now
     if reminder:
         conn.execute("UPDATE requests SET reminded_at = ? WHERE id = ?", (now, r.id))
     return sent
+
+
+def acknowledge(live: Live, conn: sqlite3.Connection, request_id: int, *, now: float,
+                in_reply_to: str | None) -> None:
+    """Tell the IANA admin (who sent the request, or confirmed it) that it waits for a
+    Validator: its number, and a one-time address to withdraw it."""
+    r = load(conn, request_id)
+    assert r is not None
+    if not r.change.get("reply_ok", True):
+        return
+    token = tokens.new_token()
+    ttl = float(live.cfg["validation.expire_after"])
+    tokens.issue(token, PURPOSE_WITHDRAW, request_id, r.admin_email, now=now, ttl=ttl)(conn)
+    address = live.service_address("confirm", token)
+    _mail(live, conn, r, "received", [r.admin_email], {
+        "id": r.id, "tld": r.tld, "action": r.action, "withdraw_address": address,
+        "diff": _summary(live, conn, r)["diff"]},
+        reply_to=address, auto="auto-replied", in_reply_to=in_reply_to)
 
 
 def ask_to_confirm(live: Live, conn: sqlite3.Connection, request_id: int, validator: str,

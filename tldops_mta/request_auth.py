@@ -125,7 +125,8 @@ class Authenticator:
         evidence = _evidence(d, contact, report, authentication_results(cfg.hostname, report),
                              sender, facts, replay_why)
         if d.verdict is Verdict.VERIFIED:
-            effects.append(self._verified(p, d, form.action or "", sender.key, evidence, change, now))
+            effects.append(self._verified(p, d, form.action or "", sender.key, evidence, change, now,
+                                          facts.message_id))
             said = f".{d.tld}: verified"
         else:
             assert d.admin_key is not None
@@ -135,9 +136,11 @@ class Authenticator:
         return spool.Outcome(p.id, spool.Status.DONE, said, ("requests",), effects=tuple(effects))
 
     def _verified(self, p: spool.Pending, d: Decision, action: str, requester: str,
-                  evidence: dict[str, Any], change: dict[str, Any], now: float) -> spool.Effect:
+                  evidence: dict[str, Any], change: dict[str, Any], now: float,
+                  message_id: str | None) -> spool.Effect:
         """The request row, then either self-administration applies it (when the policy
-        allows and nothing needs a Validator's eye) or the Validators are asked."""
+        allows and nothing needs a Validator's eye) or the Validators are asked and the
+        requester is told its number and how to withdraw it."""
         live = self.rt
         request = _new_request(p.id, d, action, requester, "dkim", State.AWAITING_VALIDATOR,
                                evidence, change, now)
@@ -153,6 +156,7 @@ class Authenticator:
                     decisions.ask_validators(live, conn, request_id, now=now, template="applied")
                     return
             decisions.ask_validators(live, conn, request_id, now=now)
+            decisions.acknowledge(live, conn, request_id, now=now, in_reply_to=message_id)
 
         return job
 
@@ -224,6 +228,10 @@ class Authenticator:
         if redemption.purpose == decisions.PURPOSE_CONFIRM_DECISION:
             log.info("decision confirmed", request_id=redemption.request_id, result=redemption.reason)
             return spool.Outcome(p.id, spool.Status.DONE, f"decision confirmed: {redemption.reason}",
+                                 ("confirm",))
+        if redemption.purpose == decisions.PURPOSE_WITHDRAW:
+            log.info("withdrawal", request_id=redemption.request_id, result=redemption.reason)
+            return spool.Outcome(p.id, spool.Status.DONE, f"withdrawal: {redemption.reason}",
                                  ("confirm",))
         log.info("request confirmed", request_id=redemption.request_id)
         return spool.Outcome(p.id, spool.Status.DONE, f"confirmed request {redemption.request_id}",
@@ -302,14 +310,20 @@ def _redeem(live: Live, token: str, sender_key: str, now: float, spool_id: int,
             ) -> Callable[[sqlite3.Connection], tokens.Redemption]:
     """Use the token and carry out what it confirms, in one transaction: a request goes to
     the Validators; a Validator's decision (sent without a DKIM signature that counts, where
-    ``validation.decision_auth`` allows confirming it) is made."""
-    use = tokens.redeem(token, frozenset({PURPOSE_CONFIRM, decisions.PURPOSE_CONFIRM_DECISION}),
-                        sender_key, now, spool_id)
+    ``validation.decision_auth`` allows confirming it) is made; a request is withdrawn by
+    the administrative contact who sent it."""
+    use = tokens.redeem(token, frozenset({PURPOSE_CONFIRM, decisions.PURPOSE_CONFIRM_DECISION,
+                                          decisions.PURPOSE_WITHDRAW}), sender_key, now, spool_id)
 
     def job(conn: sqlite3.Connection) -> tokens.Redemption:
         r = use(conn)
         if r.request_id is None:
             return r
+        if r.purpose == decisions.PURPOSE_WITHDRAW:
+            by = decisions.By(Actor.ADMIN, sender_key, "token")
+            result = decisions.act(live, conn, r.request_id, Event.WITHDRAW, by,
+                                   "withdrawn by the administrative contact", now=now)
+            return tokens.Redemption(r.request_id, result.message, r.purpose)
         if r.purpose == decisions.PURPOSE_CONFIRM_DECISION:
             wanted = json.loads(r.payload or "{}")
             by = decisions.By(Actor.VALIDATOR, sender_key, "token")
@@ -320,6 +334,7 @@ def _redeem(live: Live, token: str, sender_key: str, now: float, spool_id: int,
         by = decisions.By(Actor.ADMIN, sender_key, "token")
         if decisions.act(live, conn, r.request_id, Event.CONFIRM, by, "token redeemed", now=now).ok:
             decisions.ask_validators(live, conn, r.request_id, now=now)
+            decisions.acknowledge(live, conn, r.request_id, now=now, in_reply_to=None)
         return r
 
     return job

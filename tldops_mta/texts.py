@@ -24,6 +24,7 @@ FIELDS: dict[str, frozenset[str]] = {
                           "decide_address"}),
     "escalation": frozenset({"id", "tld", "action", "requester", "evidence", "diff", "warnings",
                              "reason", "validator"}),
+    "received": frozenset({"id", "tld", "action", "diff", "withdraw_address"}),
     "decision": frozenset({"id", "tld", "result"}),
     "decision_confirmation": frozenset({"id", "tld", "decision", "confirm_address", "expires"}),
     "outcome": frozenset({"id", "tld", "action", "outcome", "reason", "diff"}),
