@@ -74,6 +74,11 @@ class Flow:
         raw = self.decision(decide_address, first_line, sender=sender, sign=sign)
         return self.send_decision(raw, decide_address, sender)
 
+    def answer(self, address: str, sender: str, text: str = "yes") -> tuple[str, str]:
+        """A plain (unsigned) reply from ``sender`` to a one-time ``confirm+TOKEN@`` address."""
+        raw = request(sender, body=text + "\r\n", subject="Re: TLD-OPS")
+        return self.env.processed(self.env.send(raw, mail_from=sender, rcpts=(address,)))
+
     def tldops(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "tldops_mta", *args, "--config",
                                str(self.d.config_path)], capture_output=True, text=True,
@@ -327,14 +332,11 @@ def test_where_configured_an_unsigned_decision_counts_after_a_token_confirmation
         assert "approve" in _text(ask)
         confirm = str(ask["Reply-To"])
         # Only from the Validator's address, and only once.
-        forged = request(ATTACKER, body="yes\r\n", subject="Re: confirm")
-        assert f.env.processed(f.env.send(forged, mail_from=ATTACKER, rcpts=(confirm,)))[0] == "rejected"
-        reply = request(VALIDATOR, body="yes\r\n", subject="Re: confirm")
-        assert f.env.processed(f.env.send(reply, mail_from=VALIDATOR, rcpts=(confirm,))) == (
-            "done", "decision confirmed: request #1 approved")
+        assert f.answer(confirm, ATTACKER)[0] == "rejected"
+        assert f.answer(confirm, VALIDATOR) == ("done", "decision confirmed: request #1 approved")
         assert f.events()[-1] == ("approve", "approved", "validator", "token")
         assert len(f.roster()) == 2
-        again = f.env.processed(f.env.send(reply, mail_from=VALIDATOR, rcpts=(confirm,)))
+        again = f.answer(confirm, VALIDATOR)
         assert again[0] == "rejected" and "token already used" in again[1]
 
 
@@ -400,11 +402,8 @@ def test_the_admin_is_told_the_number_and_can_withdraw_before_a_decision(f: Flow
     ack = f.mail_to(ADMIN, "Request #1 for .mt received")
     assert "+ primary   Jane Doe <jane.doe@nic.org.mt> +35621334455" in _text(ack)
     withdraw = str(ack["Reply-To"])
-    forged = request(ATTACKER, body="withdraw\r\n", subject="Re: received")
-    assert f.env.processed(f.env.send(forged, mail_from=ATTACKER, rcpts=(withdraw,)))[0] == "rejected"
-    reply = request(ADMIN, body="Please withdraw it.\r\n", subject="Re: received")
-    assert f.env.processed(f.env.send(reply, rcpts=(withdraw,))) == (
-        "done", "withdrawal: request #1 withdrawn")
+    assert f.answer(withdraw, ATTACKER, "withdraw")[0] == "rejected"
+    assert f.answer(withdraw, ADMIN, "Please withdraw it.") == ("done", "withdrawal: request #1 withdrawn")
     assert f.events()[-1] == ("withdraw", "withdrawn", "admin", "token")
     f.mail_to(ADMIN, "Your request #1 for .mt: withdrawn")
     assert f.decide(f.decide_address(), "approve")[1] == "request #1: the request is already withdrawn"
