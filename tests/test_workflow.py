@@ -12,6 +12,7 @@ import email
 import json
 import re
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -263,12 +264,17 @@ def test_a_fourth_ssc_is_refused(f: Flow) -> None:
     assert "'fourth' is not an SSC role" in refusal and "nothing was changed" in refusal
 
 
-def test_more_ssc_than_the_rules_allow_is_refused(tmp_path: Path) -> None:
-    with flow(tmp_path, ("roster.toml", "max_per_cctld = 3", "max_per_cctld = 2")) as f:
-        status, reason = f.submit(form(sscs=(JANE, JOHN, MARY)))
-        assert status == "rejected"
-        assert "the ccTLD would have 3 SSCs; at most 2 are allowed" in reason
-        assert f.roster() == []
+def test_more_ssc_than_the_rules_allow_is_refused_once_sighup_reads_the_new_rules(f: Flow) -> None:
+    assert f.submit(form(sscs=(JANE, JOHN, MARY)))[0] == "done"  # 3 allowed; the worker runs
+    path = f.workdir / "rules" / "roster.toml"
+    path.write_text(path.read_text("utf-8").replace("max_per_cctld = 3", "max_per_cctld = 2"), "utf-8")
+    mark = f.d.mark()
+    f.d.signal(signal.SIGHUP)
+    f.d.wait_for("worker reloaded", after=mark)
+    status, reason = f.submit(form(sscs=(JANE, JOHN, MARY)))
+    assert status == "rejected"
+    assert "the ccTLD would have 3 SSCs; at most 2 are allowed" in reason
+    assert f.roster() == []
 
 
 def test_a_role_address_is_refused(f: Flow) -> None:
@@ -474,6 +480,9 @@ def test_the_audit_log_cannot_be_rewritten(f: Flow) -> None:
         conn.close()
     shown = json.loads(f.tldops("queue", "show", "1", "--json").stdout)
     assert [e["event"] for e in shown["events"]] == ["submit"]
+    evidence = shown["events"][0]["evidence"]  # when, who, how, and on what evidence
+    assert evidence["iana"]["source"] == "rdap" and evidence["iana"]["fetched_at"] > 0
+    assert [(s["domain"], s["counts"]) for s in evidence["dkim"]] == [("nic.org.mt", True)]
     assert shown["change"]["after"][0]["phone"] == "+35621334455"
     text = f.tldops("queue", "show", "1").stdout
     assert "+ primary   Jane Doe <jane.doe@nic.org.mt> +35621334455" in text

@@ -300,7 +300,8 @@ def _new_request(spool_id: int, d: Decision, action: str, requester: str, auth: 
         request_id = int(cur.lastrowid or 0)
         who = Actor.ADMIN if auth == "dkim" else Actor.REQUESTER
         decisions.record(conn, request_id, "submit", None, state.value,
-                         decisions.By(who, requester, auth if auth == "dkim" else "-"), d.reason, now)
+                         decisions.By(who, requester, auth if auth == "dkim" else "-"), d.reason, now,
+                         evidence)
         return request_id
 
     return job
