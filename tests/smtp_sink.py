@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import threading
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +32,11 @@ class SmtpSink:
     AUTH required, over TLS only, as a smarthost would."""
 
     def __init__(self, tls: tuple[Path, Path] | None = None,
-                 login: tuple[str, str] | None = None) -> None:
+                 login: tuple[str, str] | None = None, implicit_tls: bool = False) -> None:
         self.tls = tls
         self.login = login
+        self.implicit_tls = implicit_tls
+        """TLS from the first byte (port 465 style) instead of STARTTLS."""
         self.received: list[Received] = []
         self.reply = "250 2.0.0 OK"
         self._cond = threading.Condition()
@@ -55,7 +58,7 @@ class SmtpSink:
                         who = getattr(session, "auth_data", None)
                         sink.received.append(Received(
                             envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content,
-                            tls=session.ssl is not None,
+                            tls=session.ssl is not None or sink.implicit_tls,
                             login=who.decode() if isinstance(who, bytes) else None))
                         sink._cond.notify_all()
                 return sink.reply
@@ -66,17 +69,26 @@ class SmtpSink:
             ok = (auth_data.login.decode(), auth_data.password.decode()) == sink.login
             return AuthResult(success=ok, handled=False, auth_data=auth_data.login if ok else None)
 
-        def protocol() -> SMTP:
-            if self.tls is None:
-                return SMTP(Handler(), hostname="sink.localhost")
+        ctx: ssl.SSLContext | None = None
+        if self.tls is not None:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ctx.load_cert_chain(str(self.tls[0]), str(self.tls[1]))
+
+        def protocol() -> SMTP:
+            if ctx is None:
+                return SMTP(Handler(), hostname="sink.localhost")
+            auth: dict[str, Any] = {"authenticator": authenticate if self.login else None,
+                                    "auth_required": self.login is not None}
+            if self.implicit_tls:  # the connection is TLS already: nothing to start
+                with warnings.catch_warnings():  # aiosmtpd cannot tell the socket is TLS
+                    warnings.filterwarnings("ignore", "Requiring AUTH while not requiring TLS")
+                    return SMTP(Handler(), hostname="sink.localhost", auth_require_tls=False, **auth)
             return SMTP(Handler(), hostname="sink.localhost", tls_context=ctx, require_starttls=True,
-                        authenticator=authenticate if self.login else None,
-                        auth_required=self.login is not None, auth_require_tls=True)
+                        auth_require_tls=True, **auth)
 
         async def start() -> None:
-            srv = await self._loop.create_server(protocol, "127.0.0.1", 0)
+            srv = await self._loop.create_server(protocol, "127.0.0.1", 0,
+                                                 ssl=ctx if self.implicit_tls else None)
             self.port = srv.sockets[0].getsockname()[1]
             self._ready.set()
 

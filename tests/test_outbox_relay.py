@@ -73,3 +73,16 @@ def test_no_mail_goes_in_clear_when_the_smarthost_offers_no_starttls(
         assert plain.received == []
     finally:
         plain.stop()
+
+
+def test_mail_goes_to_a_smarthost_that_speaks_tls_from_the_first_byte(
+        start_daemon: Callable[..., DaemonProc], cert: tuple[Path, Path], tmp_path: Path) -> None:
+    smtps = SmtpSink(tls=cert, login=(USER, PASSWORD), implicit_tls=True)
+    try:
+        d = relayed_daemon(start_daemon, smtps, cert, tmp_path, PASSWORD,
+                           **{"outbox.smarthost_tls": "tls"})
+        ask_for_help(d)
+        got = smtps.wait_for(lambda r: "someone@nic.example" in r.rcpt_tos)
+        assert got.login == USER
+    finally:
+        smtps.stop()
