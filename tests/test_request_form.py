@@ -28,8 +28,8 @@ Phone: +356 2133 4456
 Email: john.roe@nic.org.mt
 """
 
-JANE = SscEntry("primary", "Jane", "Doe", "+356 2133 4455", "jane.doe@nic.org.mt", None, 4)
-JOHN = SscEntry("secondary", "John", "Roe", "+356 2133 4456", "john.roe@nic.org.mt", None, 10)
+JANE = SscEntry("primary", "Jane", "Doe", "+356 2133 4455", "jane.doe@nic.org.mt", None, 4, 7, 8)
+JOHN = SscEntry("secondary", "John", "Roe", "+356 2133 4456", "john.roe@nic.org.mt", None, 10, 13, 14)
 
 
 def problems(form: RequestForm) -> list[str]:

@@ -281,14 +281,16 @@ def test_a_role_address_is_refused(f: Flow) -> None:
     noc = ("secondary", "Network", "Operations", "+356 2133 4456", "NOC@nic.org.mt")
     status, reason = f.submit(form(sscs=(JANE, noc)))
     assert status == "rejected"
-    assert "line 10: noc@nic.org.mt is a role mailbox, not a person" in reason.lower()
+    assert "line 14: noc@nic.org.mt is a role mailbox, not a person" in reason.lower()  # its Email line
     assert f.d.query("SELECT count(*) FROM requests")[0][0] == 0
 
 
 def test_a_malformed_form_is_answered_with_every_problem_and_its_line(f: Flow) -> None:
     body = ("Hello,\r\n\r\nAction: subscribe\r\nccTLD: mt\r\n\r\nSSC: primary\r\nFirst name: Jane\r\n"
             "Last name: Doe\r\nPhone: call me\r\nEmail: jane.doe-at-nic.org.mt\r\nShoe size: 42\r\n"
-            "\r\nSSC: secondary\r\nFirst name: John\r\n\r\n-- \r\nJane\r\n")
+            "\r\nSSC: secondary\r\nFirst name: John\r\n\r\n"
+            "SSC: third\r\nFirst name: Network\r\nLast name: Ops\r\nPhone: +356 2133 0000 000\r\n"
+            "Email: noc@nic.org.mt\r\n\r\n-- \r\nJane\r\n")
     status, _ = f.submit(body)
     assert status == "rejected"
     reply = _text(f.mail_to(ADMIN, "not accepted"))
@@ -296,6 +298,9 @@ def test_a_malformed_form_is_answered_with_every_problem_and_its_line(f: Flow) -
     assert "line 10: 'jane.doe-at-nic.org.mt' is not an email address" in reply
     assert "line 11: 'Shoe size: 42' is not a field of the form" in reply
     assert "line 13: the secondary SSC lacks Last name, Phone, Email" in reply
+    # and in the same reply, what the policy says of the SSCs that are complete:
+    assert "line 19: the third SSC's phone '+356 2133 0000 000' is not a valid number" in reply
+    assert "line 20: noc@nic.org.mt is a role mailbox, not a person" in reply
     assert f.d.query("SELECT count(*) FROM requests")[0][0] == 0
 
 

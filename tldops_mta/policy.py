@@ -115,31 +115,7 @@ def judge(form: RequestForm, tld: str, current: Sequence[RosterEntry],
     warnings: list[str] = []
     roles = {p.lower() for p in t["addresses"]["role_local_parts"]}
     region = region_of(tld, t)
-    entries: list[SscEntry] = []
-    for s in form.sscs:
-        entry = s
-        try:
-            valid = validate_email(s.email, check_deliverability=False, allow_smtputf8=True)
-        except EmailNotValidError as e:
-            problems.append(FormProblem(s.line, f"the {s.role} SSC's address {s.email[:60]!r} "
-                                        f"is not valid ({e})", "Give the SSC's own address."))
-        else:
-            local = valid.local_part.split("+", 1)[0].lower()
-            if local in roles:
-                problems.append(FormProblem(
-                    s.line, f"{valid.normalized[:60]} is a role mailbox, not a person",
-                    "TLD-OPS lists people: give the SSC's personal address."))
-            entry = replace(entry, email=valid.normalized)
-        number = e164(s.phone, region)
-        if number is None:
-            how = ("with its country code, such as +356 2133 4455" if region is None else
-                   f"with its country code, or as dialled in {region}")
-            problems.append(FormProblem(s.line, f"the {s.role} SSC's phone {s.phone[:40]!r} is "
-                                        "not a valid number", f"Write it {how}."))
-        else:
-            entry = replace(entry, phone=number)
-        entries.append(entry)
-
+    entries = _checked_entries(form.sscs, region, roles, problems)
     roster = _after(form, entries, current, problems)
     high, low = t["ssc"]["max_per_cctld"], t["ssc"]["min_per_cctld"]
     if len(roster) > high:
@@ -154,6 +130,50 @@ def judge(form: RequestForm, tld: str, current: Sequence[RosterEntry],
                                     "Give each SSC their own address.", private=True))
     return Judgement(tuple(sorted(problems, key=lambda p: p.line or 0)), tuple(warnings),
                      tuple(roster), tuple(entries))
+
+
+def entry_problems(form: RequestForm, tld: str | None,
+                   rules: Mapping[str, Mapping[str, Any]]) -> list[FormProblem]:
+    """The checks of each SSC alone (address, role mailbox, phone), which need no roster:
+    run on a form that has other problems too, so its one reply lists them all."""
+    t = table(rules)
+    problems: list[FormProblem] = []
+    region = region_of(tld, t) if tld else None
+    _checked_entries(form.sscs, region, {p.lower() for p in t["addresses"]["role_local_parts"]},
+                     problems)
+    return problems
+
+
+def _checked_entries(sscs: Sequence[SscEntry], region: str | None, roles: set[str],
+                     problems: list[FormProblem]) -> list[SscEntry]:
+    """The SSCs with their address normalised and phone in E.164, where valid; a problem,
+    at the line of the value, where not."""
+    entries: list[SscEntry] = []
+    for s in sscs:
+        entry = s
+        try:
+            valid = validate_email(s.email, check_deliverability=False, allow_smtputf8=True)
+        except EmailNotValidError as e:
+            problems.append(FormProblem(s.email_line or s.line, f"the {s.role} SSC's address "
+                                        f"{s.email[:60]!r} is not valid ({e})",
+                                        "Give the SSC's own address."))
+        else:
+            local = valid.local_part.split("+", 1)[0].lower()
+            if local in roles:
+                problems.append(FormProblem(
+                    s.email_line or s.line, f"{valid.normalized[:60]} is a role mailbox, not a person",
+                    "TLD-OPS lists people: give the SSC's personal address."))
+            entry = replace(entry, email=valid.normalized)
+        number = e164(s.phone, region)
+        if number is None:
+            how = ("with its country code, such as +356 2133 4455" if region is None else
+                   f"with its country code, or as dialled in {region}")
+            problems.append(FormProblem(s.phone_line or s.line, f"the {s.role} SSC's phone "
+                                        f"{s.phone[:40]!r} is not a valid number", f"Write it {how}."))
+        else:
+            entry = replace(entry, phone=number)
+        entries.append(entry)
+    return entries
 
 
 def _after(form: RequestForm, entries: Sequence[SscEntry], current: Sequence[RosterEntry],

@@ -24,7 +24,7 @@ from .iana import AdminContact, IanaClient, LookupUnavailable, tld_labels
 from .live import Live
 from .message_facts import REQUIRED_FOR_REQUESTS, MessageFacts
 from .queue_states import Actor, Event, State
-from .request_form import body_text, parse_form
+from .request_form import FormProblem, RequestForm, body_text, parse_form
 from .storage import Reader, Writer
 
 PURPOSE_CONFIRM = "confirm-request"
@@ -70,7 +70,7 @@ class Authenticator:
             return self._refusal(p, facts, [problem or "unreadable"])
         if not form.ok:
             log.info("request form refused", problems=len(form.problems))
-            return self._refusal(p, facts, [str(x) for x in form.problems])
+            return self._refusal(p, facts, [str(x) for x in _all_problems(form, self.rt)])
         assert form.tld is not None and sender is not None
         try:
             a_label, _ = tld_labels(form.tld)
@@ -252,6 +252,19 @@ class Authenticator:
             "problems": "".join(f"  - {r}\n" for r in reasons),
             "requests": self.rt.service_address("requests"), "help": self.rt.service_address("help")})
         return auto_reply.reply(self.rt, p, facts, kind="refusal", body=body, subject=subject)
+
+
+def _all_problems(form: RequestForm, live: Live) -> list[FormProblem]:
+    """A form with problems, and what the policy says of each SSC in it (an address that is
+    a role mailbox, a number that does not exist), so that one reply lists everything that
+    stands in the way. A line the form already faults is not faulted twice."""
+    try:
+        tld: str | None = tld_labels(form.tld)[0] if form.tld else None
+    except ValueError:
+        tld = None
+    faulted = {x.line for x in form.problems}
+    more = [x for x in policy.entry_problems(form, tld, live.rules) if x.line not in faulted]
+    return sorted([*form.problems, *more], key=lambda x: x.line or 0)
 
 
 def _policy_problems(judgement: policy.Judgement, d: Decision) -> list[str]:

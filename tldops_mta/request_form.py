@@ -149,6 +149,9 @@ class SscEntry:
     email: str
     replaces: str | None
     line: int
+    phone_line: int = 0
+    email_line: int = 0
+    """Where the Phone and Email values are (0: not known), for problems that name a line."""
 
 
 @dataclass(frozen=True)
@@ -336,5 +339,6 @@ def _read_blocks(blocks: list[_Block], action: str | None,
             problem(block.fields["replaces"][1], f"'{replaces[:60]}' is not an email address",
                     "Name the SSC being replaced by their roster address.")
         out.append(SscEntry(block.role, values["first_name"], values["last_name"],
-                            values["phone"], values["email"], replaces, block.line))
+                            values["phone"], values["email"], replaces, block.line,
+                            phone_line, email_line))
     return out
