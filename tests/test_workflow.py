@@ -470,6 +470,11 @@ def test_a_confirmed_request_is_not_self_administered_and_the_validators_hear_af
         assert f"{ADMIN}, was sent a one-time token and confirmed it" in text
         assert [e[:2] for e in f.events()] == [("submit", "awaiting-confirmation"),
                                               ("confirm", "awaiting-validator")]
+        assert f.tldops("queue", "approve", "1").returncode == 0
+        # The admin sees the roster in the outcome; the deputy who asked sees the outcome only.
+        assert "+35621334455" in _text(f.mail_to(ADMIN, "Your request #1 for .mt: approved"))
+        deputy = _text(f.mail_to("deputy@nic.org.mt", "Your request #1 for .mt: approved"))
+        assert "+35621334455" not in deputy and "sent to the administrative contact" in deputy
 
 
 # -- the audit log ------------------------------------------------------------------------------

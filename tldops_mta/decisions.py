@@ -307,16 +307,21 @@ def answer_validator(live: Live, conn: sqlite3.Connection, request_id: int | Non
 
 def _tell_requester(live: Live, conn: sqlite3.Connection, r: Request, outcome: str,
                     reason: str | None, now_roster: list[RosterEntry]) -> None:
-    """The requester (and the IANA admin, when another) learn the outcome, unless the
-    request came from a robot or a null sender (no loops)."""
+    """The IANA admin learns the outcome with the ccTLD's roster as it now is; a requester
+    who is someone else (the admin was in Cc and confirmed) learns the outcome only: the
+    roster's phone numbers are not theirs to see. Nobody is told when the request came
+    from a robot or a null sender (no loops)."""
     if not r.change.get("reply_ok", True):
         return
-    to = list(dict.fromkeys(a.lower() for a in (r.requester, r.admin_email) if a))
-    _mail(live, conn, r, "outcome", to, {
-        "id": r.id, "tld": r.tld, "action": r.action, "outcome": outcome,
-        "reason": f"Reason: {reason}\n" if reason else "",
-        "diff": "\n".join(f"  {roster.line(e)}" for e in now_roster) or "  (no SSCs)"},
+    values: dict[str, object] = {"id": r.id, "tld": r.tld, "action": r.action, "outcome": outcome,
+                                 "reason": f"Reason: {reason}\n" if reason else ""}
+    admin = r.admin_email.lower()
+    _mail(live, conn, r, "outcome", [admin], {
+        **values, "diff": "\n".join(f"  {roster.line(e)}" for e in now_roster) or "  (no SSCs)"},
         auto="auto-replied")
+    if r.requester.lower() != admin:
+        _mail(live, conn, r, "outcome", [r.requester], {
+            **values, "diff": f"  (sent to the administrative contact, {admin})"}, auto="auto-replied")
 
 
 def _tell_people(live: Live, conn: sqlite3.Connection, r: Request, before: list[RosterEntry],
