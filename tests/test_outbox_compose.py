@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tldops_mta import outbox
+from tldops_mta.tlp import Tlp, labelled
 
 texts = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=400)
 
@@ -24,11 +25,12 @@ def parsed(raw: bytes) -> email.message.EmailMessage:
 @given(subject=texts, body=texts)
 def test_subject_and_body_read_back_as_written(subject: str, body: str) -> None:
     raw = outbox.compose(from_addr="TLD-OPS <postmaster@tld-ops.localhost>", to="a@b.example",
-                         subject=subject, body=body, domain="tld-ops.localhost")
+                         subject=subject, body=body, domain="tld-ops.localhost", tlp=Tlp.AMBER)
     assert all(len(line) <= 998 for line in raw.split(b"\r\n"))
     assert b"\n" not in raw.replace(b"\r\n", b"")
     m = parsed(raw)
-    assert str(m["Subject"]) == " ".join(subject.split())[:300]
+    # (labelled() is tested on its own: here, that any subject survives the encoding)
+    assert str(m["Subject"]) == " ".join(labelled(subject, Tlp.AMBER).split())[:300]
     want = body.replace("\r\n", "\n").replace("\r", "\n")
     got = m.get_content().replace("\r\n", "\n")
     assert got.rstrip("\n") == want.rstrip("\n")
@@ -37,12 +39,14 @@ def test_subject_and_body_read_back_as_written(subject: str, body: str) -> None:
 def test_headers_of_a_reply() -> None:
     raw = outbox.compose(from_addr="TLD-OPS <decide+tok@tld-ops.localhost>", to="v@x.example",
                          subject="[TLD-OPS] Request #1", body="approve?\n", domain="tld-ops.localhost",
+                         tlp=Tlp.AMBER,
                          reply_to="decide+tok@tld-ops.localhost", in_reply_to="<m@x.example>",
                          auto="auto-replied")
     m = parsed(raw)
     assert (m["Auto-Submitted"], m["Reply-To"], m["In-Reply-To"], m["References"]) == (
         "auto-replied", "decide+tok@tld-ops.localhost", "<m@x.example>", "<m@x.example>")
     assert m["Message-ID"].endswith("@tld-ops.localhost>") and m["Date"]
+    assert m["Subject"] == "[TLP:AMBER] [TLD-OPS] Request #1"
     assert m["Content-Transfer-Encoding"] == "7bit" and raw.endswith(b"approve?\r\n")
 
 
@@ -51,4 +55,5 @@ def test_a_line_break_in_a_header_value_is_refused(field: str) -> None:
     kw = {"from_addr": "a@b.example", "to": "c@d.example", "reply_to": None, "in_reply_to": None,
           field: "x@y.example\r\nBcc: victim@example.org"}
     with pytest.raises(ValueError, match="would break the header"):
-        outbox.compose(subject="s", body="b", domain="tld-ops.localhost", **kw)  # type: ignore[arg-type]
+        outbox.compose(subject="s", body="b", domain="tld-ops.localhost", tlp=Tlp.RED,
+                       **kw)  # type: ignore[arg-type]

@@ -477,6 +477,19 @@ def test_a_confirmed_request_is_not_self_administered_and_the_validators_hear_af
         assert "+35621334455" not in deputy and "sent to the administrative contact" in deputy
 
 
+# -- TLP labels ------------------------------------------------------------------------------
+
+def test_every_mail_is_labelled_and_never_less_strictly_than_what_it_answers(f: Flow) -> None:
+    assert f.submit(form(), subject="[TLP-GREEN] Subscription")[0] == "done"
+    # Roster data: the roster's label (broadcast.tlp); the answer to a GREEN request too, as
+    # it shows roster data and the stricter wins.
+    assert str(f.mail_to(VALIDATOR, "Request #1")["Subject"]).startswith("[TLP:AMBER] [TLD-OPS] Request #1")
+    assert str(f.mail_to(ADMIN, "received")["Subject"]).startswith("[TLP:AMBER] ")
+    # An unlabelled mail is RED, and so is the refusal that answers it.
+    assert f.submit("Action: subscribe\r\nccTLD: mt\r\n")[0] == "rejected"
+    assert str(f.mail_to(ADMIN, "not accepted")["Subject"]).startswith("[TLP:RED] ")
+
+
 # -- the audit log ------------------------------------------------------------------------------
 
 def test_the_audit_log_cannot_be_rewritten(f: Flow) -> None:

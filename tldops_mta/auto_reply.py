@@ -12,9 +12,10 @@ from __future__ import annotations
 import sqlite3
 import time
 
-from . import outbox, spool
+from . import outbox, spool, tlp
 from .live import Live
 from .message_facts import MessageFacts
+from .request_form import body_text
 
 
 def may_answer(live: Live, p: spool.Pending, facts: MessageFacts) -> bool:
@@ -36,6 +37,8 @@ def reply(live: Live, p: spool.Pending, facts: MessageFacts, *, kind: str, subje
     from_addr = f"TLD-OPS <{live.service_address('postmaster')}>"
     domain = str(cfg["server.domain"])
     queue_id, in_reply_to = p.queue_id, facts.message_id
+    # A reply is labelled like what it answers, at the least (no label there: RED).
+    label = tlp.of_message(facts.subject or "", body_text(facts.message or p.raw))
 
     def job(conn: sqlite3.Connection) -> None:
         now = time.time()
@@ -46,7 +49,7 @@ def reply(live: Live, p: spool.Pending, facts: MessageFacts, *, kind: str, subje
         conn.execute("INSERT INTO auto_replies (kind, address, last_sent) VALUES (?, ?, ?)"
                      " ON CONFLICT (kind, address) DO UPDATE SET last_sent = excluded.last_sent",
                      (kind, to.lower(), now))
-        raw = outbox.compose(from_addr=from_addr, to=to, body=body, domain=domain,
+        raw = outbox.compose(from_addr=from_addr, to=to, body=body, domain=domain, tlp=label,
                              subject=subject, in_reply_to=in_reply_to, auto="auto-replied")
         outbox.enqueue(raw, "", [to], kind, ref=queue_id)(conn)
 

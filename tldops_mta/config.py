@@ -290,6 +290,10 @@ SCHEMA: tuple[Key, ...] = (
     Key("validation", "expire_after", 14 * 86400.0, _float_range(1, 365 * 86400),
         "Seconds a request may wait for a Validator before it expires (the requester is "
         "told). Escalated requests do not expire."),
+    Key("broadcast", "tlp", "AMBER", _one_of("RED", "AMBER+STRICT", "AMBER", "GREEN", "CLEAR"),
+        "The TLP label of the roster, in the Subject ([TLP:AMBER] ...) of every mail that "
+        "carries roster data. A reply is never labelled less strictly than what it answers "
+        "(no label there means RED)."),
     Key("log", "level", "info", _one_of("debug", "info", "warning", "error"),
         "Least severe log level written. Personal data appears only at debug."),
     Key("rules", "dir", "rules", _path,

@@ -15,7 +15,7 @@ import re
 import sqlite3
 import time
 
-from . import addresses, decisions, logs, spool, tokens
+from . import addresses, decisions, logs, spool, tlp, tokens
 from .dkim_verify import verify
 from .live import Live
 from .message_facts import MessageFacts
@@ -81,7 +81,9 @@ class DecisionDesk:
                                  ("decide",), retry_at=now + float(cfg["worker.retry_base"]),
                                  counts_attempt=False)
         request_id = found[0] if found else None
-        wanted = command(body_text(facts.message or p.raw))
+        text = body_text(facts.message or p.raw)
+        wanted = command(text)
+        label = tlp.of_message(facts.subject or "", text)
         confirmable = cfg["validation.decision_auth"] == "dkim-or-confirmation"
         if found is None:
             why = "this decision address is unknown or has expired; answer the newest mail about the request"
@@ -92,7 +94,7 @@ class DecisionDesk:
 
             def ask(conn: sqlite3.Connection) -> None:
                 decisions.ask_to_confirm(live, conn, rid, to, event, reason or None, now=now,
-                                         in_reply_to=facts.message_id)
+                                         in_reply_to=facts.message_id, answered=label)
 
             await self.writer.run(ask)
             log.info("decision waits for confirmation", request_id=request_id)
@@ -107,7 +109,7 @@ class DecisionDesk:
             why = ""
         if why:
             log.info("decision refused", request_id=request_id, reason=why)
-            await self.writer.run(self._answer(request_id, sender.key, why, facts.message_id))
+            await self.writer.run(self._answer(request_id, sender.key, why, facts.message_id, label))
             return spool.Outcome(p.id, spool.Status.REJECTED, why[:1000], ("decide",))
 
         assert wanted is not None and request_id is not None
@@ -129,7 +131,7 @@ class DecisionDesk:
             result = decisions.act(live, conn, request_id, event, by, reason or None, now=now,
                                    evidence=evidence)
             decisions.answer_validator(live, conn, request_id, sender.key, result.message,
-                                       facts.message_id)
+                                       facts.message_id, label)
             return result
 
         result = await self.writer.run(job)
@@ -138,10 +140,10 @@ class DecisionDesk:
         return spool.Outcome(p.id, status, result.message[:1000], ("decide",))
 
     def _answer(self, request_id: int | None, to: str, text: str, in_reply_to: str | None,
-                ) -> spool.Effect:
+                label: tlp.Tlp) -> spool.Effect:
         live = self.rt
 
         def job(conn: sqlite3.Connection) -> None:
-            decisions.answer_validator(live, conn, request_id, to, text, in_reply_to)
+            decisions.answer_validator(live, conn, request_id, to, text, in_reply_to, label)
 
         return job

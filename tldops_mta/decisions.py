@@ -22,6 +22,7 @@ from .live import Live
 from .policy import RosterEntry
 from .queue_states import FINAL, Actor, Event, State, move
 from .request_form import RequestForm, SscEntry
+from .tlp import Tlp, for_reply
 
 PURPOSE_DECIDE = "decide"
 PURPOSE_CONFIRM_DECISION = "confirm-decision"
@@ -85,7 +86,7 @@ def record(conn: sqlite3.Connection, request_id: int, event: str, from_state: st
 
 
 def change_of(form: RequestForm, judgement: policy.Judgement, current: list[RosterEntry],
-              reply_ok: bool) -> dict[str, Any]:
+              reply_ok: bool, label: Tlp) -> dict[str, Any]:
     """What a request row stores of its form: enough to judge it again at approval."""
     return {
         "sscs": roster.as_dicts(judgement.entries),
@@ -95,6 +96,7 @@ def change_of(form: RequestForm, judgement: policy.Judgement, current: list[Rost
         "before": roster.as_dicts(current),
         "after": roster.as_dicts(judgement.roster),
         "reply_ok": reply_ok,
+        "tlp": label.name,  # the request's own label: what answers it inherits
     }
 
 
@@ -209,7 +211,8 @@ def acknowledge(live: Live, conn: sqlite3.Connection, request_id: int, *, now: f
 
 
 def ask_to_confirm(live: Live, conn: sqlite3.Connection, request_id: int, validator: str,
-                   event: Event, reason: str | None, *, now: float, in_reply_to: str | None) -> None:
+                   event: Event, reason: str | None, *, now: float, in_reply_to: str | None,
+                   answered: Tlp = Tlp.RED) -> None:
     """A Validator's decision that came without a DKIM signature that counts, where the
     configuration allows confirming it: a one-time token to their address; the decision
     is made when they answer it (request_auth's confirmation handler)."""
@@ -223,7 +226,7 @@ def ask_to_confirm(live: Live, conn: sqlite3.Connection, request_id: int, valida
     _mail(live, conn, r, "decision_confirmation", [validator], {
         "id": r.id, "tld": r.tld, "decision": f"{event.value} {reason or ''}".strip(),
         "confirm_address": address, "expires": _when(now + ttl)},
-        reply_to=address, auto="auto-replied", in_reply_to=in_reply_to)
+        reply_to=address, auto="auto-replied", in_reply_to=in_reply_to, answered=answered)
 
 
 def open_states() -> tuple[str, ...]:
@@ -279,30 +282,48 @@ def _when(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t))
 
 
+ROSTER_MAIL = frozenset({"validator", "applied", "escalation", "welcome", "removed"})
+"""Mails that carry roster data: labelled as the roster (broadcast.tlp)."""
+ANSWERS_THE_REQUEST = frozenset({"received", "outcome"})
+"""Mails that answer the request and show roster data: as the request, or stricter."""
+
+
+def _label(live: Live, r: Request | None, template: str, answered: Tlp) -> Tlp:
+    roster_label = Tlp.parse(str(live.cfg["broadcast.tlp"]))
+    if template in ROSTER_MAIL:
+        return roster_label
+    if template in ANSWERS_THE_REQUEST and r is not None:
+        return for_reply([Tlp[r.change.get("tlp", "RED")]], [roster_label])
+    return for_reply([answered])
+
+
 def _mail(live: Live, conn: sqlite3.Connection, r: Request | None, template: str, to: list[str],
           values: dict[str, object], *, reply_to: str | None = None,
-          auto: str = "auto-generated", in_reply_to: str | None = None) -> None:
+          auto: str = "auto-generated", in_reply_to: str | None = None,
+          answered: Tlp = Tlp.RED) -> None:
     """Queue one mail per recipient (each its own delivery, so one bad address delays no
-    other). Bounces come back tagged with the request."""
+    other). Bounces come back tagged with the request. ``answered``: the label of the mail
+    this one answers (RED when it had none), for the replies to Validators."""
     subject, body = texts.render(live.rules, template, values)
+    label = _label(live, r, template, answered)
     sender = live.service_address("postmaster")
     bounces = live.service_address("bounces", f"r{r.id}" if r is not None else "decision")
     for rcpt in to:
         raw = outbox.compose(from_addr=f"TLD-OPS <{reply_to or sender}>", to=rcpt, subject=subject,
-                             body=body, domain=str(live.cfg["server.domain"]), reply_to=reply_to,
-                             auto=auto, in_reply_to=in_reply_to)
+                             body=body, domain=str(live.cfg["server.domain"]), tlp=label,
+                             reply_to=reply_to, auto=auto, in_reply_to=in_reply_to)
         outbox.enqueue(raw, bounces, [rcpt], template,
                        ref=f"request-{r.id}" if r is not None else None)(conn)
 
 
 def answer_validator(live: Live, conn: sqlite3.Connection, request_id: int | None, to: str,
-                     result: str, in_reply_to: str | None) -> None:
+                     result: str, in_reply_to: str | None, answered: Tlp = Tlp.RED) -> None:
     """Tell a Validator what became of their decision mail (every one: a decision that did
     not count must not pass for one that did)."""
     r = load(conn, request_id) if request_id is not None else None
     _mail(live, conn, r, "decision", [to],
           {"id": r.id if r else "?", "tld": r.tld if r else "?", "result": result},
-          auto="auto-replied", in_reply_to=in_reply_to)
+          auto="auto-replied", in_reply_to=in_reply_to, answered=answered)
 
 
 def _tell_requester(live: Live, conn: sqlite3.Connection, r: Request, outcome: str,

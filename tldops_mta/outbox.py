@@ -27,6 +27,7 @@ from .config import Config, parse_listen
 from .due_loop import DueLoop
 from .retry import backoff
 from .storage import Reader, Writer
+from .tlp import Tlp, labelled
 
 MAX_ATTEMPTS = 30
 """With the default backoff (30 s doubling to an hour), about a day of retries before a
@@ -43,18 +44,19 @@ class Due:
     raw: bytes
 
 
-def compose(*, from_addr: str, to: str, subject: str, body: str, domain: str,
+def compose(*, from_addr: str, to: str, subject: str, body: str, domain: str, tlp: Tlp,
             reply_to: str | None = None, in_reply_to: str | None = None,
             auto: str = "auto-generated") -> bytes:
     """An RFC 5322 message in CRLF form. ``auto`` is the RFC 3834 Auto-Submitted value, so
-    that other robots (and we ourselves) never answer it.
+    that other robots (and we ourselves) never answer it. ``tlp`` heads the Subject: every
+    mail the daemon writes is labelled (tlp.py says which label).
 
     Written out directly rather than through email.message.EmailMessage, which took about
     0.8 ms a message (a Validator mail is composed for every request). Every value is
     checked for line breaks, so no header can be smuggled in; a Subject that is not ASCII
     is an RFC 2047 encoded word; addresses go as they are (RFC 6532 when not ASCII).
     """
-    headers = [("From", from_addr), ("To", to), ("Subject", _subject(subject)),
+    headers = [("From", from_addr), ("To", to), ("Subject", _subject(labelled(subject, tlp))),
                ("Date", format_datetime(dt.datetime.now(dt.UTC))),
                ("Message-ID", make_msgid(domain=domain)), ("Auto-Submitted", auto)]
     if reply_to:

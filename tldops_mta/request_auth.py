@@ -16,7 +16,7 @@ from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from . import addresses, auto_reply, decisions, logs, outbox, policy, roster, spool, texts, tokens
+from . import addresses, auto_reply, decisions, logs, outbox, policy, roster, spool, texts, tlp, tokens
 from .auth_decision import Decision, IanaView, MessageView, Verdict, decide
 from .config import Config
 from .dkim_verify import DkimReport, KeyResolver, authentication_results, verify
@@ -64,7 +64,8 @@ class Authenticator:
                     cc = addresses.parse_address_list(facts.cc_value, field="Cc")
             except addresses.AddressError as e:
                 problem = e.reason
-        form = parse_form(body_text(facts.message or p.raw)) if problem is None else None
+        text = body_text(facts.message or p.raw) if problem is None else ""
+        form = parse_form(text) if problem is None else None
         if problem is not None or form is None:
             log.info("request refused", reason=problem)
             return self._refusal(p, facts, [problem or "unreadable"])
@@ -121,7 +122,8 @@ class Authenticator:
         if judgement.problems:
             log.info("request refused by policy", tld=d.tld, problems=len(judgement.problems))
             return self._refusal(p, facts, _policy_problems(judgement, d), effects)
-        change = decisions.change_of(form, judgement, current, auto_reply.may_answer(self.rt, p, facts))
+        change = decisions.change_of(form, judgement, current, auto_reply.may_answer(self.rt, p, facts),
+                                     tlp.of_message(facts.subject or "", text))
         evidence = _evidence(d, contact, report, authentication_results(cfg.hostname, report),
                              sender, facts, replay_why)
         if d.verdict is Verdict.VERIFIED:
@@ -193,6 +195,7 @@ class Authenticator:
         })
         raw = outbox.compose(
             from_addr=f"TLD-OPS <{confirm_addr}>", to=admin, subject=subject, body=body,
+            tlp=tlp.Tlp[change["tlp"]],  # it quotes the request: labelled as the request is
             domain=cfg["server.domain"], reply_to=confirm_addr, in_reply_to=facts.message_id)
         ttl = float(cfg["auth.token_ttl"])
         request = _new_request(p.id, d, action, requester, "token", State.AWAITING_CONFIRMATION,
