@@ -68,14 +68,14 @@ def test_the_walkthrough_works_as_written(tmp_path: Path, demo_iana: int) -> Non
         send(d, "validator@tld-ops.localhost", again, "yes\r\n")
         d.wait_for("decision confirmed")
         # 6. the roster
-        listed = subprocess.run([sys.executable, "-m", "tldops_mta", "roster", "list", "--json",
+        listed = subprocess.run([sys.executable, "-m", "tldops_mta", "roster", "export", "--format", "json",
                                  "--config", str(d.config_path)], capture_output=True, text=True,
                                 timeout=60, check=True)
-        assert json.loads(listed.stdout) == {"mt": [
-            {"role": "primary", "first_name": "Jane", "last_name": "Doe", "phone": "+35621334455",
-             "email": "jane.doe@nic.org.mt"},
-            {"role": "secondary", "first_name": "John", "last_name": "Roe", "phone": "+35621334456",
-             "email": "john.roe@nic.org.mt"}]}
+        assert json.loads(listed.stdout)["roster"] == [
+            {"cctld": "mt", "cctld_unicode": "mt", "role": "primary", "first_name": "Jane",
+             "last_name": "Doe", "phone": "+35621334455", "email": "jane.doe@nic.org.mt"},
+            {"cctld": "mt", "cctld_unicode": "mt", "role": "secondary", "first_name": "John",
+             "last_name": "Roe", "phone": "+35621334456", "email": "john.roe@nic.org.mt"}]
         outgoing_when(d, "Welcome")
     finally:
         d.stop()

@@ -247,6 +247,18 @@ def test_removal_of_the_whole_cctld(f: Flow) -> None:
     f.mail_to("john.roe@nic.org.mt", "no longer")
 
 
+def test_the_roster_is_shown_and_exported_from_the_command_line(f: Flow) -> None:
+    from tldops_mta import roster_formats
+
+    subscribed(f, JANE, JOHN)
+    shown = f.tldops("roster", "show").stdout
+    assert shown.startswith("[TLP:AMBER] TLD-OPS roster") and "    +35621334455  jane.doe@nic.org.mt" in shown
+    exported = roster_formats.from_vcard(f.tldops("roster", "export", "--format", "vcard").stdout)
+    assert [e.email for e in exported["mt"]] == ["jane.doe@nic.org.mt", "john.roe@nic.org.mt"]
+    empty = f.tldops("roster", "export", "--tld", "nl").stdout.splitlines()
+    assert empty == [",".join(roster_formats.CSV_FIELDS)]
+
+
 # -- refusals: nothing changes, and the sender learns every problem ----------------------------
 
 def test_a_fourth_ssc_is_refused(f: Flow) -> None:

@@ -122,11 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("roster", help="the Security and Stability Contacts of each ccTLD")
     rsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    r = rsub.add_parser("list", help="the current roster, by ccTLD")
+    r = rsub.add_parser("show", help="the current roster as the broadcast shows it")
     _common(r)
-    _json_flag(r)
-    r.add_argument("--tld", help="only this ccTLD (A-label)")
-    r.set_defaults(func=cmd_roster_list)
+    r.add_argument("--tld", help="only this ccTLD (A-label or U-label)")
+    r.set_defaults(func=cmd_roster_export, format="text")
+    r = rsub.add_parser("export", help="the current roster for import elsewhere")
+    _common(r)
+    r.add_argument("--format", choices=["text", "csv", "vcard", "json"], default="csv")
+    r.add_argument("--tld", help="only this ccTLD (A-label or U-label)")
+    r.set_defaults(func=cmd_roster_export)
 
     p = sub.add_parser("iana", help="IANA administrative contacts of ccTLDs")
     isub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -378,23 +382,25 @@ def cmd_queue_decide(args: argparse.Namespace) -> int:
     return EXIT_OK if result.ok else EXIT_ERROR
 
 
-def cmd_roster_list(args: argparse.Namespace) -> int:
-    from . import roster
+def cmd_roster_export(args: argparse.Namespace) -> int:
+    """The roster in a format (stdout); personal data, so only for the operator's eyes."""
+    from . import iana, roster, roster_formats
 
-    conn = open_db(load_config(args))
-    tlds = [args.tld.lower().lstrip(".")] if args.tld else [
-        r[0] for r in conn.execute("SELECT DISTINCT tld FROM roster ORDER BY tld")]
-    listing = {tld: roster.current(conn, tld) for tld in tlds}
-    if args.json:
-        _print_json({tld: roster.as_dicts(entries) for tld, entries in listing.items()})
-        return EXIT_OK
-    if not any(listing.values()):
-        print("the roster is empty" if not args.tld else f"no SSCs for .{tlds[0]}")
-        return EXIT_OK
-    for tld, entries in listing.items():
-        print(f".{tld}")
-        for e in entries:
-            print(f"  {roster.line(e)}")
+    cfg = load_config(args)
+    conn = open_db(cfg)
+    if args.tld:
+        try:
+            tlds = [iana.tld_labels(args.tld)[0]]
+        except ValueError as e:
+            raise CliError(str(e)) from e
+    else:
+        tlds = [r[0] for r in conn.execute("SELECT DISTINCT tld FROM roster ORDER BY tld")]
+    table = roster_formats.rows({tld: roster.current(conn, tld) for tld in tlds})
+    label, now = f"TLP:{cfg['broadcast.tlp']}", time.time()
+    out = {"text": lambda: roster_formats.text(table, now, label),
+           "csv": lambda: roster_formats.to_csv(table), "vcard": lambda: roster_formats.to_vcard(table),
+           "json": lambda: roster_formats.to_json(table, now, label)}[args.format]()
+    sys.stdout.write(out)
     return EXIT_OK
 
 
