@@ -61,6 +61,9 @@ class DaemonProc:
             "storage.state_dir": str(self.state_dir),
             "rules.dir": str(workdir / "rules"),
             "log.level": "debug",
+            # The broadcast has its own tests; elsewhere its calendar (the real clock) must
+            # not add mail to what a test counts.
+            "broadcast.enabled": False,
             # Never leave loopback: DNS and IANA point at a closed local port unless a test
             # starts real servers for them (port 9, discard, is closed here: refused at once).
             "dns.nameservers": ["127.0.0.1"],

@@ -132,6 +132,28 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tld", help="only this ccTLD (A-label or U-label)")
     r.set_defaults(func=cmd_roster_export)
 
+    p = sub.add_parser("broadcast", help="the roster mail every SSC receives")
+    bsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    b = bsub.add_parser("now", help="send the roster to every SSC now (besides the schedule)")
+    _common(b)
+    _json_flag(b)
+    b.set_defaults(func=cmd_broadcast_now)
+    b = bsub.add_parser("status", help="the latest broadcasts and their deliveries")
+    _common(b)
+    _json_flag(b)
+    b.set_defaults(func=cmd_broadcast_status)
+    b = bsub.add_parser("preview", help="print the broadcast mail as it would go out (nothing is sent)")
+    _common(b)
+    b.set_defaults(func=cmd_broadcast_preview)
+
+    p = sub.add_parser("dkim", help="the daemon's own DKIM key (for the broadcast)")
+    ksub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    k = ksub.add_parser("keygen", help="make a key pair; print the DNS TXT record to publish")
+    _common(k)
+    k.add_argument("--type", choices=["rsa", "ed25519"], default="rsa", help="RSA-2048 or Ed25519")
+    k.add_argument("--out", type=Path, required=True, help="file for the private key (created 0600)")
+    k.set_defaults(func=cmd_dkim_keygen)
+
     p = sub.add_parser("iana", help="IANA administrative contacts of ccTLDs")
     isub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     i = isub.add_parser("show", help="a ccTLD's administrative contact address, and where it came from")
@@ -401,6 +423,63 @@ def cmd_roster_export(args: argparse.Namespace) -> int:
            "csv": lambda: roster_formats.to_csv(table), "vcard": lambda: roster_formats.to_vcard(table),
            "json": lambda: roster_formats.to_json(table, now, label)}[args.format]()
     sys.stdout.write(out)
+    return EXIT_OK
+
+
+def cmd_broadcast_now(args: argparse.Namespace) -> int:
+    from . import broadcast
+
+    cfg = load_config(args)
+    conn = open_db(cfg)
+    now = time.time()
+    period = f"manual-{dt.datetime.fromtimestamp(now, dt.UTC):%Y-%m-%dT%H:%M:%S.%fZ}"
+    count = _in_transaction(conn, lambda c: broadcast.claim_and_queue(c, cfg, period, "manual", now))
+    if args.json:
+        _print_json({"period": period, "recipients": count})
+    else:
+        print(f"{period}: roster queued to {count} SSCs (the daemon sends it; see 'broadcast status')")
+    return EXIT_OK
+
+
+def cmd_broadcast_status(args: argparse.Namespace) -> int:
+    from . import broadcast
+
+    rows = broadcast.status(open_db(load_config(args)))
+    if args.json:
+        _print_json(rows)
+        return EXIT_OK
+    if not rows:
+        print("no broadcast yet")
+    for r in rows:
+        print(f"{r['period']:<36} {_when(r['claimed_at'])}  {r['recipients']:>5} SSCs: {r['sent']} sent,"
+              f" {r['queued']} queued, {r['failed']} failed  [{r['tlp']}]")
+    return EXIT_OK
+
+
+def cmd_broadcast_preview(args: argparse.Namespace) -> int:
+    from . import broadcast
+
+    cfg = load_config(args)
+    built = broadcast.build(open_db(cfg), cfg, time.time(), "preview")
+    sys.stdout.write(built.raw.decode("utf-8", "replace").replace("\r\n", "\n"))
+    print(f"\n(to {len(built.recipients)} SSCs; nothing was sent)", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_dkim_keygen(args: argparse.Namespace) -> int:
+    from . import dkim_keys
+
+    cfg = load_config(args)
+    if args.out.exists():
+        raise CliError(f"{args.out} exists: not overwriting a key")
+    private, record = dkim_keys.generate(args.type)
+    fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(private)
+    selector = cfg["broadcast.dkim_selector"]
+    print(f"private key written to {args.out}; set broadcast.dkim_key to it. Publish:")
+    chunks = " ".join(f'"{record[i:i + 250]}"' for i in range(0, len(record), 250))  # 255 a string
+    print(f'{selector}._domainkey.{cfg["server.domain"]}. IN TXT ( {chunks} )')
     return EXIT_OK
 
 

@@ -69,6 +69,10 @@ def _one_of(*choices: str) -> Check:
     return check
 
 
+def _bool(v: Any) -> str | None:
+    return None if isinstance(v, bool) else "true or false"
+
+
 def _path_or_empty(v: Any) -> str | None:
     if not isinstance(v, str) or "\0" in v:
         return "a file path, or \"\" for none"
@@ -290,6 +294,23 @@ SCHEMA: tuple[Key, ...] = (
     Key("validation", "expire_after", 14 * 86400.0, _float_range(1, 365 * 86400),
         "Seconds a request may wait for a Validator before it expires (the requester is "
         "told). Escalated requests do not expire."),
+    Key("broadcast", "enabled", True, _bool,
+        "Send the roster to every SSC on the schedule below. false: only `tldops broadcast now`."),
+    Key("broadcast", "weekday", "monday", _one_of("monday", "tuesday", "wednesday", "thursday",
+                                                  "friday", "saturday", "sunday"),
+        "The day of the broadcasts: monthly on the first such day of the month, and weekly on "
+        "it when the roster changed since the last broadcast."),
+    Key("broadcast", "hour", 9, _int_range(0, 23), "The hour (UTC) of the broadcasts."),
+    Key("broadcast", "weekly_if_changed", True, _bool,
+        "Also broadcast weekly when the roster changed since the last broadcast."),
+    Key("broadcast", "catch_up", 3 * 86400.0, _float_range(0, 31 * 86400),
+        "A daemon that was down when a broadcast was due sends it when it comes back, once, "
+        "if that is within this many seconds of the due time (else the next one is awaited)."),
+    Key("broadcast", "dkim_key", "", _path_or_empty,
+        "Private key the broadcast is DKIM-signed with (`tldops dkim keygen` makes one: "
+        "RSA-2048 PEM or Ed25519). Empty: unsigned."),
+    Key("broadcast", "dkim_selector", "tldops", _string(r"[a-z0-9][a-z0-9-]{0,62}", "a DNS label"),
+        "Selector of that key: its TXT record is SELECTOR._domainkey.DOMAIN."),
     Key("broadcast", "tlp", "AMBER", _one_of("RED", "AMBER+STRICT", "AMBER", "GREEN", "CLEAR"),
         "The TLP label of the roster, in the Subject ([TLP:AMBER] ...) of every mail that "
         "carries roster data. A reply is never labelled less strictly than what it answers "

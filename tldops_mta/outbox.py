@@ -110,7 +110,7 @@ def enqueue(raw: bytes, mail_from: str, rcpts: Sequence[str], purpose: str,
 
 def due(conn: sqlite3.Connection, now: float, limit: int) -> list[Due]:
     rows = conn.execute(
-        "SELECT d.id, d.message_id, d.rcpt, d.attempts, m.mail_from, m.raw"
+        "SELECT d.id, d.message_id, d.rcpt, d.attempts, coalesce(d.mail_from, m.mail_from), m.raw"
         " FROM outbox_deliveries d JOIN outbox_messages m ON m.id = d.message_id"
         " WHERE d.status = 'queued' AND d.next_attempt_at <= ? ORDER BY d.next_attempt_at, d.id"
         " LIMIT ?", (now, limit)).fetchall()

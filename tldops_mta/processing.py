@@ -21,6 +21,7 @@ from typing import Any
 
 from . import config as config_mod
 from . import logs, rules, spool, storage, work_due
+from .broadcast import BroadcastClock
 from .child import die_with_parent, yield_to_intake
 from .decision_desk import DecisionDesk
 from .dispatch import Dispatcher
@@ -61,10 +62,13 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
     deliverer = Deliverer(cfg, writer, reader)
     clock = QueueClock(live, writer, reader)
     clock.on_mail = deliverer.wake
+    broadcaster = BroadcastClock(lambda: live.cfg, writer, reader)
+    broadcaster.on_mail = deliverer.wake
 
     def after_outcomes() -> None:
         deliverer.wake()  # outcomes may have queued mail
         clock.wake()  # and made requests whose reminders and expiry the clock must time
+        broadcaster.wake()  # or changed the roster, which a weekly broadcast may be due for
 
     worker.on_outcomes = after_outcomes
     stop = asyncio.Event()
@@ -82,7 +86,8 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
                 await asyncio.wait_for(stop.wait(), check)
             if stop.is_set() or max_idle <= 0:
                 continue
-            idle_for = time.monotonic() - max(worker.active_at, deliverer.active_at, clock.active_at)
+            idle_for = time.monotonic() - max(worker.active_at, deliverer.active_at, clock.active_at,
+                                              broadcaster.active_at)
             if idle_for < max_idle:
                 continue
             nxt = await reader.run(lambda c: work_due.next_work_at(c, live.cfg))
@@ -122,7 +127,8 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
     loop.add_signal_handler(signal.SIGHUP, reload)
     tasks = [asyncio.create_task(worker.run(), name="worker"),
              asyncio.create_task(deliverer.run(), name="outbox"),
-             asyncio.create_task(clock.run(), name="queue-clock")]
+             asyncio.create_task(clock.run(), name="queue-clock"),
+             asyncio.create_task(broadcaster.run(), name="broadcast")]
     if wake_fd is not None:  # run by the SMTP process, which starts it again on demand
         tasks.append(asyncio.create_task(exit_when_idle(), name="idle"))
     log.info("worker ready", pid=os.getpid(), requeued=requeued)
@@ -130,6 +136,7 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
     worker.stop()
     deliverer.stop()
     clock.stop()
+    broadcaster.stop()
     await asyncio.gather(*tasks)
     await writer.close()
     reader.close()

@@ -1,0 +1,134 @@
+"""The roster broadcast (issue 6): content, DKIM, VERP, exactly once per period.
+
+The daemon's DKIM key is made with `tldops dkim keygen` and published in the loopback DNS
+server; the signature is checked by dkimpy resolving it there. Mail goes to a real SMTP sink.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from email.message import Message
+from pathlib import Path
+from typing import Any
+
+import dkim
+import dns.message
+import dns.query
+import dns.rdatatype
+import pytest
+from test_workflow import JANE, JOHN, MARY, Flow, flow, subscribed
+
+from tldops_mta import roster_formats
+from tldops_mta.policy import RosterEntry
+
+
+def keygen(workdir: Path, kind: str = "rsa") -> tuple[Path, str, str]:
+    """(key file, TXT owner name, TXT value), as `tldops dkim keygen` makes and prints them."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    key = workdir / f"broadcast-{kind}.key"
+    out = subprocess.run([sys.executable, "-m", "tldops_mta", "dkim", "keygen", "--type", kind,
+                          "--out", str(key)], capture_output=True, text=True, timeout=60, check=True)
+    m = re.search(r"^(\S+)\. IN TXT \( (.*) \)$", out.stdout, re.MULTILINE)
+    assert m, out.stdout
+    return key, m.group(1), "".join(re.findall(r'"([^"]*)"', m.group(2)))
+
+
+@contextlib.contextmanager
+def broadcasting(tmp_path: Path, kind: str = "rsa", **settings: Any) -> Iterator[Flow]:
+    key, name, value = keygen(tmp_path / "keys", kind)
+    with flow(tmp_path / "daemon", **{"broadcast.dkim_key": str(key), **settings}) as f:
+        f.env.dns.set_txt(name, [value])
+        yield f
+
+
+def verifies(f: Flow, raw: bytes) -> bool:
+    """dkimpy's verdict, with the key resolved from the test DNS server over real DNS."""
+    def dnsfunc(name: bytes, timeout: int = 5) -> bytes:
+        q = dns.message.make_query(name.decode().rstrip("."), dns.rdatatype.TXT)
+        answer = dns.query.udp(q, f.env.dns.host, port=f.env.dns.port, timeout=timeout)
+        return b"".join(b"".join(r.strings) for rrset in answer.answer for r in rrset)
+
+    return bool(dkim.verify(raw, dnsfunc=dnsfunc))
+
+
+def attachment(m: Message, filename: str) -> str:
+    for part in m.walk():
+        if part.get_filename() == filename:
+            payload = part.get_payload(decode=True)
+            assert isinstance(payload, bytes)
+            return payload.decode("utf-8")
+    raise AssertionError(f"no attachment {filename}")
+
+
+def broadcast_to(f: Flow, rcpt: str) -> list[Any]:
+    return [r for r in f.sink.to(rcpt) if b"TLD-OPS roster" in r.data.split(b"\r\n\r\n", 1)[0]]
+
+
+@pytest.mark.parametrize("kind", ["rsa", "ed25519"])
+def test_broadcast_content_is_signed_once_and_sent_to_each_ssc_with_its_own_return_path(
+        tmp_path: Path, kind: str) -> None:
+    with broadcasting(tmp_path, kind) as f:
+        subscribed(f, JANE, JOHN, MARY)
+        now = f.tldops("broadcast", "now", "--json")
+        assert now.returncode == 0 and '"recipients": 3' in now.stdout
+        got = [f.sink.wait_for(lambda r, a=s[4]: a in r.rcpt_tos and b"TLD-OPS roster" in r.data)
+               for s in (JANE, JOHN, MARY)]
+        assert len({r.mail_from for r in got}) == 3  # VERP: one return path per SSC
+        assert all(re.fullmatch(r"bounces\+b\d+@tld-ops\.localhost", r.mail_from) for r in got)
+        signatures = set()
+        for r in got:
+            assert verifies(f, r.data)
+            m = email.message_from_bytes(r.data)
+            signatures.add(m["DKIM-Signature"])
+            assert m["Subject"].startswith("[TLP:AMBER] TLD-OPS roster ")
+            assert "1 ccTLDs, 3 contacts" in m["Subject"]
+            text = r.data.decode()
+            assert "Mary Poe (third)" in text and "+35621334457  mary.poe@nic.org.mt" in text
+            want = {"mt": [RosterEntry(*x) for x in f.roster()]}
+            assert roster_formats.from_csv(attachment(m, "tld-ops-roster.csv")) == want
+            assert roster_formats.from_vcard(attachment(m, "tld-ops-roster.vcf")) == want
+        assert len(signatures) == 1  # built and signed once
+        status = f.tldops("broadcast", "status").stdout
+        assert "3 SSCs:" in status and "[TLP:AMBER]" in status
+
+
+def test_a_missed_period_is_caught_up_once_and_never_again_after_restarts(tmp_path: Path) -> None:
+    # The catch-up window reaches back past the month's first Monday, so the daemon finds
+    # this month's broadcast missed: it must send it once, and only once.
+    with broadcasting(tmp_path, **{"broadcast.enabled": True, "broadcast.catch_up": 31 * 86400.0,
+                                   "broadcast.weekly_if_changed": False}) as f:
+        subscribed(f, JANE, JOHN)
+        queued = f.d.wait_for("roster broadcast queued")
+        assert queued["period"].startswith("monthly-") and queued["recipients"] == 2
+        for s in (JANE, JOHN):
+            f.sink.wait_for(lambda r, a=s[4]: a in r.rcpt_tos and b"TLD-OPS roster" in r.data)
+        for _ in range(2):
+            f.restart()
+            f.env.processed(f.env.send(b"From: x@y.example\r\nSubject: hi\r\n\r\nhi\r\n",
+                                       mail_from="x@y.example", rcpts=("postmaster@tld-ops.localhost",)))
+            f.d.wait_for("no roster broadcast due")  # the clock looked, after the restart
+        assert f.d.query("SELECT count(*) FROM broadcasts") == [(1,)]
+        assert [len(broadcast_to(f, s[4])) for s in (JANE, JOHN)] == [1, 1]
+
+
+def test_a_restart_in_the_middle_of_sending_resumes_without_duplicates(tmp_path: Path) -> None:
+    with broadcasting(tmp_path) as f:
+        subscribed(f, JANE, JOHN, MARY)
+        f.sink.reply = "451 4.3.0 try later"  # nothing gets through: the broadcast is mid-way
+        assert f.tldops("broadcast", "now").returncode == 0
+        f.d.wait_count("delivery deferred", 3)
+        f.d.kill()  # kill -9 in the middle
+        f.sink.reply = "250 2.0.0 OK"
+        f.d.start()
+        for s in (JANE, JOHN, MARY):
+            f.sink.wait_for(lambda r, a=s[4]: a in r.rcpt_tos and b"TLD-OPS roster" in r.data)
+        sql = ("SELECT status, count(*) FROM outbox_deliveries d JOIN outbox_messages m"
+               " ON m.id = d.message_id WHERE m.purpose = 'broadcast' GROUP BY status")
+        while f.d.query(sql) != [("sent", 3)]:  # the sink has them; the daemon records each after
+            f.d.wait_count("mail delivered", len(f.d.events("mail delivered")) + 1)
+        assert [len(broadcast_to(f, s[4])) for s in (JANE, JOHN, MARY)] == [1, 1, 1]
