@@ -11,6 +11,7 @@ import email
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from email.message import Message
 from pathlib import Path
@@ -21,6 +22,7 @@ import dns.message
 import dns.query
 import dns.rdatatype
 import pytest
+from auth_env import ATTACKER, now_date
 from test_workflow import JANE, JOHN, MARY, Flow, flow, subscribed
 
 from tldops_mta import roster_formats
@@ -132,3 +134,46 @@ def test_a_restart_in_the_middle_of_sending_resumes_without_duplicates(tmp_path:
         while f.d.query(sql) != [("sent", 3)]:  # the sink has them; the daemon records each after
             f.d.wait_count("mail delivered", len(f.d.events("mail delivered")) + 1)
         assert [len(broadcast_to(f, s[4])) for s in (JANE, JOHN, MARY)] == [1, 1, 1]
+
+
+# -- who@ -------------------------------------------------------------------------------------
+
+def who_query(f: Flow, sender: str, *, sign: bool) -> tuple[str, str]:
+    raw = (f"From: {sender}\r\nTo: who@tld-ops.localhost\r\nSubject: who\r\nDate: {now_date()}\r\n"
+           f"Message-ID: <who-{sender}-{time.time_ns()}@nic.org.mt>\r\n\r\nroster please\r\n").encode()
+    if sign:
+        raw = f.env.signed(raw)  # nic.org.mt's key: the SSCs' domain here
+    return f.env.processed(f.env.send(raw, mail_from=sender, rcpts=("who@tld-ops.localhost",)))
+
+
+def test_who_from_a_member_with_dkim_gets_the_roster_as_broadcast(tmp_path: Path) -> None:
+    with broadcasting(tmp_path) as f:
+        subscribed(f, JANE, JOHN)
+        assert who_query(f, JANE[4], sign=True) == ("done", "who: roster sent (DKIM)")
+        got = f.sink.wait_for(lambda r: JANE[4] in r.rcpt_tos and b"TLD-OPS roster" in r.data)
+        assert verifies(f, got.data) and b"+35621334456  john.roe@nic.org.mt" in got.data
+
+
+def test_who_without_dkim_goes_through_a_token_to_the_roster_address(tmp_path: Path) -> None:
+    with broadcasting(tmp_path) as f:
+        subscribed(f, JANE, JOHN)
+        assert who_query(f, JANE[4], sign=False) == ("done", "who: token sent to the roster address")
+        ask = f.mail_to(JANE[4], "Please confirm your roster query")
+        assert b"+356" not in ask.as_bytes()  # the token mail holds no roster data
+        confirm = str(ask["Reply-To"])
+        assert f.answer(confirm, ATTACKER)[0] == "rejected"
+        assert f.answer(confirm, JANE[4]) == ("done", "who: roster sent (token)")
+        f.sink.wait_for(lambda r: JANE[4] in r.rcpt_tos and b"TLD-OPS roster" in r.data)
+        # A flood of forged queries makes one token mail, not one each.
+        assert who_query(f, JOHN[4], sign=False)[1] == "who: token sent to the roster address"
+        assert who_query(f, JOHN[4], sign=False)[1] == "who: a token was sent lately; not again"
+
+
+def test_who_from_anyone_else_is_refused_with_no_roster_data(tmp_path: Path) -> None:
+    with broadcasting(tmp_path) as f:
+        subscribed(f, JANE, JOHN)
+        status, reason = who_query(f, "someone@nic.org.mt", sign=True)
+        assert status == "rejected" and "only to its Security and Stability Contacts" in reason
+        refusal = f.mail_to("someone@nic.org.mt", "No roster")
+        assert b"+356" not in refusal.as_bytes() and b"jane" not in refusal.as_bytes().lower()
+        assert broadcast_to(f, "someone@nic.org.mt") == []

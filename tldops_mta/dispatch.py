@@ -14,6 +14,7 @@ from .live import Live
 from .message_facts import MessageFacts
 from .recipients import Service, classify
 from .request_auth import Authenticator
+from .who_desk import WhoDesk
 from .worker import classify_only
 
 ORDER = (Service.CONFIRM, Service.DECIDE, Service.REQUESTS, Service.UPDATE, Service.WHO,
@@ -21,10 +22,11 @@ ORDER = (Service.CONFIRM, Service.DECIDE, Service.REQUESTS, Service.UPDATE, Serv
 
 
 class Dispatcher:
-    def __init__(self, live: Live, auth: Authenticator, desk: DecisionDesk) -> None:
+    def __init__(self, live: Live, auth: Authenticator, desk: DecisionDesk, who: WhoDesk) -> None:
         self.rt = live
         self.auth = auth
         self.desk = desk
+        self.who = who
 
     async def __call__(self, p: spool.Pending, facts: MessageFacts,
                        services: frozenset[Service]) -> spool.Outcome:
@@ -39,6 +41,8 @@ class Dispatcher:
             return await self.auth.handle_confirmation(p, facts, tag)
         if first is Service.REQUESTS:
             return await self.auth.handle_request(p, facts)
+        if first is Service.WHO:
+            return await self.who.handle(p, facts)
         if first is Service.HELP:
             return await handle_help(self.rt, p, facts)
         return await classify_only(p, facts, services)

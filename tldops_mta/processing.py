@@ -31,6 +31,7 @@ from .live import Live
 from .outbox import Deliverer
 from .queue_clock import QueueClock
 from .request_auth import Authenticator
+from .who_desk import WhoDesk
 from .worker import Worker
 
 IDLE_CHECK = 5.0
@@ -58,7 +59,8 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
     live = Live(cfg, rules.load(cfg.rules_dir))
     auth = Authenticator(live, writer, reader, KeyResolver.from_config(cfg),
                          IanaClient(cfg, writer, reader), offload=False)
-    worker = Worker(live, writer, reader, Dispatcher(live, auth, DecisionDesk(live, writer, reader, auth)))
+    worker = Worker(live, writer, reader, Dispatcher(live, auth, DecisionDesk(live, writer, reader, auth),
+                                                     WhoDesk(live, writer, reader, auth)))
     deliverer = Deliverer(cfg, writer, reader)
     clock = QueueClock(live, writer, reader)
     clock.on_mail = deliverer.wake

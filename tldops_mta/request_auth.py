@@ -16,7 +16,20 @@ from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from . import addresses, auto_reply, decisions, logs, outbox, policy, roster, spool, texts, tlp, tokens
+from . import (
+    addresses,
+    auto_reply,
+    broadcast,
+    decisions,
+    logs,
+    outbox,
+    policy,
+    roster,
+    spool,
+    texts,
+    tlp,
+    tokens,
+)
 from .auth_decision import Decision, IanaView, MessageView, Verdict, decide
 from .config import Config
 from .dkim_verify import DkimReport, KeyResolver, authentication_results, verify
@@ -232,6 +245,9 @@ class Authenticator:
             log.info("decision confirmed", request_id=redemption.request_id, result=redemption.reason)
             return spool.Outcome(p.id, spool.Status.DONE, f"decision confirmed: {redemption.reason}",
                                  ("confirm",))
+        if redemption.purpose == broadcast.PURPOSE_WHO:
+            log.info("who confirmed")
+            return spool.Outcome(p.id, spool.Status.DONE, "who: roster sent (token)", ("confirm",))
         if redemption.purpose == decisions.PURPOSE_WITHDRAW:
             log.info("withdrawal", request_id=redemption.request_id, result=redemption.reason)
             return spool.Outcome(p.id, spool.Status.DONE, f"withdrawal: {redemption.reason}",
@@ -330,12 +346,16 @@ def _redeem(live: Live, token: str, sender_key: str, now: float, spool_id: int,
     ``validation.decision_auth`` allows confirming it) is made; a request is withdrawn by
     the administrative contact who sent it."""
     use = tokens.redeem(token, frozenset({PURPOSE_CONFIRM, decisions.PURPOSE_CONFIRM_DECISION,
-                                          decisions.PURPOSE_WITHDRAW}), sender_key, now, spool_id)
+                                          decisions.PURPOSE_WITHDRAW, broadcast.PURPOSE_WHO}),
+                        sender_key, now, spool_id)
 
     def job(conn: sqlite3.Connection) -> tokens.Redemption:
         r = use(conn)
         if r.request_id is None:
             return r
+        if r.purpose == broadcast.PURPOSE_WHO:
+            broadcast.send_one(conn, live.cfg, sender_key, now)  # to the roster address it was sent to
+            return tokens.Redemption(r.request_id, "roster sent", r.purpose)
         if r.purpose == decisions.PURPOSE_WITHDRAW:
             by = decisions.By(Actor.ADMIN, sender_key, "token")
             result = decisions.act(live, conn, r.request_id, Event.WITHDRAW, by,

@@ -26,6 +26,8 @@ FIELDS: dict[str, frozenset[str]] = {
                              "reason", "validator"}),
     "received": frozenset({"id", "tld", "action", "diff", "withdraw_address"}),
     "decision": frozenset({"id", "tld", "result"}),
+    "who_refusal": frozenset({"reason", "help"}),
+    "who_confirmation": frozenset({"confirm_address"}),
     "decision_confirmation": frozenset({"id", "tld", "decision", "confirm_address", "expires"}),
     "outcome": frozenset({"id", "tld", "action", "outcome", "reason", "diff"}),
     "welcome": frozenset({"tld", "name", "roster", "who", "update", "help"}),

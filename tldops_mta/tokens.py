@@ -26,7 +26,7 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("ascii", "replace")).hexdigest()
 
 
-def issue(token: str, purpose: str, request_id: int, address: str, *, now: float,
+def issue(token: str, purpose: str, request_id: int | None, address: str, *, now: float,
           ttl: float, payload: str | None = None) -> Callable[[sqlite3.Connection], None]:
     """``payload``: what redeeming it carries out, when the purpose needs more than the
     request (a Validator's decision waiting for confirmation)."""
@@ -68,7 +68,7 @@ def redeem(token: str, purposes: frozenset[str], sender_key: str | None, now: fl
             return Redemption(None, "answer does not come from the address the token was sent to")
         conn.execute("UPDATE tokens SET used_at = ?, used_by = ? WHERE hash = ?",
                      (now, spool_id, token_hash(token)))
-        return Redemption(int(request_id), "confirmed", purpose, payload)
+        return Redemption(int(request_id or 0), "confirmed", purpose, payload)
 
     return job
 

@@ -13,3 +13,21 @@ CREATE TABLE broadcasts (
 -- VERP: a delivery may have its own envelope sender (bounces+TAG@), so a bounce names the
 -- recipient it is about; NULL means the message's.
 ALTER TABLE outbox_deliveries ADD COLUMN mail_from TEXT;
+
+-- Tokens that answer no request (an SSC's "who" query confirmed by token): request_id may
+-- now be NULL. SQLite cannot drop a NOT NULL in place, so the table is rebuilt.
+CREATE TABLE tokens_new (
+    hash        TEXT    PRIMARY KEY,
+    purpose     TEXT    NOT NULL,
+    request_id  INTEGER REFERENCES requests (id),  -- NULL for a token about no request
+    address     TEXT    NOT NULL,
+    created_at  REAL    NOT NULL,
+    expires_at  REAL    NOT NULL,
+    used_at     REAL,
+    used_by     INTEGER,
+    payload     TEXT
+);
+INSERT INTO tokens_new (hash, purpose, request_id, address, created_at, expires_at, used_at, used_by, payload)
+    SELECT hash, purpose, request_id, address, created_at, expires_at, used_at, used_by, payload FROM tokens;
+DROP TABLE tokens;
+ALTER TABLE tokens_new RENAME TO tokens;

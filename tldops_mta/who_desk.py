@@ -1,0 +1,93 @@
+"""who@: a subscribed SSC asks for the current roster, and gets it as the broadcast is.
+
+Only an SSC: the From address (strictly parsed) must be on the roster. Verified by a DKIM
+signature of its domain that counts, the roster goes back at once; otherwise a one-time
+token goes to that roster address and the roster follows the answer to it, so the roster
+only ever goes to an address on it. Anyone else gets a short refusal with no roster data
+(auto_reply's rules: once a day, never to robots).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+from . import addresses, auto_reply, broadcast, logs, outbox, spool, texts, tlp, tokens
+from .dkim_verify import verify
+from .live import Live
+from .message_facts import MessageFacts
+from .request_auth import Authenticator
+from .request_form import body_text
+from .storage import Reader, Writer
+
+TOKEN_GAP = 600.0
+"""At most one token mail per SSC in this many seconds: forged queries cannot flood an inbox."""
+
+
+def is_member(conn: sqlite3.Connection, address: str) -> bool:
+    row = conn.execute("SELECT 1 FROM roster WHERE lower(email) = ? LIMIT 1", (address.lower(),))
+    return row.fetchone() is not None
+
+
+class WhoDesk:
+    def __init__(self, live: Live, writer: Writer, reader: Reader, auth: Authenticator) -> None:
+        self.rt = live
+        self.writer = writer
+        self.reader = reader
+        self.auth = auth
+        self.log = logs.get("who")
+
+    async def handle(self, p: spool.Pending, facts: MessageFacts) -> spool.Outcome:
+        cfg = self.rt.cfg
+        log = self.log.bind(queue_id=p.queue_id)
+        now = time.time()
+        if not auto_reply.may_answer(self.rt, p, facts):
+            return spool.Outcome(p.id, spool.Status.DONE, "who: no answer to a robot or a null sender",
+                                 ("who",))
+        try:
+            sender = addresses.parse_single(facts.from_value or "", field="From")
+        except addresses.AddressError as e:
+            return self._refusal(p, facts, e.reason)
+        if not await self.reader.run(is_member, sender.key):
+            log.info("who refused: not an SSC")
+            return self._refusal(p, facts, "the roster goes only to its Security and Stability Contacts")
+        report = await verify(p.raw, self.auth.resolver, min_rsa_bits=cfg["dkim.min_rsa_bits"], now=now,
+                              offload=self.auth.offload)
+        alignment = cfg["dkim.alignment"]
+        live, to = self.rt, sender.key
+        if report.counting(sender.domain, alignment):
+            await self.writer.run(lambda conn: broadcast.send_one(conn, live.cfg, to, now))
+            log.info("who answered", dkim=True)
+            return spool.Outcome(p.id, spool.Status.DONE, "who: roster sent (DKIM)", ("who",))
+        if report.temporary(sender.domain, alignment):
+            return spool.Outcome(p.id, spool.Status.RECEIVED, "waiting: DKIM key lookup failed", ("who",),
+                                 retry_at=now + float(cfg["worker.retry_base"]), counts_attempt=False)
+        label = tlp.of_message(facts.subject or "", body_text(facts.message or p.raw))
+
+        def ask(conn: sqlite3.Connection) -> bool:
+            last = conn.execute("SELECT max(created_at) FROM tokens WHERE purpose = ? AND address = ?",
+                                (broadcast.PURPOSE_WHO, to)).fetchone()[0]
+            if last is not None and last > now - TOKEN_GAP:
+                return False
+            token = tokens.new_token()
+            ttl = float(cfg["auth.token_ttl"])
+            tokens.issue(token, broadcast.PURPOSE_WHO, None, to, now=now, ttl=ttl)(conn)
+            address = live.service_address("confirm", token)
+            subject, body = texts.render(live.rules, "who_confirmation", {"confirm_address": address})
+            raw = outbox.compose(from_addr=f"TLD-OPS <{address}>", to=to, subject=subject, body=body,
+                                 domain=str(cfg["server.domain"]), tlp=label, reply_to=address,
+                                 in_reply_to=facts.message_id, auto="auto-replied")
+            outbox.enqueue(raw, live.service_address("bounces", "who"), [to], "who-token")(conn)
+            return True
+
+        asked = await self.writer.run(ask)
+        log.info("who needs confirmation", token_sent=asked)
+        return spool.Outcome(p.id, spool.Status.DONE,
+                             "who: token sent to the roster address" if asked else
+                             "who: a token was sent lately; not again", ("who",))
+
+    def _refusal(self, p: spool.Pending, facts: MessageFacts, why: str) -> spool.Outcome:
+        subject, body = texts.render(self.rt.rules, "who_refusal", {
+            "reason": why, "help": self.rt.service_address("help")})
+        effect = auto_reply.reply(self.rt, p, facts, kind="who", subject=subject, body=body)
+        return spool.Outcome(p.id, spool.Status.REJECTED, f"who: {why}", ("who",), effects=(effect,))
