@@ -14,6 +14,7 @@ from .live import Live
 from .message_facts import MessageFacts
 from .recipients import Service, classify
 from .request_auth import Authenticator
+from .update_desk import UpdateDesk
 from .who_desk import WhoDesk
 from .worker import classify_only
 
@@ -22,11 +23,13 @@ ORDER = (Service.CONFIRM, Service.DECIDE, Service.REQUESTS, Service.UPDATE, Serv
 
 
 class Dispatcher:
-    def __init__(self, live: Live, auth: Authenticator, desk: DecisionDesk, who: WhoDesk) -> None:
+    def __init__(self, live: Live, auth: Authenticator, desk: DecisionDesk, who: WhoDesk,
+                 update: UpdateDesk) -> None:
         self.rt = live
         self.auth = auth
         self.desk = desk
         self.who = who
+        self.update = update
 
     async def __call__(self, p: spool.Pending, facts: MessageFacts,
                        services: frozenset[Service]) -> spool.Outcome:
@@ -41,6 +44,8 @@ class Dispatcher:
             return await self.auth.handle_confirmation(p, facts, tag)
         if first is Service.REQUESTS:
             return await self.auth.handle_request(p, facts)
+        if first is Service.UPDATE:
+            return await self.update.handle(p, facts)
         if first is Service.WHO:
             return await self.who.handle(p, facts)
         if first is Service.HELP:

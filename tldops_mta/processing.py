@@ -31,6 +31,7 @@ from .live import Live
 from .outbox import Deliverer
 from .queue_clock import QueueClock
 from .request_auth import Authenticator
+from .update_desk import UpdateDesk
 from .who_desk import WhoDesk
 from .worker import Worker
 
@@ -60,7 +61,8 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
     auth = Authenticator(live, writer, reader, KeyResolver.from_config(cfg),
                          IanaClient(cfg, writer, reader), offload=False)
     worker = Worker(live, writer, reader, Dispatcher(live, auth, DecisionDesk(live, writer, reader, auth),
-                                                     WhoDesk(live, writer, reader, auth)))
+                                                     WhoDesk(live, writer, reader, auth),
+                                                     UpdateDesk(live, writer, reader)))
     deliverer = Deliverer(cfg, writer, reader)
     clock = QueueClock(live, writer, reader)
     clock.on_mail = deliverer.wake

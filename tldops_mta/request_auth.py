@@ -29,6 +29,7 @@ from . import (
     texts,
     tlp,
     tokens,
+    update_desk,
 )
 from .auth_decision import Decision, IanaView, MessageView, Verdict, decide
 from .config import Config
@@ -245,6 +246,9 @@ class Authenticator:
             log.info("decision confirmed", request_id=redemption.request_id, result=redemption.reason)
             return spool.Outcome(p.id, spool.Status.DONE, f"decision confirmed: {redemption.reason}",
                                  ("confirm",))
+        if redemption.purpose == update_desk.PURPOSE_SELF_UPDATE:
+            log.info("self-update confirmed", result=redemption.reason)
+            return spool.Outcome(p.id, spool.Status.DONE, f"update: {redemption.reason}", ("confirm",))
         if redemption.purpose == broadcast.PURPOSE_WHO:
             log.info("who confirmed")
             return spool.Outcome(p.id, spool.Status.DONE, "who: roster sent (token)", ("confirm",))
@@ -346,7 +350,8 @@ def _redeem(live: Live, token: str, sender_key: str, now: float, spool_id: int,
     ``validation.decision_auth`` allows confirming it) is made; a request is withdrawn by
     the administrative contact who sent it."""
     use = tokens.redeem(token, frozenset({PURPOSE_CONFIRM, decisions.PURPOSE_CONFIRM_DECISION,
-                                          decisions.PURPOSE_WITHDRAW, broadcast.PURPOSE_WHO}),
+                                          decisions.PURPOSE_WITHDRAW, broadcast.PURPOSE_WHO,
+                                          update_desk.PURPOSE_SELF_UPDATE}),
                         sender_key, now, spool_id)
 
     def job(conn: sqlite3.Connection) -> tokens.Redemption:
@@ -356,6 +361,9 @@ def _redeem(live: Live, token: str, sender_key: str, now: float, spool_id: int,
         if r.purpose == broadcast.PURPOSE_WHO:
             broadcast.send_one(conn, live.cfg, sender_key, now)  # to the roster address it was sent to
             return tokens.Redemption(r.request_id, "roster sent", r.purpose)
+        if r.purpose == update_desk.PURPOSE_SELF_UPDATE:
+            done = update_desk.apply(conn, r.payload or "{}", sender_key, now)
+            return tokens.Redemption(r.request_id, done, r.purpose)
         if r.purpose == decisions.PURPOSE_WITHDRAW:
             by = decisions.By(Actor.ADMIN, sender_key, "token")
             result = decisions.act(live, conn, r.request_id, Event.WITHDRAW, by,

@@ -23,23 +23,24 @@ def current(conn: sqlite3.Connection, tld: str) -> list[RosterEntry]:
     return sorted((RosterEntry(*r) for r in rows), key=lambda e: ROLE_ORDER.get(e.role, 9))
 
 
-def replace_all(conn: sqlite3.Connection, tld: str, after: Sequence[RosterEntry], request_id: int,
-                now: float) -> list[RosterEntry]:
-    """Make ``after`` the roster of ``tld``; returns what it was. Entries that stay keep
-    their ``since``. Runs inside the caller's transaction."""
+def replace_all(conn: sqlite3.Connection, tld: str, after: Sequence[RosterEntry], request_id: int | None,
+                now: float, by: str | None = None) -> list[RosterEntry]:
+    """Make ``after`` the roster of ``tld``; returns what it was. An address that stays keeps
+    its ``since``. ``by`` names who made a change no request made (an SSC's own correction).
+    Runs inside the caller's transaction."""
     before = current(conn, tld)
     since = {r[0].lower(): (r[1], r[2]) for r in conn.execute(
         "SELECT email, since, request_id FROM roster WHERE tld = ?", (tld,))}
     conn.execute("DELETE FROM roster WHERE tld = ?", (tld,))
     for e in after:
-        kept = since.get(e.email.lower()) if e in before else None
+        kept = since.get(e.email.lower())  # the same person (address) keeps their "since"
         conn.execute(
             "INSERT INTO roster (tld, role, first_name, last_name, phone, email, since, request_id)"
             " VALUES (?,?,?,?,?,?,?,?)",
             (tld, e.role, e.first_name, e.last_name, e.phone, e.email,
              kept[0] if kept else now, kept[1] if kept else request_id))
-    conn.execute("INSERT INTO roster_changes (request_id, tld, at, before, after) VALUES (?,?,?,?,?)",
-                 (request_id, tld, now, as_json(before), as_json(after)))
+    conn.execute("INSERT INTO roster_changes (request_id, tld, at, before, after, by) VALUES (?,?,?,?,?,?)",
+                 (request_id, tld, now, as_json(before), as_json(after), by))
     return before
 
 

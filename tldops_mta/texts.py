@@ -28,6 +28,7 @@ FIELDS: dict[str, frozenset[str]] = {
     "decision": frozenset({"id", "tld", "result"}),
     "who_refusal": frozenset({"reason", "help"}),
     "who_confirmation": frozenset({"confirm_address"}),
+    "self_update_confirmation": frozenset({"tld", "change", "confirm_address"}),
     "decision_confirmation": frozenset({"id", "tld", "decision", "confirm_address", "expires"}),
     "outcome": frozenset({"id", "tld", "action", "outcome", "reason", "diff"}),
     "welcome": frozenset({"tld", "name", "roster", "who", "update", "help"}),

@@ -31,3 +31,20 @@ INSERT INTO tokens_new (hash, purpose, request_id, address, created_at, expires_
     SELECT hash, purpose, request_id, address, created_at, expires_at, used_at, used_by, payload FROM tokens;
 DROP TABLE tokens;
 ALTER TABLE tokens_new RENAME TO tokens;
+
+-- An SSC may correct their own name and phone (update@, confirmed by token): a roster change
+-- that no request made. request_id may be NULL then, and ``by`` says who made it.
+CREATE TABLE roster_changes_new (
+    id          INTEGER PRIMARY KEY,
+    request_id  INTEGER REFERENCES requests (id),  -- NULL for an SSC's own correction
+    tld         TEXT    NOT NULL,
+    at          REAL    NOT NULL,
+    before      TEXT    NOT NULL,
+    after       TEXT    NOT NULL,
+    by          TEXT                               -- e.g. 'ssc:jane.doe@nic.org.mt (token)'
+);
+INSERT INTO roster_changes_new (id, request_id, tld, at, before, after)
+    SELECT id, request_id, tld, at, before, after FROM roster_changes;
+DROP TABLE roster_changes;
+ALTER TABLE roster_changes_new RENAME TO roster_changes;
+CREATE INDEX roster_changes_by_tld ON roster_changes (tld, id);

@@ -1,0 +1,119 @@
+"""update@: an SSC corrects their own name or phone, without the Validator.
+
+The mail holds the request form (docs/requests.md) with ``Action: update``, the ccTLD, and
+one SSC block: the SSC's own role and address (``Email`` and ``Replaces`` both the address
+the roster has), with the new name and phone. Nothing else can change this way: another
+address, another role, another person, or who is an SSC needs the IANA admin's request.
+Whatever the signature, the change waits for the answer to a one-time token sent to the
+roster address, so only the person at that address can make it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from typing import Any
+
+from . import addresses, auto_reply, logs, outbox, policy, roster, spool, texts, tlp, tokens
+from .iana import tld_labels
+from .live import Live
+from .message_facts import MessageFacts
+from .policy import RosterEntry
+from .request_form import body_text, parse_form
+from .storage import Reader, Writer
+
+PURPOSE_SELF_UPDATE = "self-update"
+
+
+def apply(conn: sqlite3.Connection, payload: str, address: str, now: float) -> str:
+    """On the token's answer: the correction, if the SSC still holds that role."""
+    wanted = json.loads(payload)
+    tld = wanted["tld"]
+    current = roster.current(conn, tld)
+    mine = next((e for e in current if e.email.lower() == address.lower()), None)
+    if mine is None or mine.role != wanted["role"]:
+        return "not applied: the roster changed since (you no longer hold that role)"
+    new = RosterEntry(mine.role, wanted["first_name"], wanted["last_name"], wanted["phone"], mine.email)
+    roster.replace_all(conn, tld, [new if e is mine else e for e in current], None, now,
+                       by=f"ssc:{address} (token)")
+    return f"your details for .{tld} are corrected"
+
+
+class UpdateDesk:
+    def __init__(self, live: Live, writer: Writer, reader: Reader) -> None:
+        self.rt = live
+        self.writer = writer
+        self.reader = reader
+        self.log = logs.get("update")
+
+    async def handle(self, p: spool.Pending, facts: MessageFacts) -> spool.Outcome:
+        live = self.rt
+        now = time.time()
+        if not auto_reply.may_answer(live, p, facts):
+            return spool.Outcome(p.id, spool.Status.DONE, "update: no answer to a robot or a null sender",
+                                 ("update",))
+        try:
+            sender = addresses.parse_single(facts.from_value or "", field="From")
+        except addresses.AddressError as e:
+            return self._refusal(p, facts, [e.reason])
+        text = body_text(facts.message or p.raw)
+        form = parse_form(text)
+        problems = [str(x) for x in form.problems]
+        tld = ""
+        if not problems:
+            try:
+                tld = tld_labels(form.tld or "")[0]
+            except ValueError:
+                problems.append(f"'{form.tld}' is not a ccTLD")
+        if not problems and (form.action != "update" or len(form.sscs) != 1):
+            problems.append("a correction is 'Action: update' with one SSC block: your own")
+        current = await self.reader.run(roster.current, tld) if tld else []
+        mine = next((e for e in current if e.email.lower() == sender.key), None)
+        if not problems:
+            s = form.sscs[0]
+            if mine is None:
+                problems.append(f"you are not an SSC of .{tld} at the address you wrote from")
+            elif {s.email.lower(), (s.replaces or "").lower()} != {sender.key}:
+                problems.append("Email and Replaces must both be the address you write from: changing "
+                                "the address, or who is an SSC, needs your ccTLD's administrative contact")
+            elif s.role != mine.role:
+                problems.append(f"your role is {mine.role}: changing it needs your ccTLD's administrative "
+                                "contact")
+            else:
+                problems += [str(x) for x in policy.entry_problems(form, tld, live.rules)]
+        if problems:
+            self.log.info("self-update refused", problems=len(problems))
+            return self._refusal(p, facts, problems)
+        s = form.sscs[0]
+        number = policy.e164(s.phone, policy.region_of(tld, policy.table(live.rules)))
+        payload = json.dumps({"tld": tld, "role": s.role, "first_name": s.first_name,
+                              "last_name": s.last_name, "phone": number})
+        label = tlp.of_message(facts.subject or "", text)
+        to = sender.key
+
+        def ask(conn: sqlite3.Connection) -> None:
+            token = tokens.new_token()
+            tokens.issue(token, PURPOSE_SELF_UPDATE, None, to, now=now, ttl=float(live.cfg["auth.token_ttl"]),
+                         payload=payload)(conn)
+            address = live.service_address("confirm", token)
+            subject, body = texts.render(live.rules, "self_update_confirmation", {
+                "tld": tld, "change": f"  {s.first_name} {s.last_name}, {number}",
+                "confirm_address": address})
+            raw = outbox.compose(from_addr=f"TLD-OPS <{address}>", to=to, subject=subject, body=body,
+                                 domain=str(live.cfg["server.domain"]), tlp=label, reply_to=address,
+                                 in_reply_to=facts.message_id, auto="auto-replied")
+            outbox.enqueue(raw, live.service_address("bounces", "update"), [to], "self-update")(conn)
+
+        await self.writer.run(ask)
+        self.log.info("self-update waits for confirmation", tld=tld)
+        return spool.Outcome(p.id, spool.Status.DONE, "update: token sent to the roster address", ("update",))
+
+    def _refusal(self, p: spool.Pending, facts: MessageFacts, problems: list[str]) -> spool.Outcome:
+        values: dict[str, Any] = {"problems": "".join(f"  - {x}\n" for x in problems),
+                                  "requests": self.rt.service_address("requests"),
+                                  "help": self.rt.service_address("help")}
+        subject, body = texts.render(self.rt.rules, "refusal", values)
+        effect = auto_reply.reply(self.rt, p, facts, kind="refusal", subject=subject, body=body)
+        return spool.Outcome(p.id, spool.Status.REJECTED, "; ".join(problems)[:1000], ("update",),
+                             effects=(effect,))
