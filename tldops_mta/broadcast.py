@@ -19,7 +19,7 @@ from email.utils import format_datetime, make_msgid
 from pathlib import Path
 from typing import Any
 
-from . import dkim_keys, logs, outbox, roster, roster_formats
+from . import logs, outbox
 from .broadcast_schedule import WEEKDAYS, Period, Schedule, due, next_check
 from .config import Config
 from .due_loop import DueLoop
@@ -62,6 +62,10 @@ class Built:
 def build(conn: sqlite3.Connection, cfg: Config, now: float, period: str) -> Built:
     """The broadcast mail: the roster as text, with CSV and vCard attached, labelled and
     (when a key is configured) DKIM-signed. Built once, whatever the number of SSCs."""
+    # Imported here: the SMTP process imports this module (work_due) only to ask when the
+    # next period is, and must stay small (the formats pull in vobject, signing cryptography).
+    from . import dkim_keys, roster, roster_formats
+
     tlds = [r[0] for r in conn.execute("SELECT DISTINCT tld FROM roster ORDER BY tld")]
     table = roster_formats.rows({tld: roster.current(conn, tld) for tld in tlds})
     label = Tlp.parse(str(cfg["broadcast.tlp"]))

@@ -15,7 +15,7 @@ import sqlite3
 import time
 from typing import Any
 
-from . import decisions, logs
+from . import logs
 from .config import Config
 from .due_loop import DueLoop
 from .live import Live
@@ -24,7 +24,6 @@ from .storage import Reader, Writer
 
 BATCH = 50
 WAKE_GAP = 1.0
-SCHEDULER = decisions.By(Actor.SCHEDULER, "scheduler", "-")
 
 
 def _times(cfg: Config) -> tuple[float, float, float]:
@@ -88,15 +87,18 @@ class QueueClock(DueLoop):
         return next_due_at(conn, self.rt.cfg)
 
     async def step(self, now: float | None = None) -> bool:
+        from . import decisions  # here: the SMTP process imports this module for next_due_at alone
+
         now = time.time() if now is None else now
         live = self.rt
+        scheduler = decisions.By(Actor.SCHEDULER, "scheduler", "-")
 
         def job(conn: sqlite3.Connection) -> list[tuple[int, str, str]]:
             done = []
             for request_id, what in due(conn, live.cfg, now):
                 if what == "expire":
                     days = float(live.cfg["validation.expire_after"]) / 86400
-                    result = decisions.act(live, conn, request_id, Event.EXPIRE, SCHEDULER,
+                    result = decisions.act(live, conn, request_id, Event.EXPIRE, scheduler,
                                            f"nobody decided within {days:g} days", now=now)
                     done.append((request_id, what, result.message))
                 else:
