@@ -315,6 +315,12 @@ SCHEMA: tuple[Key, ...] = (
         "The TLP label of the roster, in the Subject ([TLP:AMBER] ...) of every mail that "
         "carries roster data. A reply is never labelled less strictly than what it answers "
         "(no label there means RED)."),
+    Key("bounces", "threshold", 3, _int_range(1, 1000),
+        "Permanent failures of one SSC address (bounces to bounces+TAG@, or refusals by the "
+        "smarthost) within bounces.window before the Validators are told. Nobody is removed."),
+    Key("bounces", "window", 30 * 86400.0, _float_range(3600, 365 * 86400),
+        "Seconds over which failures are counted; an address is reported again at most once "
+        "in this time."),
     Key("log", "level", "info", _one_of("debug", "info", "warning", "error"),
         "Least severe log level written. Personal data appears only at debug."),
     Key("rules", "dir", "rules", _path,

@@ -8,6 +8,7 @@ request), and the others are noted in its services.
 from __future__ import annotations
 
 from . import spool
+from .bounce_desk import BounceDesk
 from .decision_desk import DecisionDesk
 from .help_desk import handle_help
 from .live import Live
@@ -24,23 +25,26 @@ ORDER = (Service.CONFIRM, Service.DECIDE, Service.REQUESTS, Service.UPDATE, Serv
 
 class Dispatcher:
     def __init__(self, live: Live, auth: Authenticator, desk: DecisionDesk, who: WhoDesk,
-                 update: UpdateDesk) -> None:
+                 update: UpdateDesk, bounces: BounceDesk) -> None:
         self.rt = live
         self.auth = auth
         self.desk = desk
         self.who = who
         self.update = update
+        self.bounces = bounces
 
     async def __call__(self, p: spool.Pending, facts: MessageFacts,
                        services: frozenset[Service]) -> spool.Outcome:
         first = next(s for s in ORDER if s in services)
-        if first in (Service.CONFIRM, Service.DECIDE):
+        if first in (Service.CONFIRM, Service.DECIDE, Service.BOUNCES):
             tag = next(r.tag for r in (classify(a, self.rt.cfg["server.domain"], self.rt.parts)
                                         for a in p.rcpt_to)
                        if r is not None and r.service is first)
             assert tag is not None
             if first is Service.DECIDE:
                 return await self.desk.handle(p, facts, tag)
+            if first is Service.BOUNCES:
+                return await self.bounces.handle(p, facts, tag)
             return await self.auth.handle_confirmation(p, facts, tag)
         if first is Service.REQUESTS:
             return await self.auth.handle_request(p, facts)

@@ -21,6 +21,7 @@ from typing import Any
 
 from . import config as config_mod
 from . import logs, rules, spool, storage, work_due
+from .bounce_desk import BounceDesk
 from .broadcast import BroadcastClock
 from .child import die_with_parent, yield_to_intake
 from .decision_desk import DecisionDesk
@@ -62,7 +63,8 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
                          IanaClient(cfg, writer, reader), offload=False)
     worker = Worker(live, writer, reader, Dispatcher(live, auth, DecisionDesk(live, writer, reader, auth),
                                                      WhoDesk(live, writer, reader, auth),
-                                                     UpdateDesk(live, writer, reader)))
+                                                     UpdateDesk(live, writer, reader),
+                                                     BounceDesk(live, writer)))
     deliverer = Deliverer(cfg, writer, reader)
     clock = QueueClock(live, writer, reader)
     clock.on_mail = deliverer.wake

@@ -27,6 +27,7 @@ FIELDS: dict[str, frozenset[str]] = {
     "received": frozenset({"id", "tld", "action", "diff", "withdraw_address"}),
     "decision": frozenset({"id", "tld", "result"}),
     "who_refusal": frozenset({"reason", "help"}),
+    "bouncing": frozenset({"address", "tlds", "failures", "days"}),
     "who_confirmation": frozenset({"confirm_address"}),
     "self_update_confirmation": frozenset({"tld", "change", "confirm_address"}),
     "decision_confirmation": frozenset({"id", "tld", "decision", "confirm_address", "expires"}),

@@ -1,0 +1,100 @@
+"""bounces+TAG@: delivery reports, tied to the SSC they are about; failing addresses are
+reported to the Validators, never removed.
+
+The VERP tag says which delivery bounced (``b<delivery id>``, the broadcast's), so which
+address, whatever the report's format; flufl.bounce reads the report for whether the
+failure is permanent (and for the addresses, when the tag names no delivery). Permanent
+failures of an SSC address, from reports here and from refusals by the smarthost, are
+counted over ``bounces.window``; at ``bounces.threshold`` the Validators get one mail, at
+most once per window. Reports are robots' mail: nothing ever answers them.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+from email import message_from_bytes
+
+from flufl.bounce import all_failures
+
+from . import logs, outbox, spool, texts
+from .live import Live
+from .message_facts import MessageFacts
+from .storage import Writer
+from .tlp import Tlp
+
+_DELIVERY_TAG = re.compile(r"b(\d{1,18})")
+
+
+def failures(conn: sqlite3.Connection, address: str, since: float) -> int:
+    """Permanent failures of ``address`` since ``since``: bounce reports and refusals."""
+    reported = conn.execute("SELECT count(*) FROM bounces WHERE address = ? AND permanent = 1"
+                            " AND received_at >= ?", (address, since)).fetchone()[0]
+    refused = conn.execute("SELECT count(*) FROM outbox_deliveries WHERE lower(rcpt) = ?"
+                           " AND status = 'failed' AND updated_at >= ?", (address, since)).fetchone()[0]
+    return int(reported) + int(refused)
+
+
+def report_if_failing(live: Live, conn: sqlite3.Connection, address: str, now: float) -> bool:
+    """Tell the Validators once per window about an SSC address that keeps failing."""
+    window = float(live.cfg["bounces.window"])
+    tlds = [r[0] for r in conn.execute("SELECT tld FROM roster WHERE lower(email) = ? ORDER BY tld",
+                                       (address,))]
+    if not tlds:
+        return False  # not an SSC (a refusal to a stranger bounced, say): nobody to tell about
+    count = failures(conn, address, now - window)
+    last = conn.execute("SELECT reported_at FROM bounce_reports WHERE address = ?", (address,)).fetchone()
+    if count < int(live.cfg["bounces.threshold"]) or (last is not None and last[0] > now - window):
+        return False
+    subject, body = texts.render(live.rules, "bouncing", {
+        "address": address, "tlds": ", ".join(f".{t}" for t in tlds), "failures": count,
+        "days": f"{window / 86400:g}"})
+    for validator in live.cfg["validation.validators"]:
+        raw = outbox.compose(from_addr=f"TLD-OPS <{live.service_address('postmaster')}>", to=validator,
+                             subject=subject, body=body, domain=str(live.cfg["server.domain"]),
+                             tlp=Tlp.parse(str(live.cfg["broadcast.tlp"])))
+        outbox.enqueue(raw, live.service_address("bounces", "report"), [validator], "bouncing")(conn)
+    conn.execute("INSERT INTO bounce_reports (address, reported_at, failures) VALUES (?,?,?)"
+                 " ON CONFLICT (address) DO UPDATE SET reported_at = excluded.reported_at,"
+                 " failures = excluded.failures", (address, now, count))
+    return True
+
+
+class BounceDesk:
+    def __init__(self, live: Live, writer: Writer) -> None:
+        self.rt = live
+        self.writer = writer
+        self.log = logs.get("bounces")
+
+    async def handle(self, p: spool.Pending, facts: MessageFacts, tag: str) -> spool.Outcome:
+        live = self.rt
+        now = time.time()
+        msg = facts.message or message_from_bytes(p.raw)
+        try:
+            temporary, permanent = all_failures(msg)
+        except Exception:  # a detector choking on a strange report: the tag still counts
+            temporary, permanent = frozenset(), frozenset()
+        found = {a.decode("utf-8", "replace").lower(): True for a in permanent}
+        found.update({a.decode("utf-8", "replace").lower(): False for a in temporary if a not in permanent})
+        m = _DELIVERY_TAG.fullmatch(tag)
+        delivery = int(m.group(1)) if m else None
+        is_permanent = bool(permanent) or not temporary  # a bare report with a tag: a failure
+
+        def job(conn: sqlite3.Connection) -> tuple[list[str], list[str]]:
+            row = conn.execute("SELECT lower(rcpt) FROM outbox_deliveries WHERE id = ?",
+                               (delivery,)).fetchone() if delivery is not None else None
+            about = {row[0]: is_permanent} if row else found
+            rows: list[tuple[str | None, bool]] = list(about.items()) or [(None, False)]
+            for address, perm in rows:
+                conn.execute("INSERT OR IGNORE INTO bounces (received_at, spool_id, tag, delivery_id,"
+                             " address, permanent) VALUES (?,?,?,?,?,?)",
+                             (now, p.id, tag, delivery if row else None, address, int(perm)))
+            reported = [a for a, perm in about.items() if perm and report_if_failing(live, conn, a, now)]
+            return list(about), reported
+
+        about, reported = await self.writer.run(job)
+        self.log.info("bounce", tag=tag, addresses=len(about), permanent=is_permanent,
+                      reported=len(reported))
+        return spool.Outcome(p.id, spool.Status.DONE, f"bounce for {len(about)} address(es);"
+                             f" {len(reported)} reported to the Validators", ("bounces",))
