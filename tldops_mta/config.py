@@ -315,6 +315,10 @@ SCHEMA: tuple[Key, ...] = (
         "The TLP label of the roster, in the Subject ([TLP:AMBER] ...) of every mail that "
         "carries roster data. A reply is never labelled less strictly than what it answers "
         "(no label there means RED)."),
+    Key("redelegation", "check_every", 86400.0, _float_range(1, 30 * 86400),
+        "Seconds between two checks of a ccTLD's IANA administrative contact (nightly)."),
+    Key("redelegation", "spacing", 30.0, _float_range(0, 3600),
+        "Seconds between two IANA lookups of the watch: the checks are spread out, never a burst."),
     Key("bounces", "threshold", 3, _int_range(1, 1000),
         "Permanent failures of one SSC address (bounces to bounces+TAG@, or refusals by the "
         "smarthost) within bounces.window before the Validators are told. Nobody is removed."),

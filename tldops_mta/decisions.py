@@ -128,6 +128,10 @@ def act(live: Live, conn: sqlite3.Connection, request_id: int, event: Event, by:
             return Result(False, f"request #{r.id} cannot be approved as the roster is now: "
                           + "; ".join(str(p) for p in judgement.problems), r.state.value)
         before = roster.replace_all(conn, r.tld, judgement.roster, r.id, now)
+        # Approved: the roster is confirmed by this admin (a redelegated ccTLD is settled).
+        conn.execute("INSERT INTO cctlds (tld, admin_email, checked_at) VALUES (?,?,?) ON CONFLICT (tld)"
+                     " DO UPDATE SET admin_email = excluded.admin_email, needs_reconfirmation = 0",
+                     (r.tld, r.admin_email, now))
         _tell_people(live, conn, r, before, list(judgement.roster))
         _tell_requester(live, conn, r, "approved", reason, list(judgement.roster))
     elif event is Event.REVERSE:

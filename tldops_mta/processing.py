@@ -31,6 +31,7 @@ from .iana import IanaClient
 from .live import Live
 from .outbox import Deliverer
 from .queue_clock import QueueClock
+from .redelegation import RedelegationWatch
 from .request_auth import Authenticator
 from .update_desk import UpdateDesk
 from .who_desk import WhoDesk
@@ -70,6 +71,7 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
     clock.on_mail = deliverer.wake
     broadcaster = BroadcastClock(lambda: live.cfg, writer, reader)
     broadcaster.on_mail = deliverer.wake
+    watch = RedelegationWatch(live, writer, reader, auth.iana)
 
     def after_outcomes() -> None:
         deliverer.wake()  # outcomes may have queued mail
@@ -93,7 +95,7 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
             if stop.is_set() or max_idle <= 0:
                 continue
             idle_for = time.monotonic() - max(worker.active_at, deliverer.active_at, clock.active_at,
-                                              broadcaster.active_at)
+                                              broadcaster.active_at, watch.active_at)
             if idle_for < max_idle:
                 continue
             nxt = await reader.run(lambda c: work_due.next_work_at(c, live.cfg))
@@ -134,7 +136,8 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
     tasks = [asyncio.create_task(worker.run(), name="worker"),
              asyncio.create_task(deliverer.run(), name="outbox"),
              asyncio.create_task(clock.run(), name="queue-clock"),
-             asyncio.create_task(broadcaster.run(), name="broadcast")]
+             asyncio.create_task(broadcaster.run(), name="broadcast"),
+             asyncio.create_task(watch.run(), name="redelegation")]
     if wake_fd is not None:  # run by the SMTP process, which starts it again on demand
         tasks.append(asyncio.create_task(exit_when_idle(), name="idle"))
     log.info("worker ready", pid=os.getpid(), requeued=requeued)
@@ -143,6 +146,7 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
     deliverer.stop()
     clock.stop()
     broadcaster.stop()
+    watch.stop()
     await asyncio.gather(*tasks)
     await writer.close()
     reader.close()

@@ -24,6 +24,7 @@ from . import (
     logs,
     outbox,
     policy,
+    redelegation,
     roster,
     spool,
     texts,
@@ -246,6 +247,9 @@ class Authenticator:
             log.info("decision confirmed", request_id=redemption.request_id, result=redemption.reason)
             return spool.Outcome(p.id, spool.Status.DONE, f"decision confirmed: {redemption.reason}",
                                  ("confirm",))
+        if redemption.purpose == redelegation.PURPOSE_RECONFIRM:
+            log.info("ccTLD reconfirmed after a redelegation")
+            return spool.Outcome(p.id, spool.Status.DONE, f"reconfirm: {redemption.reason}", ("confirm",))
         if redemption.purpose == update_desk.PURPOSE_SELF_UPDATE:
             log.info("self-update confirmed", result=redemption.reason)
             return spool.Outcome(p.id, spool.Status.DONE, f"update: {redemption.reason}", ("confirm",))
@@ -351,7 +355,8 @@ def _redeem(live: Live, token: str, sender_key: str, now: float, spool_id: int,
     the administrative contact who sent it."""
     use = tokens.redeem(token, frozenset({PURPOSE_CONFIRM, decisions.PURPOSE_CONFIRM_DECISION,
                                           decisions.PURPOSE_WITHDRAW, broadcast.PURPOSE_WHO,
-                                          update_desk.PURPOSE_SELF_UPDATE}),
+                                          update_desk.PURPOSE_SELF_UPDATE,
+                                          redelegation.PURPOSE_RECONFIRM}),
                         sender_key, now, spool_id)
 
     def job(conn: sqlite3.Connection) -> tokens.Redemption:
@@ -361,6 +366,9 @@ def _redeem(live: Live, token: str, sender_key: str, now: float, spool_id: int,
         if r.purpose == broadcast.PURPOSE_WHO:
             broadcast.send_one(conn, live.cfg, sender_key, now)  # to the roster address it was sent to
             return tokens.Redemption(r.request_id, "roster sent", r.purpose)
+        if r.purpose == redelegation.PURPOSE_RECONFIRM:
+            done = redelegation.reconfirmed(conn, r.payload or "", sender_key, now)
+            return tokens.Redemption(r.request_id, done, r.purpose)
         if r.purpose == update_desk.PURPOSE_SELF_UPDATE:
             done = update_desk.apply(conn, r.payload or "{}", sender_key, now)
             return tokens.Redemption(r.request_id, done, r.purpose)

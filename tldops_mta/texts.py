@@ -28,6 +28,8 @@ FIELDS: dict[str, frozenset[str]] = {
     "decision": frozenset({"id", "tld", "result"}),
     "who_refusal": frozenset({"reason", "help"}),
     "bouncing": frozenset({"address", "tlds", "failures", "days"}),
+    "redelegation": frozenset({"tld", "old", "new", "roster"}),
+    "reconfirm": frozenset({"tld", "roster", "confirm_address", "requests", "help"}),
     "who_confirmation": frozenset({"confirm_address"}),
     "self_update_confirmation": frozenset({"tld", "change", "confirm_address"}),
     "decision_confirmation": frozenset({"id", "tld", "decision", "confirm_address", "expires"}),

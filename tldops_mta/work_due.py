@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import sqlite3
 
-from . import broadcast, outbox, queue_clock, spool
+from . import broadcast, outbox, queue_clock, redelegation, spool
 from .config import Config
 
 
 def next_work_at(conn: sqlite3.Connection, cfg: Config) -> float | None:
     """Unix time of the earliest due piece of work, or None when nothing waits."""
     times = [t for t in (spool.next_due_at(conn), outbox.next_due_at(conn),
-                         queue_clock.next_due_at(conn, cfg), broadcast.next_due_at(conn, cfg))
+                         queue_clock.next_due_at(conn, cfg), broadcast.next_due_at(conn, cfg),
+                         _redelegation_check(conn, cfg))
              if t is not None]
     return min(times) if times else None
+
+
+def _redelegation_check(conn: sqlite3.Connection, cfg: Config) -> float | None:
+    found = redelegation.next_check(conn, cfg)
+    return None if found is None else found[1]
