@@ -7,6 +7,8 @@ request), and the others are noted in its services.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from . import spool
 from .bounce_desk import BounceDesk
 from .decision_desk import DecisionDesk
@@ -35,6 +37,13 @@ class Dispatcher:
 
     async def __call__(self, p: spool.Pending, facts: MessageFacts,
                        services: frozenset[Service]) -> spool.Outcome:
+        outcome = await self._handle(p, facts, services)
+        # Every service the message was sent to is noted, not only the one that handled it.
+        noted = tuple(sorted(set(outcome.services) | {s.value for s in services}))
+        return outcome if noted == outcome.services else replace(outcome, services=noted)
+
+    async def _handle(self, p: spool.Pending, facts: MessageFacts,
+                      services: frozenset[Service]) -> spool.Outcome:
         first = next(s for s in ORDER if s in services)
         if first in (Service.CONFIRM, Service.DECIDE, Service.BOUNCES):
             tag = next(r.tag for r in (classify(a, self.rt.cfg["server.domain"], self.rt.parts)
