@@ -105,3 +105,31 @@ def test_sighup_with_bad_rules_keeps_the_running_config(start_daemon) -> None:
     c.cmd("MAIL FROM:<admin@nic.example>")
     assert c.cmd(f"RCPT TO:<requests@{DOMAIN}>")[0] == 250
     assert c.cmd(f"RCPT TO:<who@{DOMAIN}>")[0] == 452
+
+
+def test_the_cli_wakes_only_a_tldops_daemon_through_the_pid_file(tmp_path) -> None:
+    import subprocess as sp
+    import sys as _sys
+
+    from tldops_mta.daemon import PID_FILE, wake
+
+    # A stale pid file naming some other process: SIGUSR1 would kill it, so it is left alone.
+    other = sp.Popen([_sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / PID_FILE).write_text(f"{other.pid}\n")
+        assert wake(tmp_path) is False
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
+    assert wake(tmp_path / "nowhere") is False
+
+
+def test_the_pid_file_names_the_running_daemon_and_goes_with_it(start_daemon) -> None:
+    from tldops_mta.daemon import PID_FILE
+
+    d = start_daemon()
+    pid_file = d.state_dir / PID_FILE
+    assert int(pid_file.read_text()) == d.proc.pid
+    assert d.stop() == 0
+    assert not pid_file.exists()

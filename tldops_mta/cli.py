@@ -377,6 +377,7 @@ def cmd_spool_retry(args: argparse.Namespace) -> int:
     ok = _in_transaction(conn, spool.retry(args.queue_id, time.time()))
     if not ok:
         raise CliError(f"no failed or rejected message {args.queue_id}")
+    _wake_daemon(load_config(args))
     print(f"{args.queue_id} queued for processing again")
     return EXIT_OK
 
@@ -397,6 +398,8 @@ def cmd_queue_decide(args: argparse.Namespace) -> int:
     reason = " ".join(args.reason) or None
     result = _in_transaction(conn, lambda c: decisions.act(live, c, args.item_id, Event(args.event),
                                                            by, reason))
+    if result.ok:
+        _wake_daemon(cfg)
     if args.json:
         _print_json({"ok": result.ok, "message": result.message, "state": result.state})
     else:
@@ -434,6 +437,7 @@ def cmd_broadcast_now(args: argparse.Namespace) -> int:
     now = time.time()
     period = f"manual-{dt.datetime.fromtimestamp(now, dt.UTC):%Y-%m-%dT%H:%M:%S.%fZ}"
     count = _in_transaction(conn, lambda c: broadcast.claim_and_queue(c, cfg, period, "manual", now))
+    _wake_daemon(cfg)
     if args.json:
         _print_json({"period": period, "recipients": count})
     else:
@@ -481,6 +485,13 @@ def cmd_dkim_keygen(args: argparse.Namespace) -> int:
     chunks = " ".join(f'"{record[i:i + 250]}"' for i in range(0, len(record), 250))  # 255 a string
     print(f'{selector}._domainkey.{cfg["server.domain"]}. IN TXT ( {chunks} )')
     return EXIT_OK
+
+
+def _wake_daemon(cfg: config_mod.Config) -> None:
+    """The daemon takes up what this command queued now, not at its next look (if it runs)."""
+    from .daemon import wake
+
+    wake(cfg.state_dir)
 
 
 T = TypeVar("T")

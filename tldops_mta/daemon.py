@@ -10,6 +10,7 @@ what it has, exit 0. SIGHUP: re-read the configuration and rules/, keeping the o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -80,6 +81,10 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: self.reload(rt, worker, appender))
+        # SIGUSR1: the CLI queued work (a decision, a broadcast): the worker goes at it now
+        # instead of at its next look at the database.
+        loop.add_signal_handler(signal.SIGUSR1, worker.wake)
+        pid_file = write_pid_file(cfg.state_dir)
         self.log.info("ready", listening=listening, database=str(cfg.database_path),
                       migrations_applied=applied, requeued=requeued, domain=cfg["server.domain"],
                       pid=os.getpid(), systemd_sockets=bool(inherited))
@@ -92,6 +97,8 @@ class Daemon:
         worker_exit = await worker.stop()
         appender_exit = await appender.stop()
         conn.close()
+        with contextlib.suppress(OSError):
+            pid_file.unlink()
         self.log.info("stopped", worker_exit=worker_exit, appender_exit=appender_exit)
         return 0
 
@@ -128,3 +135,31 @@ def serve(config_path: Path | None, overrides: Mapping[str, Any]) -> int:
     daemon = Daemon(config_path, overrides)
     logs.setup(daemon.cfg["log.level"])
     return asyncio.run(daemon.run())
+
+
+PID_FILE = "tldops.pid"
+
+
+def write_pid_file(state_dir: Path) -> Path:
+    """state/tldops.pid, written whole, so the CLI can wake the daemon (SIGUSR1)."""
+    path = state_dir / PID_FILE
+    tmp = path.with_suffix(".pid.tmp")
+    tmp.write_text(f"{os.getpid()}\n")
+    os.replace(tmp, path)
+    return path
+
+
+def wake(state_dir: Path) -> bool:
+    """Tell a running daemon that the CLI queued work. Only a process that is ours gets the
+    signal: a stale pid file naming another process is left alone (SIGUSR1 would kill it)."""
+    try:
+        pid = int((state_dir / PID_FILE).read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if b"tldops_mta" not in b" ".join(cmdline) and not any(a.endswith(b"tldops") for a in cmdline):
+            return False
+        if b"serve" not in cmdline:
+            return False
+        os.kill(pid, signal.SIGUSR1)
+    except (OSError, ValueError):
+        return False
+    return True

@@ -112,6 +112,9 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
             return
         if data:
             worker.wake()
+            deliverer.wake()  # the CLI may have queued mail (SIGUSR1 to the daemon)
+            clock.wake()
+            broadcaster.wake()
         else:
             loop.remove_reader(wake_fd)
             stop.set()
