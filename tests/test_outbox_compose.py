@@ -57,3 +57,13 @@ def test_a_line_break_in_a_header_value_is_refused(field: str) -> None:
     with pytest.raises(ValueError, match="would break the header"):
         outbox.compose(subject="s", body="b", domain="tld-ops.localhost", tlp=Tlp.RED,
                        **kw)  # type: ignore[arg-type]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300) | st.text(".\r\n abc", max_size=60).map(str.encode))
+def test_the_wire_form_is_what_aiosmtplib_would_send(raw: bytes) -> None:
+    # outbox prepares DATA once per message instead of letting aiosmtplib redo it for each
+    # delivery; the bytes on the wire must be the same as aiosmtplib's own.
+    from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
+
+    assert outbox.wire_form(raw) == PERIOD_REGEX.sub(b"..", normalize_message_line_endings(raw)) + b".\r\n"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import re
 import sqlite3
 import ssl
 import time
@@ -21,6 +22,7 @@ from email import quoprimime
 from email.header import Header
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
+from typing import Any
 
 from . import logs
 from .config import Config, parse_listen
@@ -80,6 +82,41 @@ def compose(*, from_addr: str, to: str, subject: str, body: str, domain: str, tl
             raise ValueError(f"the {name} value would break the header: {value[:60]!r}")
     head = "".join(f"{name}: {value}\r\n" for name, value in headers)
     return (head + "\r\n" + encoded.replace("\n", "\r\n")).encode("utf-8")
+
+
+_LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+
+
+def wire_form(raw: bytes) -> bytes:
+    """``raw`` as SMTP DATA sends it (RFC 5321 4.5.2): CRLF line endings, a leading dot
+    doubled, the end marked by CRLF.CRLF."""
+    text = _LINE_ENDINGS.sub(b"\r\n", raw)
+    if not text.endswith(b"\r\n"):
+        text += b"\r\n"
+    return _LEADING_DOT.sub(b"..", text) + b".\r\n"
+
+
+async def _data(client: Any, wire: bytes) -> None:
+    """DATA with a message already in wire form, on an aiosmtplib client after MAIL and
+    RCPT. aiosmtplib's own data() normalises and dot-stuffs the message again for every
+    delivery; this does what its protocol's execute_data_command does, without that."""
+    import aiosmtplib
+
+    proto = client.protocol
+    if proto is None:
+        raise aiosmtplib.SMTPServerDisconnected("Server not connected")
+    async with proto._command_lock:
+        proto._response_pending = True
+        proto.write(b"DATA\r\n")
+        start = await proto.read_response(timeout=30)
+        if start.code != 354:
+            raise aiosmtplib.SMTPDataError(start.code, start.message)
+        proto._response_pending = True
+        proto.write(wire)
+        done = await proto.read_response(timeout=30)
+        if done.code != 250:
+            raise aiosmtplib.SMTPDataError(done.code, done.message)
 
 
 def _subject(subject: str) -> str:
@@ -152,6 +189,7 @@ class Deliverer(DueLoop):
         super().__init__(reader, logs.get("outbox"))
         self.cfg = cfg
         self.writer = writer
+        self._wire: dict[int, bytes] = {}
 
     def next_due(self, conn: sqlite3.Connection) -> float | None:
         return next_due_at(conn)
@@ -224,7 +262,12 @@ class Deliverer(DueLoop):
                                      username=user, password=password,
                                      local_hostname=self.cfg.hostname)
             async with client:
-                await client.sendmail(d.mail_from, [d.rcpt], d.raw)
+                # SMTPUTF8 when an address needs it (IDN domains, UTF-8 local parts).
+                utf8 = not (d.mail_from + d.rcpt).isascii()
+                options, encoding = (["SMTPUTF8"], "utf-8") if utf8 else ([], "ascii")
+                await client.mail(d.mail_from, options=options, encoding=encoding)
+                await client.rcpt(d.rcpt, encoding=encoding)
+                await _data(client, self._wire_form(d))
         except aiosmtplib.SMTPRecipientsRefused as e:
             codes = [r.code for r in e.recipients]
             if all(500 <= c < 600 for c in codes):
@@ -236,6 +279,16 @@ class Deliverer(DueLoop):
             if 500 <= e.code < 600:
                 raise PermanentFailure(f"{e.code} {e.message}") from e
             raise
+
+    def _wire_form(self, d: Due) -> bytes:
+        """The message as DATA carries it, prepared once per message: a broadcast goes to
+        every SSC, and preparing its half-megabyte again for each (as aiosmtplib's data()
+        does) was 80% of the deliverer's time."""
+        cached = self._wire.get(d.message_id)
+        if cached is None:
+            cached = wire_form(d.raw)
+            self._wire = {d.message_id: cached}  # one message at a time is what repeats
+        return cached
 
     def _password(self) -> str:
         """Read at each relay, so a changed password file needs no restart."""
