@@ -146,12 +146,17 @@ def enqueue(raw: bytes, mail_from: str, rcpts: Sequence[str], purpose: str,
 
 
 def due(conn: sqlite3.Connection, now: float, limit: int) -> list[Due]:
+    """The deliveries due, each message's octets read once however many of its deliveries
+    are in the batch (a broadcast's half-megabyte, to hundreds of SSCs)."""
     rows = conn.execute(
-        "SELECT d.id, d.message_id, d.rcpt, d.attempts, coalesce(d.mail_from, m.mail_from), m.raw"
+        "SELECT d.id, d.message_id, d.rcpt, d.attempts, coalesce(d.mail_from, m.mail_from)"
         " FROM outbox_deliveries d JOIN outbox_messages m ON m.id = d.message_id"
         " WHERE d.status = 'queued' AND d.next_attempt_at <= ? ORDER BY d.next_attempt_at, d.id"
         " LIMIT ?", (now, limit)).fetchall()
-    return [Due(r[0], r[1], r[2], r[3], r[4], bytes(r[5])) for r in rows]
+    ids = sorted({r[1] for r in rows})
+    raws = dict(conn.execute(f"SELECT id, raw FROM outbox_messages WHERE id IN ({','.join('?' * len(ids))})",  # noqa: S608
+                             ids).fetchall()) if ids else {}
+    return [Due(r[0], r[1], r[2], r[3], r[4], bytes(raws[r[1]])) for r in rows]
 
 
 def next_due_at(conn: sqlite3.Connection) -> float | None:
@@ -206,13 +211,22 @@ class Deliverer(DueLoop):
     async def step(self, now: float | None = None) -> bool:
         now = time.time() if now is None else now
         batch = await self.reader.run(due, now, 32)
-        for d in batch:
-            if self._stopping:
-                break
-            await self._deliver(d)
+        recording: list[asyncio.Future[None]] = []
+        try:
+            for d in batch:
+                if self._stopping:
+                    break
+                sent = await self._deliver(d)
+                if sent is not None:
+                    recording.append(sent)
+        finally:
+            # A delivery's "sent" commits while the next one goes out (the writer groups
+            # them). Until it commits, a crash sends that mail again: at least once, as ever.
+            await asyncio.gather(*recording)
         return bool(batch)
 
-    async def _deliver(self, d: Due) -> None:
+    async def _deliver(self, d: Due) -> asyncio.Future[None] | None:
+        """Hand ``d`` over; on success, the (running) commit of its "sent" row."""
         log = self.log.bind(outbox_id=d.message_id, delivery=d.id, rcpt=logs.redact_address(d.rcpt))
         try:
             if self.cfg["outbox.smarthost"]:
@@ -224,20 +238,24 @@ class Deliverer(DueLoop):
         except PermanentFailure as e:
             await self.writer.run(record(d.id, "failed", str(e)[:500], 0))
             log.error("delivery refused for good", error=str(e)[:200])
-            return
+            return None
         except Exception as e:
             attempts = d.attempts + 1
             error = f"{type(e).__name__}: {e}"[:500]
             if attempts >= MAX_ATTEMPTS:
                 await self.writer.run(record(d.id, "failed", f"gave up: {error}", 0))
                 log.error("delivery failed after retries", attempts=attempts, error=error)
-                return
+                return None
             delay = backoff(attempts, self.cfg["worker.retry_base"], self.cfg["worker.retry_max"])
             await self.writer.run(record(d.id, "queued", error, time.time() + delay))
             log.warning("delivery deferred", attempts=attempts, retry_in=delay, error=error)
-            return
-        await self.writer.run(record(d.id, "sent", None, 0))
-        log.info("mail delivered", how=how)
+            return None
+
+        async def sent() -> None:
+            await self.writer.run(record(d.id, "sent", None, 0))
+            log.info("mail delivered", how=how)  # after the commit: the row says sent
+
+        return asyncio.ensure_future(sent())
 
     async def _relay(self, d: Due) -> None:
         # Imported here: only a configured smarthost needs it, and the SMTP process imports
