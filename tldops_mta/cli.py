@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from . import __version__, queue, rules, spool, storage
 from . import config as config_mod
@@ -374,7 +374,7 @@ def cmd_queue_show(args: argparse.Namespace) -> int:
 
 def cmd_spool_retry(args: argparse.Namespace) -> int:
     conn = open_db(load_config(args))
-    ok = _in_transaction(conn, spool.retry(args.queue_id, time.time()))
+    ok = storage.commit_one(conn, spool.retry(args.queue_id, time.time()))
     if not ok:
         raise CliError(f"no failed or rejected message {args.queue_id}")
     _wake_daemon(load_config(args))
@@ -396,7 +396,7 @@ def cmd_queue_decide(args: argparse.Namespace) -> int:
     conn = open_db(cfg)
     by = decisions.By(Actor.VALIDATOR, f"cli:{getpass.getuser()}", "cli")
     reason = " ".join(args.reason) or None
-    result = _in_transaction(conn, lambda c: decisions.act(live, c, args.item_id, Event(args.event),
+    result = storage.commit_one(conn, lambda c: decisions.act(live, c, args.item_id, Event(args.event),
                                                            by, reason))
     if result.ok:
         _wake_daemon(cfg)
@@ -436,7 +436,7 @@ def cmd_broadcast_now(args: argparse.Namespace) -> int:
     conn = open_db(cfg)
     now = time.time()
     period = f"manual-{dt.datetime.fromtimestamp(now, dt.UTC):%Y-%m-%dT%H:%M:%S.%fZ}"
-    count = _in_transaction(conn, lambda c: broadcast.claim_and_queue(c, cfg, period, "manual", now))
+    count = storage.commit_one(conn, lambda c: broadcast.claim_and_queue(c, cfg, period, "manual", now))
     _wake_daemon(cfg)
     if args.json:
         _print_json({"period": period, "recipients": count})
@@ -492,20 +492,6 @@ def _wake_daemon(cfg: config_mod.Config) -> None:
     from .daemon import wake
 
     wake(cfg.state_dir)
-
-
-T = TypeVar("T")
-
-
-def _in_transaction(conn: sqlite3.Connection, job: Callable[[sqlite3.Connection], T]) -> T:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        out = job(conn)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return out
 
 
 def cmd_iana_show(args: argparse.Namespace) -> int:

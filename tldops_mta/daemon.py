@@ -50,9 +50,7 @@ class Daemon:
                                max_size_mb=cfg["storage.max_size_mb"])
         try:
             applied = storage.migrate(conn)
-            [(requeued, error)] = storage.commit(conn, [spool.requeue_interrupted])
-            if error is not None:
-                raise error
+            requeued = storage.commit_one(conn, spool.requeue_interrupted)
         except BaseException:
             conn.close()
             raise

@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 if TYPE_CHECKING:  # the spool appender process imports this module and not asyncio
     import asyncio
@@ -224,6 +224,14 @@ def commit(conn: sqlite3.Connection, jobs: list[Job]) -> list[Result]:
         if len(jobs) == 1:
             return [(None, _as_storage_error(e))]
     return _one_by_one(conn, jobs)
+
+
+def commit_one(conn: sqlite3.Connection, job: Callable[[sqlite3.Connection], T]) -> T:
+    """``job`` in a transaction of its own (start-up, the CLI): its result, or its error raised."""
+    [(result, error)] = commit(conn, [job])
+    if error is not None:
+        raise error
+    return cast(T, result)
 
 
 def _as_storage_error(e: BaseException) -> BaseException:
