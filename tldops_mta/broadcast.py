@@ -139,6 +139,8 @@ def status(conn: sqlite3.Connection, limit: int = 20) -> list[dict[str, Any]]:
 class BroadcastClock(DueLoop):
     """In the worker: claims and queues each period when it falls due."""
 
+    wake_gap = 1.0  # woken after every batch of the worker; each look is five queries
+
     def __init__(self, cfg_of: Any, writer: Writer, reader: Reader) -> None:
         super().__init__(reader, logs.get("broadcast"))
         self.cfg_of = cfg_of  # () -> Config: the configuration in force (SIGHUP)

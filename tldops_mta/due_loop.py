@@ -18,6 +18,11 @@ ERROR_PAUSE = 1.0
 
 
 class DueLoop:
+    wake_gap = 0.0
+    """Seconds between two looks that wake-ups may cause: a loop woken after every batch of
+    the worker (a clock whose look is a query over all it watches) looks at most this often;
+    a wake-up within the gap is kept for its end, never lost."""
+
     def __init__(self, reader: Reader, log: Any) -> None:
         self.reader = reader
         self.log = log
@@ -25,8 +30,19 @@ class DueLoop:
         self._stopping = False
         self.active_at = time.monotonic()
         """When a step last found work (monotonic clock): how long this loop has been idle."""
+        self._looked_at = 0.0
+        self._wake_pending = False
 
     def wake(self) -> None:
+        delay = self._looked_at + self.wake_gap - time.monotonic()
+        if delay <= 0:
+            self._wake.set()
+        elif not self._wake_pending:
+            self._wake_pending = True
+            asyncio.get_running_loop().call_later(delay, self._wake_later)
+
+    def _wake_later(self) -> None:
+        self._wake_pending = False
         self._wake.set()
 
     def stop(self) -> None:
@@ -47,6 +63,7 @@ class DueLoop:
     async def run(self) -> None:
         while not self._stopping:
             self._wake.clear()
+            self._looked_at = time.monotonic()
             try:
                 worked = await self.step()
                 if worked:

@@ -10,7 +10,6 @@ Expiry goes through decisions.act like any decision (audit row, requester told).
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
 from typing import Any
@@ -56,34 +55,15 @@ def due(conn: sqlite3.Connection, cfg: Config, now: float) -> list[tuple[int, st
 
 
 class QueueClock(DueLoop):
+    wake_gap = WAKE_GAP  # woken after every batch of the worker; each look scans open requests
     def __init__(self, live: Live, writer: Writer, reader: Reader) -> None:
         super().__init__(reader, logs.get("queue"))
         self.rt = live
         self.writer = writer
         self.on_mail: Any = lambda: None
         """Called after a step queued mail (the outbox's wake)."""
-        self._last_look = 0.0
-        self._wake_pending = False
-
-    def wake(self) -> None:
-        """At most one look per WAKE_GAP: the worker wakes the clock after every batch (a new
-        request may be due soon), and each look is a query over every open request."""
-        if self._wake_pending:
-            return
-        delay = self._last_look + WAKE_GAP - time.monotonic()
-        if delay <= 0:
-            super().wake()
-            return
-        self._wake_pending = True
-
-        def later() -> None:
-            self._wake_pending = False
-            super(QueueClock, self).wake()
-
-        asyncio.get_running_loop().call_later(delay, later)
 
     def next_due(self, conn: sqlite3.Connection) -> float | None:
-        self._last_look = time.monotonic()
         return next_due_at(conn, self.rt.cfg)
 
     async def step(self, now: float | None = None) -> bool:
