@@ -18,7 +18,7 @@ from email import message_from_bytes
 
 from flufl.bounce import all_failures
 
-from . import logs, outbox, spool, texts
+from . import logs, mailing, spool
 from .live import Live
 from .message_facts import MessageFacts
 from .storage import Writer
@@ -47,14 +47,10 @@ def report_if_failing(live: Live, conn: sqlite3.Connection, address: str, now: f
     last = conn.execute("SELECT reported_at FROM bounce_reports WHERE address = ?", (address,)).fetchone()
     if count < int(live.cfg["bounces.threshold"]) or (last is not None and last[0] > now - window):
         return False
-    subject, body = texts.render(live.rules, "bouncing", {
+    mailing.send(live, conn, "bouncing", live.cfg["validation.validators"], {
         "address": address, "tlds": ", ".join(f".{t}" for t in tlds), "failures": count,
-        "days": f"{window / 86400:g}"})
-    for validator in live.cfg["validation.validators"]:
-        raw = outbox.compose(from_addr=f"TLD-OPS <{live.service_address('postmaster')}>", to=validator,
-                             subject=subject, body=body, domain=str(live.cfg["server.domain"]),
-                             tlp=Tlp.parse(str(live.cfg["broadcast.tlp"])))
-        outbox.enqueue(raw, live.service_address("bounces", "report"), [validator], "bouncing")(conn)
+        "days": f"{window / 86400:g}"}, tlp=Tlp.parse(str(live.cfg["broadcast.tlp"])),
+        bounce_tag="report", purpose="bouncing")
     conn.execute("INSERT INTO bounce_reports (address, reported_at, failures) VALUES (?,?,?)"
                  " ON CONFLICT (address) DO UPDATE SET reported_at = excluded.reported_at,"
                  " failures = excluded.failures", (address, now, count))

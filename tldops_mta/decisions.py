@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import outbox, policy, roster, texts, tokens
+from . import mailing, policy, roster
 from .live import Live
 from .policy import RosterEntry
 from .queue_states import FINAL, Actor, Event, State, move
@@ -180,16 +180,15 @@ def ask_validators(live: Live, conn: sqlite3.Connection, request_id: int, *, now
                             time.gmtime(r.updated_at + float(live.cfg["validation.expire_after"])))
     sent = 0
     for validator in live.cfg["validation.validators"]:
-        token = tokens.new_token()
-        tokens.issue(token, PURPOSE_DECIDE, r.id, validator.lower(), now=now, ttl=DECIDE_TOKEN_TTL)(conn)
-        values: dict[str, object] = {**_summary(live, conn, r),
-                                     "decide_address": live.service_address("decide", token)}
+        decide_address = mailing.one_time_address(live, conn, PURPOSE_DECIDE, to=validator.lower(), now=now,
+                                                  ttl=DECIDE_TOKEN_TTL, request_id=r.id, service="decide")
+        values: dict[str, object] = {**_summary(live, conn, r), "decide_address": decide_address}
         if template == "validator":
             values["expires"] = expires
             values["reminder"] = ("This is a reminder: the request has waited since "
                                   + _when(r.updated_at) + ".\n\n") if reminder else ""
         _mail(live, conn, r, template, [validator], values,
-              reply_to=live.service_address("decide", token))
+              reply_to=decide_address)
         sent += 1
     if reminder:
         conn.execute("UPDATE requests SET reminded_at = ? WHERE id = ?", (now, r.id))
@@ -204,10 +203,8 @@ def acknowledge(live: Live, conn: sqlite3.Connection, request_id: int, *, now: f
     assert r is not None
     if not r.change.get("reply_ok", True):
         return
-    token = tokens.new_token()
-    ttl = float(live.cfg["validation.expire_after"])
-    tokens.issue(token, PURPOSE_WITHDRAW, request_id, r.admin_email, now=now, ttl=ttl)(conn)
-    address = live.service_address("confirm", token)
+    address = mailing.one_time_address(live, conn, PURPOSE_WITHDRAW, to=r.admin_email, now=now,
+                                       ttl=float(live.cfg["validation.expire_after"]), request_id=request_id)
     _mail(live, conn, r, "received", [r.admin_email], {
         "id": r.id, "tld": r.tld, "action": r.action, "withdraw_address": address,
         "diff": _summary(live, conn, r)["diff"]},
@@ -222,14 +219,12 @@ def ask_to_confirm(live: Live, conn: sqlite3.Connection, request_id: int, valida
     is made when they answer it (request_auth's confirmation handler)."""
     r = load(conn, request_id)
     assert r is not None
-    token = tokens.new_token()
-    ttl = float(live.cfg["auth.token_ttl"])
-    tokens.issue(token, PURPOSE_CONFIRM_DECISION, request_id, validator, now=now, ttl=ttl,
-                 payload=json.dumps({"event": event.value, "reason": reason}))(conn)
-    address = live.service_address("confirm", token)
+    address = mailing.one_time_address(live, conn, PURPOSE_CONFIRM_DECISION, to=validator, now=now,
+                                       request_id=request_id,
+                                       payload=json.dumps({"event": event.value, "reason": reason}))
     _mail(live, conn, r, "decision_confirmation", [validator], {
         "id": r.id, "tld": r.tld, "decision": f"{event.value} {reason or ''}".strip(),
-        "confirm_address": address, "expires": _when(now + ttl)},
+        "confirm_address": address, "expires": _when(now + float(live.cfg["auth.token_ttl"]))},
         reply_to=address, auto="auto-replied", in_reply_to=in_reply_to, answered=answered)
 
 
@@ -305,19 +300,12 @@ def _mail(live: Live, conn: sqlite3.Connection, r: Request | None, template: str
           values: dict[str, object], *, reply_to: str | None = None,
           auto: str = "auto-generated", in_reply_to: str | None = None,
           answered: Tlp = Tlp.RED) -> None:
-    """Queue one mail per recipient (each its own delivery, so one bad address delays no
-    other). Bounces come back tagged with the request. ``answered``: the label of the mail
-    this one answers (RED when it had none), for the replies to Validators."""
-    subject, body = texts.render(live.rules, template, values)
-    label = _label(live, r, template, answered)
-    sender = live.service_address("postmaster")
-    bounces = live.service_address("bounces", f"r{r.id}" if r is not None else "decision")
-    for rcpt in to:
-        raw = outbox.compose(from_addr=f"TLD-OPS <{reply_to or sender}>", to=rcpt, subject=subject,
-                             body=body, domain=str(live.cfg["server.domain"]), tlp=label,
-                             reply_to=reply_to, auto=auto, in_reply_to=in_reply_to)
-        outbox.enqueue(raw, bounces, [rcpt], template,
-                       ref=f"request-{r.id}" if r is not None else None)(conn)
+    """A mail about request ``r`` (its bounces tagged with it). ``answered``: the label of
+    the mail this one answers (RED when it had none), for the replies to Validators."""
+    mailing.send(live, conn, template, to, values, tlp=_label(live, r, template, answered),
+                 bounce_tag=f"r{r.id}" if r is not None else "decision", purpose=template,
+                 reply_to=reply_to, auto=auto, in_reply_to=in_reply_to,
+                 ref=f"request-{r.id}" if r is not None else None)
 
 
 def answer_validator(live: Live, conn: sqlite3.Connection, request_id: int | None, to: str,

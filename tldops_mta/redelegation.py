@@ -13,7 +13,7 @@ from __future__ import annotations
 import sqlite3
 import time
 
-from . import logs, outbox, roster, texts, tokens
+from . import logs, mailing, roster
 from .config import Config
 from .due_loop import DueLoop
 from .iana import AdminContact, IanaClient, LookupUnavailable
@@ -53,19 +53,15 @@ def record(live: Live, conn: sqlite3.Connection, tld: str, contact: AdminContact
     conn.execute("UPDATE cctlds SET needs_reconfirmation = 1 WHERE tld = ?", (tld,))
     label = Tlp.parse(str(live.cfg["broadcast.tlp"]))
     listing = "\n".join(f"  {roster.line(e)}" for e in roster.current(conn, tld))
-    subject, body = texts.render(live.rules, "redelegation", {
-        "tld": tld, "old": old, "new": new or "(none: IANA lists no usable contact)", "roster": listing})
-    for validator in live.cfg["validation.validators"]:
-        _send(live, conn, validator, subject, body, label, None)
+    mailing.send(live, conn, "redelegation", live.cfg["validation.validators"], {
+        "tld": tld, "old": old, "new": new or "(none: IANA lists no usable contact)", "roster": listing},
+        tlp=label, bounce_tag="redelegation", purpose="redelegation")
     if new is not None:
-        token = tokens.new_token()
-        tokens.issue(token, PURPOSE_RECONFIRM, None, new, now=now, ttl=float(live.cfg["auth.token_ttl"]),
-                     payload=tld)(conn)
-        address = live.service_address("confirm", token)
-        subject, body = texts.render(live.rules, "reconfirm", {
+        address = mailing.one_time_address(live, conn, PURPOSE_RECONFIRM, to=new, now=now, payload=tld)
+        mailing.send(live, conn, "reconfirm", [new], {
             "tld": tld, "roster": listing, "confirm_address": address,
-            "requests": live.service_address("requests"), "help": live.service_address("help")})
-        _send(live, conn, new, subject, body, label, address)
+            "requests": live.service_address("requests"), "help": live.service_address("help")},
+            tlp=label, bounce_tag="redelegation", purpose="redelegation", reply_to=address)
     return f"administrative contact changed from {old} to {new}"
 
 
@@ -74,14 +70,6 @@ def reconfirmed(conn: sqlite3.Connection, tld: str, admin: str, now: float) -> s
     conn.execute("UPDATE cctlds SET admin_email = ?, needs_reconfirmation = 0 WHERE tld = ?", (admin, tld))
     conn.execute("UPDATE redelegations SET resolved_at = ? WHERE tld = ? AND resolved_at IS NULL", (now, tld))
     return f"the SSCs of .{tld} are confirmed by its new administrative contact"
-
-
-def _send(live: Live, conn: sqlite3.Connection, to: str, subject: str, body: str, label: Tlp,
-          reply_to: str | None) -> None:
-    raw = outbox.compose(from_addr=f"TLD-OPS <{reply_to or live.service_address('postmaster')}>", to=to,
-                         subject=subject, body=body, domain=str(live.cfg["server.domain"]), tlp=label,
-                         reply_to=reply_to)
-    outbox.enqueue(raw, live.service_address("bounces", "redelegation"), [to], "redelegation")(conn)
 
 
 class RedelegationWatch(DueLoop):

@@ -15,7 +15,7 @@ import sqlite3
 import time
 from typing import Any
 
-from . import addresses, auto_reply, logs, outbox, policy, roster, spool, texts, tlp, tokens
+from . import addresses, auto_reply, logs, mailing, policy, roster, spool, texts, tlp
 from .iana import tld_labels
 from .live import Live
 from .message_facts import MessageFacts
@@ -93,17 +93,12 @@ class UpdateDesk:
         to = sender.key
 
         def ask(conn: sqlite3.Connection) -> None:
-            token = tokens.new_token()
-            tokens.issue(token, PURPOSE_SELF_UPDATE, None, to, now=now, ttl=float(live.cfg["auth.token_ttl"]),
-                         payload=payload)(conn)
-            address = live.service_address("confirm", token)
-            subject, body = texts.render(live.rules, "self_update_confirmation", {
+            address = mailing.one_time_address(live, conn, PURPOSE_SELF_UPDATE, to=to, now=now,
+                                               payload=payload)
+            mailing.send(live, conn, "self_update_confirmation", [to], {
                 "tld": tld, "change": f"  {s.first_name} {s.last_name}, {number}",
-                "confirm_address": address})
-            raw = outbox.compose(from_addr=f"TLD-OPS <{address}>", to=to, subject=subject, body=body,
-                                 domain=str(live.cfg["server.domain"]), tlp=label, reply_to=address,
-                                 in_reply_to=facts.message_id, auto="auto-replied")
-            outbox.enqueue(raw, live.service_address("bounces", "update"), [to], "self-update")(conn)
+                "confirm_address": address}, tlp=label, bounce_tag="update", purpose="self-update",
+                reply_to=address, auto="auto-replied", in_reply_to=facts.message_id)
 
         await self.writer.run(ask)
         self.log.info("self-update waits for confirmation", tld=tld)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlite3
 import time
 
-from . import addresses, auto_reply, broadcast, logs, outbox, spool, texts, tlp, tokens
+from . import addresses, auto_reply, broadcast, logs, mailing, spool, texts, tlp
 from .dkim_verify import verify
 from .live import Live
 from .message_facts import MessageFacts
@@ -69,15 +69,10 @@ class WhoDesk:
                                 (broadcast.PURPOSE_WHO, to)).fetchone()[0]
             if last is not None and last > now - TOKEN_GAP:
                 return False
-            token = tokens.new_token()
-            ttl = float(cfg["auth.token_ttl"])
-            tokens.issue(token, broadcast.PURPOSE_WHO, None, to, now=now, ttl=ttl)(conn)
-            address = live.service_address("confirm", token)
-            subject, body = texts.render(live.rules, "who_confirmation", {"confirm_address": address})
-            raw = outbox.compose(from_addr=f"TLD-OPS <{address}>", to=to, subject=subject, body=body,
-                                 domain=str(cfg["server.domain"]), tlp=label, reply_to=address,
-                                 in_reply_to=facts.message_id, auto="auto-replied")
-            outbox.enqueue(raw, live.service_address("bounces", "who"), [to], "who-token")(conn)
+            address = mailing.one_time_address(live, conn, broadcast.PURPOSE_WHO, to=to, now=now)
+            mailing.send(live, conn, "who_confirmation", [to], {"confirm_address": address}, tlp=label,
+                         bounce_tag="who", purpose="who-token", reply_to=address, auto="auto-replied",
+                         in_reply_to=facts.message_id)
             return True
 
         asked = await self.writer.run(ask)
