@@ -31,8 +31,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", metavar="DIR", help="runtime directory (overrides storage.state_dir)")
 
 
-def _json_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+def _action(subs: Any, name: str, help: str, *, json: bool = False) -> argparse.ArgumentParser:
+    """A command (or a command's action) with the options every command has, and --json
+    where it prints something a script may read."""
+    p: argparse.ArgumentParser = subs.add_parser(name, help=help)
+    _common(p)
+    if json:
+        p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,80 +47,60 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tldops-mta {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("serve", help="run the SMTP daemon until SIGTERM")
-    _common(p)
+    p = _action(sub, "serve", help="run the SMTP daemon until SIGTERM")
     p.add_argument("--listen", action="append", metavar="HOST:PORT",
                    help="listen here (repeatable; [::1]:2525 for IPv6); replaces server.listen")
     p.add_argument("--domain", help="mail domain of the service addresses")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("worker", help="run the processing (worker and outbox) alone; "
-                       "'serve' starts it by itself")
-    _common(p)
+    p = _action(sub, "worker", help="run the processing (worker and outbox) alone; "
+                "'serve' starts it by itself")
     p.add_argument("--domain", help="mail domain of the service addresses")
     p.add_argument("--wake-fd", type=int, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("config", help="check or show the configuration")
     csub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    c = csub.add_parser("check", help="report every bad key or value, and bad rules files")
-    _common(c)
-    _json_flag(c)
+    c = _action(csub, "check", help="report every bad key or value, and bad rules files", json=True)
     c.set_defaults(func=cmd_config_check)
-    c = csub.add_parser("show", help="print the effective configuration")
-    _common(c)
-    _json_flag(c)
+    c = _action(csub, "show", help="print the effective configuration", json=True)
     c.set_defaults(func=cmd_config_show)
-    c = csub.add_parser("docs", help="print docs/configuration.md from the schema")
-    _common(c)
+    c = _action(csub, "docs", help="print docs/configuration.md from the schema")
     c.set_defaults(func=cmd_config_docs)
 
     p = sub.add_parser("db", help="database maintenance")
     dsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    d = dsub.add_parser("migrate", help="apply pending schema migrations")
-    _common(d)
-    _json_flag(d)
+    d = _action(dsub, "migrate", help="apply pending schema migrations", json=True)
     d.set_defaults(func=cmd_db_migrate)
 
     p = sub.add_parser("spool", help="inspect accepted messages")
     ssub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    s = ssub.add_parser("list", help="newest messages first")
-    _common(s)
-    _json_flag(s)
+    s = _action(ssub, "list", help="newest messages first", json=True)
     s.add_argument("--status", choices=[st.value for st in spool.Status])
     s.add_argument("--limit", type=int, default=50)
     s.set_defaults(func=cmd_spool_list)
-    s = ssub.add_parser("show", help="one message: envelope, history and header")
-    _common(s)
-    _json_flag(s)
+    s = _action(ssub, "show", help="one message: envelope, history and header", json=True)
     s.add_argument("queue_id", metavar="ID")
     s.add_argument("--raw", action="store_true", help="print the whole message as received")
     s.set_defaults(func=cmd_spool_show)
-    s = ssub.add_parser("retry", help="process a failed or rejected message again")
-    _common(s)
+    s = _action(ssub, "retry", help="process a failed or rejected message again")
     s.add_argument("queue_id", metavar="ID")
     s.set_defaults(func=cmd_spool_retry)
 
     p = sub.add_parser("queue", help="requests waiting for, or decided by, the Validator")
     qsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    q = qsub.add_parser("list", help="newest requests first")
-    _common(q)
-    _json_flag(q)
+    q = _action(qsub, "list", help="newest requests first", json=True)
     q.add_argument("--state", choices=[st.value for st in State])
     q.add_argument("--limit", type=int, default=50)
     q.set_defaults(func=cmd_queue_list)
-    q = qsub.add_parser("show", help="one request with its authentication evidence")
-    _common(q)
-    _json_flag(q)
+    q = _action(qsub, "show", help="one request with its authentication evidence", json=True)
     q.add_argument("item_id", metavar="ID", type=int)
     q.set_defaults(func=cmd_queue_show)
     for verb, says, needs_reason in (
             ("approve", "approve a request: the roster changes and everyone concerned is told", False),
             ("deny", "deny a request (or reverse a self-administered one), saying why", True),
             ("escalate", "send a request to the Standing Committee, saying why", True)):
-        q = qsub.add_parser(verb, help=says)
-        _common(q)
-        _json_flag(q)
+        q = _action(qsub, verb, help=says, json=True)
         q.add_argument("item_id", metavar="ID", type=int)
         q.add_argument("reason", metavar="REASON", nargs="+" if needs_reason else "*",
                        help="why (required for deny and escalate); told to the requester")
@@ -122,43 +108,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("roster", help="the Security and Stability Contacts of each ccTLD")
     rsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    r = rsub.add_parser("show", help="the current roster as the broadcast shows it")
-    _common(r)
+    r = _action(rsub, "show", help="the current roster as the broadcast shows it")
     r.add_argument("--tld", help="only this ccTLD (A-label or U-label)")
     r.set_defaults(func=cmd_roster_export, format="text")
-    r = rsub.add_parser("export", help="the current roster for import elsewhere")
-    _common(r)
+    r = _action(rsub, "export", help="the current roster for import elsewhere")
     r.add_argument("--format", choices=["text", "csv", "vcard", "json"], default="csv")
     r.add_argument("--tld", help="only this ccTLD (A-label or U-label)")
     r.set_defaults(func=cmd_roster_export)
 
     p = sub.add_parser("broadcast", help="the roster mail every SSC receives")
     bsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    b = bsub.add_parser("now", help="send the roster to every SSC now (besides the schedule)")
-    _common(b)
-    _json_flag(b)
+    b = _action(bsub, "now", help="send the roster to every SSC now (besides the schedule)", json=True)
     b.set_defaults(func=cmd_broadcast_now)
-    b = bsub.add_parser("status", help="the latest broadcasts and their deliveries")
-    _common(b)
-    _json_flag(b)
+    b = _action(bsub, "status", help="the latest broadcasts and their deliveries", json=True)
     b.set_defaults(func=cmd_broadcast_status)
-    b = bsub.add_parser("preview", help="print the broadcast mail as it would go out (nothing is sent)")
-    _common(b)
+    b = _action(bsub, "preview", help="print the broadcast mail as it would go out (nothing is sent)")
     b.set_defaults(func=cmd_broadcast_preview)
 
     p = sub.add_parser("dkim", help="the daemon's own DKIM key (for the broadcast)")
     ksub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    k = ksub.add_parser("keygen", help="make a key pair; print the DNS TXT record to publish")
-    _common(k)
+    k = _action(ksub, "keygen", help="make a key pair; print the DNS TXT record to publish")
     k.add_argument("--type", choices=["rsa", "ed25519"], default="rsa", help="RSA-2048 or Ed25519")
     k.add_argument("--out", type=Path, required=True, help="file for the private key (created 0600)")
     k.set_defaults(func=cmd_dkim_keygen)
 
     p = sub.add_parser("iana", help="IANA administrative contacts of ccTLDs")
     isub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    i = isub.add_parser("show", help="a ccTLD's administrative contact address, and where it came from")
-    _common(i)
-    _json_flag(i)
+    i = _action(isub, "show", help="a ccTLD's administrative contact address, and where it came from",
+                json=True)
     i.add_argument("tld", metavar="TLD",
                    help="the ccTLD as A-label or U-label, any case, dot or not: mt, .MT, xn--90ae")
     i.add_argument("--refresh", action="store_true", help="ask IANA even when the cached answer is fresh")
