@@ -50,8 +50,10 @@ class DaemonProc:
     """A running ``tldops serve`` with its log lines collected as they arrive."""
 
     def __init__(self, workdir: Path, settings: dict[str, Any] | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, wrapper: list[str] | None = None) -> None:
         self.workdir = workdir
+        self.wrapper = wrapper or []
+        """Run the daemon under this (systemd-socket-activate ...), which execs it."""
         self.state_dir = workdir / "state"
         # The rules as shipped (texts, policy), in a copy a test may change and SIGHUP.
         if not (workdir / "rules").exists():
@@ -86,18 +88,22 @@ class DaemonProc:
 
     # -- life --------------------------------------------------------------------------
 
-    def start(self, timeout: float = 15.0) -> DaemonProc:
+    def start(self, timeout: float = 15.0, wait_ready: bool = True) -> DaemonProc:
+        """Start it; with ``wait_ready`` (default) return once it logged 'ready'."""
         with self._cond:
             self.lines.clear()
         env = dict(os.environ)
         env.update(self.env or {})
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tldops_mta", "serve", "--config", str(self.config_path)],
+            [*self.wrapper, sys.executable, "-m", "tldops_mta", "serve", "--config", str(self.config_path)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=self.workdir, env=env)
         threading.Thread(target=self._pump, args=(self.proc,), daemon=True).start()
-        ready = self.wait_for("ready", timeout=timeout)
-        self.addresses = ready["listening"]
+        if wait_ready:
+            self.wait_ready(timeout)
         return self
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        self.addresses = self.wait_for("ready", timeout=timeout)["listening"]
 
     def _pump(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stdout is not None

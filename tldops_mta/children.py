@@ -146,13 +146,17 @@ class WorkerProcess(Supervised):
         self._wake_pending = False
         self._woken_at = 0.0
         self._wanted = asyncio.Event()
+        self.start_at_once = False
+        """Start a worker with the daemon even with nothing to do (for systemd's READY=1)."""
+        self.ready = asyncio.Event()
+        """Set once a worker has told us it is ready (database open, loops running)."""
 
     @property
     def exits_when_idle(self) -> bool:  # type: ignore[override]
         return self.max_idle > 0
 
     def wanted_at_start(self) -> bool:
-        return not self.exits_when_idle or self._due() == 0.0
+        return self.start_at_once or not self.exits_when_idle or self._due() == 0.0
 
     async def wait_until_wanted(self, after_crash: bool) -> None:
         """After a crash at once (what it had claimed waits for a new worker, and claimed
@@ -182,8 +186,9 @@ class WorkerProcess(Supervised):
     def running(self) -> bool:
         return self.proc is not None and self.proc.returncode is None
 
-    def argv(self) -> list[str]:
-        args = [sys.executable, "-m", "tldops_mta", "worker", "--wake-fd", str(self._read_fd)]
+    def argv(self, ready_fd: int) -> list[str]:
+        args = [sys.executable, "-m", "tldops_mta", "worker", "--wake-fd", str(self._read_fd),
+                "--ready-fd", str(ready_fd)]
         if self.config_path is not None:
             args += ["--config", str(self.config_path)]
         if "storage.state_dir" in self.overrides:
@@ -193,8 +198,31 @@ class WorkerProcess(Supervised):
         return args
 
     async def spawn(self) -> asyncio.subprocess.Process:
-        return await asyncio.create_subprocess_exec(
-            *self.argv(), pass_fds=(self._read_fd,), stdin=asyncio.subprocess.DEVNULL)
+        # The worker writes one byte on its ready pipe once it runs; end of file without it
+        # means it died first (the supervisor restarts it; ``ready`` stays unset).
+        ready_r, ready_w = os.pipe()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self.argv(ready_w), pass_fds=(self._read_fd, ready_w), stdin=asyncio.subprocess.DEVNULL)
+        except BaseException:
+            os.close(ready_r)
+            raise
+        finally:
+            os.close(ready_w)
+        loop = asyncio.get_running_loop()
+
+        def readable() -> None:
+            try:
+                data = os.read(ready_r, 16)
+            except OSError:
+                data = b""
+            loop.remove_reader(ready_r)
+            os.close(ready_r)
+            if data:
+                self.ready.set()
+
+        loop.add_reader(ready_r, readable)
+        return proc
 
     def wake(self) -> None:
         """Start the worker if none runs; else one byte at the end of this turn of the event

@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "'serve' starts it by itself")
     p.add_argument("--domain", help="mail domain of the service addresses")
     p.add_argument("--wake-fd", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("config", help="check or show the configuration")
@@ -184,7 +185,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from .processing import main as worker_main
 
-    return worker_main(args.config, flag_overrides(args), args.wake_fd)
+    return worker_main(args.config, flag_overrides(args), args.wake_fd, args.ready_fd)
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:

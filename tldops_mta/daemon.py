@@ -3,8 +3,10 @@
 Start: open and migrate the database, requeue interrupted work, start the spool appender and
 the worker (children), then listen (systemd sockets or our own). Logs one ``ready`` line with the real
 addresses (port 0 becomes the port the kernel gave), which is what tests and operators wait
-for. SIGTERM/SIGINT: stop accepting, let DATA finish, stop the worker, let the appender commit
-what it has, exit 0. SIGHUP: re-read the configuration and rules/, keeping the old ones if the new are bad.
+for, and tells systemd READY=1 at the same moment (Type=notify), then pings its watchdog from
+the event loop with a STATUS= line of the queue depths. SIGTERM/SIGINT: stop accepting, let
+DATA finish, stop the worker, let the appender commit what it has, exit 0. SIGHUP: re-read the
+configuration and rules/, keeping the old ones if the new are bad.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from . import config as config_mod
-from . import logs, rules, spool, storage, work_due
+from . import health, logs, rules, spool, storage, work_due
 from .children import AppenderProcess, WorkerProcess
 from .smtp_server import Runtime
+from .systemd_notify import Notifier, take_environment
 
 SD_LISTEN_FDS_START = 3
 
@@ -42,6 +45,8 @@ class Daemon:
         self.rules = rules.load(self.cfg.rules_dir)
         self.log = logs.get("daemon")
         self._stop = asyncio.Event()
+        self.inherited = inherited_sockets()
+        self.notifier: Notifier = take_environment()
 
     async def run(self) -> int:
         cfg = self.cfg
@@ -65,7 +70,7 @@ class Daemon:
 
         servers = []
         factory = rt.protocol_factory()
-        inherited = inherited_sockets()
+        inherited = self.inherited
         if inherited:
             for sock in inherited:
                 servers.append(await loop.create_server(factory, sock=sock))
@@ -74,6 +79,9 @@ class Daemon:
                 host, port = config_mod.parse_listen(spec)
                 servers.append(await loop.create_server(factory, host, port, reuse_address=True))
         listening = [_fmt(s.getsockname()) for srv in servers for s in srv.sockets]
+        # Under systemd, READY=1 means the worker runs too: start one now, even with nothing
+        # to do (it exits after worker.max_idle as usual). Run by hand, it starts on demand.
+        worker.start_at_once = self.notifier.enabled
         await worker.start()
 
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -86,8 +94,19 @@ class Daemon:
         self.log.info("ready", listening=listening, database=str(cfg.database_path),
                       migrations_applied=applied, requeued=requeued, domain=cfg["server.domain"],
                       pid=os.getpid(), systemd_sockets=bool(inherited))
+        if self.notifier.enabled:
+            # A worker that keeps failing: systemd's start timeout. SIGTERM still stops us.
+            waits = [asyncio.create_task(e.wait()) for e in (worker.ready, self._stop)]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for t in waits:
+                t.cancel()
+        first = await self.status_line()
+        self.notifier.send("READY=1", f"MAINPID={os.getpid()}", *([f"STATUS={first}"] if first else []))
+        watchdog = asyncio.create_task(self.notifier.watchdog(self.status_line), name="watchdog")
 
         await self._stop.wait()
+        self.notifier.send("STOPPING=1", "STATUS=stopping: finishing sessions in DATA")
+        watchdog.cancel()
         self.log.info("stopping", open_sessions=len(rt.sessions))
         for srv in servers:
             srv.close()
@@ -98,9 +117,36 @@ class Daemon:
         with contextlib.suppress(OSError):
             pid_file.unlink()
         self.log.info("stopped", worker_exit=worker_exit, appender_exit=appender_exit)
+        self.notifier.close()
         return 0
 
+    async def status_line(self) -> str | None:
+        """The health in one line, read in a thread on a connection of its own (the counts
+        must not hold the event loop); None when the database cannot tell."""
+        if not self.notifier.enabled:
+            return None
+        path = self.cfg.database_path
+
+        def read() -> str:
+            conn = storage.connect(path, busy_timeout_ms=1000)
+            try:
+                return health.read(conn).status_line()
+            finally:
+                conn.close()
+
+        try:
+            return await asyncio.to_thread(read)
+        except Exception as e:  # the pings go on; the line says why it is missing
+            return f"status unavailable: {type(e).__name__}"
+
     def reload(self, rt: Runtime, worker: WorkerProcess, appender: AppenderProcess) -> None:
+        self.notifier.send("RELOADING=1")
+        try:
+            self._reload(rt, worker, appender)
+        finally:
+            self.notifier.send("READY=1")
+
+    def _reload(self, rt: Runtime, worker: WorkerProcess, appender: AppenderProcess) -> None:
         try:
             cfg = config_mod.load(self.config_path, self.overrides)
             new_rules = rules.load(cfg.rules_dir)

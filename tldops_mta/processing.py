@@ -46,7 +46,7 @@ sending server waits for, while a decision can come a moment later."""
 
 
 async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mapping[str, Any],
-              wake_fd: int | None) -> int:
+              wake_fd: int | None, ready_fd: int | None = None) -> int:
     """``config_path`` and ``overrides`` are kept to re-read the configuration on SIGHUP."""
     log = logs.get("worker")
     loop = asyncio.get_running_loop()
@@ -144,6 +144,10 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
     if wake_fd is not None:  # run by the SMTP process, which starts it again on demand
         tasks.append(asyncio.create_task(exit_when_idle(), name="idle"))
     log.info("worker ready", pid=os.getpid(), requeued=requeued)
+    if ready_fd is not None:  # the SMTP process tells systemd READY=1 after this
+        with contextlib.suppress(OSError):
+            os.write(ready_fd, b"R")
+        os.close(ready_fd)
     await stop.wait()
     worker.stop()
     deliverer.stop()
@@ -157,10 +161,11 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
     return 0
 
 
-def main(config_path: Path | None, overrides: Mapping[str, Any], wake_fd: int | None) -> int:
+def main(config_path: Path | None, overrides: Mapping[str, Any], wake_fd: int | None,
+         ready_fd: int | None = None) -> int:
     if wake_fd is not None:
         die_with_parent()
         yield_to_intake(WORKER_NICENESS)
     cfg = config_mod.load(config_path, overrides)
     logs.setup(cfg["log.level"])
-    return asyncio.run(run(cfg, config_path, overrides, wake_fd))
+    return asyncio.run(run(cfg, config_path, overrides, wake_fd, ready_fd))

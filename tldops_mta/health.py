@@ -1,0 +1,126 @@
+"""The daemon's health in figures: one read of the database that ``tldops status``, systemd's
+``STATUS=`` line and the metrics endpoint all show, so the three can never disagree.
+
+Only counts and times: nothing here names a person.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from . import storage
+
+SPOOL_STATUSES = ("received", "processing", "done", "rejected", "failed")
+OUTBOX_STATUSES = ("queued", "sent", "failed")
+OPEN_REQUEST_STATES = ("awaiting-confirmation", "awaiting-validator", "escalated")
+
+
+@dataclass(frozen=True)
+class Health:
+    at: float
+    schema_version: int
+    spool: dict[str, int] = field(default_factory=dict)
+    """Messages by status (all of them: received and processing are still to do)."""
+    oldest_waiting_s: float | None = None
+    """Age of the oldest message not yet processed."""
+    queue: dict[str, int] = field(default_factory=dict)
+    """Requests by state."""
+    outbox: dict[str, int] = field(default_factory=dict)
+    """Outgoing deliveries by status."""
+    oldest_queued_mail_s: float | None = None
+    last_broadcast_at: float | None = None
+    last_broadcast_period: str | None = None
+    last_broadcast_undelivered: int = 0
+    """Deliveries of the last broadcast still queued."""
+    subscribed_cctlds: int = 0
+    sscs: int = 0
+
+    @property
+    def spool_waiting(self) -> int:
+        return self.spool.get("received", 0) + self.spool.get("processing", 0)
+
+    @property
+    def queue_open(self) -> int:
+        return sum(self.queue.get(s, 0) for s in OPEN_REQUEST_STATES)
+
+    @property
+    def outbox_queued(self) -> int:
+        return self.outbox.get("queued", 0)
+
+    @property
+    def problems(self) -> list[str]:
+        """What an operator should look at, in words; empty when all is well."""
+        out = []
+        if self.spool.get("failed", 0):
+            out.append(f"{self.spool['failed']} message(s) failed processing "
+                       "(tldops spool list --status failed)")
+        if self.outbox.get("failed", 0):
+            out.append(f"{self.outbox['failed']} outgoing mail(s) failed for good")
+        if self.oldest_waiting_s is not None and self.oldest_waiting_s > 600:
+            out.append(f"the oldest unprocessed message waits since {_age(self.oldest_waiting_s)}")
+        if self.oldest_queued_mail_s is not None and self.oldest_queued_mail_s > 3600:
+            out.append(f"outgoing mail waits since {_age(self.oldest_queued_mail_s)} (smarthost?)")
+        return out
+
+    def status_line(self) -> str:
+        """systemd's STATUS=: one short line for ``systemctl status``."""
+        line = (f"spool {self.spool_waiting} waiting, queue {self.queue_open} open, "
+                f"outbox {self.outbox_queued} queued")
+        if self.oldest_queued_mail_s is not None:
+            line += f" (oldest {_age(self.oldest_queued_mail_s)})"
+        return line
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(spool_waiting=self.spool_waiting, queue_open=self.queue_open,
+                 outbox_queued=self.outbox_queued, problems=self.problems)
+        return d
+
+
+def read(conn: sqlite3.Connection, now: float | None = None) -> Health:
+    """One consistent snapshot (a single read transaction)."""
+    now = time.time() if now is None else now
+    conn.execute("BEGIN")
+    try:
+        spool_counts = dict.fromkeys(SPOOL_STATUSES, 0)
+        spool_counts.update(conn.execute("SELECT status, count(*) FROM spool GROUP BY status").fetchall())
+        oldest = conn.execute("SELECT min(received_at) FROM spool WHERE status IN ('received', 'processing')"
+                              ).fetchone()[0]
+        queue = dict(conn.execute("SELECT state, count(*) FROM requests GROUP BY state").fetchall())
+        outbox = dict.fromkeys(OUTBOX_STATUSES, 0)
+        outbox.update(conn.execute("SELECT status, count(*) FROM outbox_deliveries GROUP BY status")
+                      .fetchall())
+        oldest_mail = conn.execute(
+            "SELECT min(m.created_at) FROM outbox_deliveries d JOIN outbox_messages m ON m.id = d.message_id"
+            " WHERE d.status = 'queued'").fetchone()[0]
+        last = conn.execute("SELECT claimed_at, period, outbox_message_id FROM broadcasts"
+                            " ORDER BY claimed_at DESC, id DESC LIMIT 1").fetchone()
+        undelivered = 0
+        if last is not None and last[2] is not None:
+            undelivered = conn.execute("SELECT count(*) FROM outbox_deliveries WHERE message_id = ?"
+                                       " AND status = 'queued'", (last[2],)).fetchone()[0]
+        tlds, sscs = conn.execute("SELECT count(DISTINCT tld), count(*) FROM roster").fetchone()
+        version = storage.schema_version(conn)
+    finally:
+        conn.execute("COMMIT")
+    return Health(
+        at=now, schema_version=version, spool=spool_counts,
+        oldest_waiting_s=None if oldest is None else max(0.0, now - oldest),
+        queue=queue, outbox=outbox,
+        oldest_queued_mail_s=None if oldest_mail is None else max(0.0, now - oldest_mail),
+        last_broadcast_at=None if last is None else last[0],
+        last_broadcast_period=None if last is None else last[1],
+        last_broadcast_undelivered=undelivered, subscribed_cctlds=tlds, sscs=sscs)
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.0f} h"
+    return f"{seconds / 86400:.0f} days"
