@@ -280,6 +280,8 @@ def cmd_spool_show(args: argparse.Namespace) -> int:
     print(f"status:      {entry.status} (attempts {entry.attempts})")
     print(f"received:    {_when(entry.received_at)} UTC from {entry.client_addr} "
           f"(HELO {entry.helo}), session {entry.session_id}")
+    if entry.relay_addr:
+        print(f"relayed by:  {entry.relay_addr} (client and HELO as it forwarded them)")
     print(f"envelope:    from <{entry.mail_from}> to {', '.join('<' + r + '>' for r in entry.rcpt_to)}")
     print(f"size:        {entry.size} octets")
     if entry.services:

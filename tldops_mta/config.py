@@ -167,6 +167,11 @@ SCHEMA: tuple[Key, ...] = (
     Key("server", "limit_exempt", [], _networks,
         "Client networks not counted against max_connections_per_ip (e.g. a Postfix in "
         "front on loopback)."),
+    Key("server", "trusted_relays", [], _networks,
+        "Client networks whose XFORWARD is believed (a Postfix in front with "
+        "smtp_send_xforward_command = yes): the spool then records the real client's address "
+        "and HELO as the relay forwards them, and the relay's own address beside them. Others "
+        "are not offered XFORWARD and get 550 5.7.0 for it."),
     Key("server", "max_recipients", 20, _int_range(1, 1000),
         "Recipients in one transaction. More get 452 4.5.3."),
     Key("server", "idle_timeout", 60.0, _float_range(0.1, 3600),

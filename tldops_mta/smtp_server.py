@@ -66,7 +66,15 @@ def _networks(specs: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress
 
 
 def _exempt(ip: str, cfg: Config) -> bool:
-    nets = _networks(tuple(cfg["server.limit_exempt"]))
+    return _in(ip, cfg["server.limit_exempt"])
+
+
+def _trusted_relay(ip: str, cfg: Config) -> bool:
+    return _in(ip, cfg["server.trusted_relays"])
+
+
+def _in(ip: str, specs: list[str]) -> bool:
+    nets = _networks(tuple(specs))
     if not nets:
         return False
     try:
@@ -300,6 +308,28 @@ class Protocol(SMTP):
         finally:
             self._raw_replies = False
 
+    async def smtp_XFORWARD(self, arg: str) -> None:
+        """Postfix's XFORWARD (XFORWARD_README): a trusted relay names the client it got
+        this mail from. Kept on the envelope, so it ends with the transaction, as in Postfix.
+        Not in HELP (no @syntax): only the relays it is offered to in EHLO need it."""
+        session, envelope = self.session, self.envelope
+        assert session is not None and envelope is not None  # both exist once connected
+        peer = session.peer if isinstance(session.peer, tuple) else (str(session.peer),)
+        if not _trusted_relay(str(peer[0]), self.runtime.cfg):
+            await self.push(replies.XFORWARD_REFUSED)
+            return
+        if envelope.mail_from:
+            await self.push(replies.XFORWARD_IN_TRANSACTION)
+            return
+        attrs = xforward_attributes(arg)
+        if attrs is None:
+            await self.push(replies.XFORWARD_SYNTAX)
+            return
+        forwarded: dict[str, str] = getattr(envelope, "xforward", {})
+        forwarded.update(attrs)
+        envelope.xforward = forwarded  # type: ignore[attr-defined]
+        await self.push("250 2.0.0 Ok")
+
     @syntax("VRFY <address>")
     async def smtp_VRFY(self, arg: str) -> None:
         await self.push("252 2.5.0 Cannot VRFY; send mail and it will be answered")
@@ -332,6 +362,9 @@ class Intake:
         session.host_name = hostname
         responses = [r for r in responses if not r[4:].upper().startswith("AUTH")]
         responses[-1:-1] = ["250-PIPELINING", "250-ENHANCEDSTATUSCODES"]  # before "250 HELP"
+        peer = session.peer if isinstance(session.peer, tuple) else (str(session.peer),)
+        if _trusted_relay(str(peer[0]), self.rt.cfg):
+            responses[-1:-1] = ["250-XFORWARD " + " ".join(XFORWARD_NAMES)]
         return responses
 
     async def handle_MAIL(self, server: Protocol, session: Session, envelope: Envelope,
@@ -360,14 +393,24 @@ class Intake:
             server.log.info("message refused", reply=refusal[:10], size=len(raw))
             return refusal
         peer = session.peer if isinstance(session.peer, tuple) else (str(session.peer), None)
+        client, port, helo = str(peer[0]), int(peer[1]) if peer[1] is not None else None, session.host_name
+        relay = None
+        forwarded: dict[str, str] = getattr(envelope, "xforward", {})
+        if "ADDR" in forwarded:
+            relay = f"{client}:{port}" if port is not None else client
+            client, port = forwarded["ADDR"], None
+            if forwarded.get("PORT", "").isdigit():
+                port = int(forwarded["PORT"])
+            helo = forwarded.get("HELO", helo)
         now = time.time()
         arrival = spool.Arrival(
             queue_id=spool.new_queue_id(now),
             received_at=now,
             session_id=server.session_id,
-            client_addr=str(peer[0]),
-            client_port=int(peer[1]) if peer[1] is not None else None,
-            helo=session.host_name,
+            client_addr=client,
+            client_port=port,
+            helo=helo,
+            relay_addr=relay,
             mail_from="" if envelope.mail_from == "<>" else (envelope.mail_from or ""),
             rcpt_to=tuple(envelope.rcpt_tos),
             smtputf8=bool(envelope.smtp_utf8),
@@ -392,6 +435,54 @@ class Intake:
     async def handle_exception(self, error: Exception) -> str:
         logs.get("smtp").exception("error in SMTP session")
         return replies.INTERNAL_ERROR
+
+
+XFORWARD_NAMES = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE")
+_UNKNOWN = ("[UNAVAILABLE]", "[TEMPUNAVAIL]")
+
+
+def xforward_attributes(arg: str) -> dict[str, str] | None:
+    """``NAME=v ADDR=v ...`` with xtext values (RFC 3461), as Postfix sends them; None for
+    anything else. Unknown values drop the attribute (the relay did not know it); an
+    ``IPV6:`` prefix on ADDR is removed; ADDR must be an IP address."""
+    out: dict[str, str] = {}
+    for item in arg.split():
+        name, eq, value = item.partition("=")
+        name = name.upper()
+        if not eq or name not in XFORWARD_NAMES:
+            return None
+        try:
+            value = _xtext(value)
+        except ValueError:
+            return None
+        if value.upper() in _UNKNOWN:
+            continue
+        if name == "ADDR":
+            value = value[5:] if value.upper().startswith("IPV6:") else value
+            try:
+                value = str(ipaddress.ip_address(value))
+            except ValueError:
+                return None
+        out[name] = value[:255]
+    return out if out or arg.strip() else None
+
+
+def _xtext(value: str) -> str:
+    out, i = [], 0
+    while i < len(value):
+        c = value[i]
+        if c == "+":
+            code = value[i + 1:i + 3]
+            if len(code) != 2 or any(h not in "0123456789ABCDEFabcdef" for h in code):
+                raise ValueError("bad xtext")
+            out.append(chr(int(code, 16)))
+            i += 3
+        elif "!" <= c <= "~" and c != "=":
+            out.append(c)
+            i += 1
+        else:
+            raise ValueError("bad xtext")
+    return "".join(out)
 
 
 __all__ = ["Intake", "Limiter", "Protocol", "Runtime", "Service"]

@@ -41,6 +41,8 @@ class Arrival:
     rcpt_to: tuple[str, ...]
     smtputf8: bool
     raw: bytes
+    relay_addr: str | None = None
+    """The trusted relay that handed it over (XFORWARD); client_* are then the relay's word."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ class Entry:
     services: list[str] | None
     reason: str | None
     updated_at: float
+    relay_addr: str | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -121,7 +124,7 @@ def insert_all(conn: sqlite3.Connection, arrivals: list[Arrival]) -> list[None]:
         for a in chunk:
             rows += (a.queue_id, a.received_at, a.session_id, a.client_addr, a.client_port,
                      a.helo, a.mail_from, json.dumps(list(a.rcpt_to)), int(a.smtputf8),
-                     len(a.raw), a.received_at)
+                     len(a.raw), a.received_at, a.relay_addr)
             blobs += (a.queue_id, a.raw)
         conn.execute(_insert_sql(len(chunk)), rows)
         # The raw octets go to the rows just made, found by their (unique) queue ids.
@@ -132,9 +135,9 @@ def insert_all(conn: sqlite3.Connection, arrivals: list[Arrival]) -> list[None]:
 
 
 def _insert_sql(n: int) -> str:
-    rows = ",".join(["(?,?,?,?,?,?,?,?,?,?,?)"] * n)  # placeholders only: no data in the SQL
+    rows = ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?)"] * n)  # placeholders only: no data in the SQL
     return ("INSERT INTO spool (queue_id, received_at, session_id, client_addr, client_port,"  # noqa: S608
-            f" helo, mail_from, rcpt_to, smtputf8, size, updated_at) VALUES {rows}")
+            f" helo, mail_from, rcpt_to, smtputf8, size, updated_at, relay_addr) VALUES {rows}")
 
 
 def _insert_raw_sql(n: int) -> str:
@@ -261,13 +264,13 @@ def retry(queue_id: str, now: float) -> Callable[[sqlite3.Connection], bool]:
 
 _ENTRY_COLUMNS = (
     "id, queue_id, received_at, status, attempts, size, mail_from, rcpt_to, client_addr,"
-    " session_id, helo, services, reason, updated_at"
+    " session_id, helo, services, reason, updated_at, relay_addr"
 )
 
 
 def _entry(r: tuple[Any, ...]) -> Entry:
     return Entry(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), r[8], r[9], r[10],
-                 json.loads(r[11]) if r[11] else None, r[12], r[13])
+                 json.loads(r[11]) if r[11] else None, r[12], r[13], r[14])
 
 
 def listing(conn: sqlite3.Connection, status: str | None = None, limit: int = 100) -> list[Entry]:

@@ -30,7 +30,7 @@ class FrameError(Exception):
 
 def encode_arrival(seq: int, a: Arrival) -> bytes:
     header = json.dumps([a.queue_id, a.received_at, a.session_id, a.client_addr, a.client_port,
-                         a.helo, a.mail_from, list(a.rcpt_to), a.smtputf8]).encode()
+                         a.helo, a.mail_from, list(a.rcpt_to), a.smtputf8, a.relay_addr]).encode()
     return b"".join((REQUEST.pack(seq, len(header), len(a.raw)), header, a.raw))
 
 
@@ -55,7 +55,7 @@ def decode_arrivals(buf: bytes | bytearray) -> tuple[list[tuple[int, Arrival]], 
                     client_addr=str(f[3]), client_port=None if f[4] is None else int(f[4]),
                     helo=None if f[5] is None else str(f[5]), mail_from=str(f[6]),
                     rcpt_to=tuple(str(r) for r in f[7]), smtputf8=bool(f[8]),
-                    raw=bytes(view[start + hlen:end]))
+                    raw=bytes(view[start + hlen:end]), relay_addr=None if f[9] is None else str(f[9]))
             except (ValueError, TypeError, IndexError, KeyError) as e:
                 raise FrameError(f"bad arrival header: {e}") from e
             out.append((seq, arrival))
