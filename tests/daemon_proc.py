@@ -75,6 +75,8 @@ class DaemonProc:
             "iana.whois_host": "127.0.0.1",
             "iana.whois_port": 9,
             "iana.timeout": 1.0,
+            # Tests run daemons side by side: each endpoint on a port of its own.
+            "metrics.listen": "127.0.0.1:0",
         }
         base.update(settings or {})
         self.settings = base

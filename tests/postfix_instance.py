@@ -128,6 +128,15 @@ class PostfixInstance:
         """Queue ids tldops-mta gave in its 250 replies, as Postfix logged them."""
         return re.findall(r"status=sent \(250 2\.0\.0 Ok: queued as ([0-9A-F]+)\)", self.log())
 
+    def wait_delivered(self, queue_id: str, timeout: float = 30.0) -> None:
+        """Until Postfix's log says it handed the message over and got ``queue_id`` back
+        (its log writer, postlogd, writes a moment after the delivery itself)."""
+        deadline = time.monotonic() + timeout
+        while queue_id not in self.queue_ids_delivered():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"postfix never logged the delivery of {queue_id}:\n{self.log()}")
+            time.sleep(0.02)
+
     def stop(self) -> None:
         self._postfix("stop", check=False)
         shutil.rmtree(self.root, ignore_errors=True)

@@ -143,7 +143,7 @@ def test_mail_through_postfix_arrives_with_the_clients_real_address(
                        (qid,))
     # The Received trail says the same (Postfix's line, with the client it saw).
     assert b"from mail.nic.example (unknown [127.0.0.2])" in bytes(raw)
-    assert qid in pf.queue_ids_delivered()
+    pf.wait_delivered(qid)
     d.wait_for("message processed", lambda r: r.get("queue_id") == qid, timeout=30)
 
 

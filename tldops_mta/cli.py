@@ -126,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     b = _action(bsub, "preview", help="print the broadcast mail as it would go out (nothing is sent)")
     b.set_defaults(func=cmd_broadcast_preview)
 
+    p = _action(sub, "status", help="the daemon's health: running?, spool, queue, outbox, "
+                "broadcast, roster; exit 1 when something needs a look", json=True)
+    p.set_defaults(func=cmd_status)
+
     p = sub.add_parser("dkim", help="the daemon's own DKIM key (for the broadcast)")
     ksub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     k = _action(ksub, "keygen", help="make a key pair; print the DNS TXT record to publish")
@@ -531,3 +535,41 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """The same figures as systemd's STATUS= line and the metrics endpoint (health.read)."""
+    from . import health
+    from .daemon import running_pid
+
+    cfg = load_config(args)
+    h = health.read(open_db(cfg))
+    pid = running_pid(cfg.state_dir)
+    problems = ([] if pid is not None else ["the daemon is not running"]) + h.problems
+    if args.json:
+        _print_json({**h.as_dict(), "running": pid is not None, "pid": pid, "problems": problems})
+        return EXIT_ERROR if problems else EXIT_OK
+
+    def counts(d: dict[str, int]) -> str:
+        return ", ".join(f"{n} {k}" for k, n in d.items() if n) or "none"
+
+    def age(seconds: float | None) -> str:
+        return "" if seconds is None else f" (oldest {health.age_text(seconds)})"
+
+    print(f"tldops-mta: {'running, pid ' + str(pid) if pid else 'NOT RUNNING'}; "
+          f"database {cfg.database_path}, schema {h.schema_version}")
+    print(f"spool:      {h.spool_waiting} waiting{age(h.oldest_waiting_s)}; {counts(h.spool)}")
+    print(f"queue:      {h.queue_open} open; {counts(h.queue)}")
+    print(f"outbox:     {h.outbox_queued} queued{age(h.oldest_queued_mail_s)}; {counts(h.outbox)}")
+    if h.last_broadcast_at is None:
+        print("broadcast:  none yet")
+    else:
+        done = (f"all delivered {_when(h.last_broadcast_completed_at)} UTC"
+                if h.last_broadcast_undelivered == 0 and h.last_broadcast_completed_at
+                else f"{h.last_broadcast_undelivered} deliveries still queued")
+        print(f"broadcast:  {h.last_broadcast_period} queued {_when(h.last_broadcast_at)} UTC; {done}")
+    print(f"roster:     {h.sscs} SSCs of {h.subscribed_cctlds} ccTLDs")
+    print("problems:   " + ("none" if not problems else problems[0]))
+    for p in problems[1:]:
+        print("            " + p)
+    return EXIT_ERROR if problems else EXIT_OK

@@ -111,6 +111,19 @@ def _listen_list(v: Any) -> str | None:
     return None
 
 
+def _metrics_listen(v: Any) -> str | None:
+    allowed = "\"HOST:PORT\", \"[IPv6]:PORT\", or \"\" for no endpoint"
+    if not isinstance(v, str):
+        return allowed
+    if not v:
+        return None
+    try:
+        parse_listen(v)
+    except ValueError:
+        return allowed
+    return None
+
+
 def _addresses(v: Any) -> str | None:
     allowed = "a list of IP addresses such as \"127.0.0.1\" or \"::1\""
     if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
@@ -332,6 +345,10 @@ SCHEMA: tuple[Key, ...] = (
         "in this time."),
     Key("log", "level", "info", _one_of("debug", "info", "warning", "error"),
         "Least severe log level written. Personal data appears only at debug."),
+    Key("metrics", "listen", "127.0.0.1:9325", _metrics_listen,
+        "HOST:PORT of the Prometheus endpoint (/metrics), served by the SMTP process; keep it "
+        "on loopback (or behind a proxy). Port 0: any free port (logged in the 'ready' line). "
+        "Empty: no endpoint."),
     Key("rules", "dir", "rules", _path,
         "Directory of policy files, re-read on SIGHUP."),
 )

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import config as config_mod
-from . import health, logs, rules, spool, storage, work_due
+from . import health, logs, metrics, rules, spool, storage, work_due
 from .children import AppenderProcess, WorkerProcess
 from .smtp_server import Runtime
 from .systemd_notify import Notifier, take_environment
@@ -47,6 +47,8 @@ class Daemon:
         self._stop = asyncio.Event()
         self.inherited = inherited_sockets()
         self.notifier: Notifier = take_environment()
+        if self.cfg["metrics.listen"]:
+            metrics.prepare_directory(self.cfg.state_dir)  # before any child starts
 
     async def run(self) -> int:
         cfg = self.cfg
@@ -79,6 +81,7 @@ class Daemon:
                 host, port = config_mod.parse_listen(spec)
                 servers.append(await loop.create_server(factory, host, port, reuse_address=True))
         listening = [_fmt(s.getsockname()) for srv in servers for s in srv.sockets]
+        metrics_server, metrics_at = self.start_metrics(rt)
         # Under systemd, READY=1 means the worker runs too: start one now, even with nothing
         # to do (it exits after worker.max_idle as usual). Run by hand, it starts on demand.
         worker.start_at_once = self.notifier.enabled
@@ -93,7 +96,7 @@ class Daemon:
         pid_file = write_pid_file(cfg.state_dir)
         self.log.info("ready", listening=listening, database=str(cfg.database_path),
                       migrations_applied=applied, requeued=requeued, domain=cfg["server.domain"],
-                      pid=os.getpid(), systemd_sockets=bool(inherited))
+                      pid=os.getpid(), systemd_sockets=bool(inherited), metrics=metrics_at)
         if self.notifier.enabled:
             # A worker that keeps failing: systemd's start timeout. SIGTERM still stops us.
             waits = [asyncio.create_task(e.wait()) for e in (worker.ready, self._stop)]
@@ -111,6 +114,8 @@ class Daemon:
         for srv in servers:
             srv.close()
         await rt.shutdown(rt.cfg["server.shutdown_grace"])
+        if metrics_server is not None:
+            await asyncio.to_thread(metrics_server.shutdown)
         worker_exit = await worker.stop()
         appender_exit = await appender.stop()
         conn.close()
@@ -119,6 +124,29 @@ class Daemon:
         self.log.info("stopped", worker_exit=worker_exit, appender_exit=appender_exit)
         self.notifier.close()
         return 0
+
+    def start_metrics(self, rt: Runtime) -> tuple[Any, str | None]:
+        """The Prometheus endpoint, or (None, None) when configured off or its port is taken
+        (logged: mail intake matters more than its figures)."""
+        spec = self.cfg["metrics.listen"]
+        if not spec:
+            return None, None
+        host, port = config_mod.parse_listen(spec)
+        path = self.cfg.database_path
+
+        def health_view() -> health.Health:
+            conn = storage.connect(path, busy_timeout_ms=1000)
+            try:
+                return health.read(conn)
+            finally:
+                conn.close()
+
+        try:
+            server, bound = metrics.serve(host, port, rt.counts, health_view, lambda: len(rt.sessions))
+        except OSError as e:
+            self.log.error("metrics endpoint not started", listen=spec, error=str(e))
+            return None, None
+        return server, _fmt((host, bound))
 
     async def status_line(self) -> str | None:
         """The health in one line, read in a thread on a connection of its own (the counts
@@ -193,17 +221,27 @@ def write_pid_file(state_dir: Path) -> Path:
     return path
 
 
-def wake(state_dir: Path) -> bool:
-    """Tell a running daemon that the CLI queued work. Only a process that is ours gets the
-    signal: a stale pid file naming another process is left alone (SIGUSR1 would kill it)."""
+def running_pid(state_dir: Path) -> int | None:
+    """The pid of the daemon serving ``state_dir``, or None. A stale pid file naming another
+    process (pids are reused) does not count: the process must be a ``tldops serve``."""
     try:
         pid = int((state_dir / PID_FILE).read_text().strip())
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        if b"tldops_mta" not in b" ".join(cmdline) and not any(a.endswith(b"tldops") for a in cmdline):
-            return False
-        if b"serve" not in cmdline:
-            return False
-        os.kill(pid, signal.SIGUSR1)
     except (OSError, ValueError):
+        return None
+    if b"tldops_mta" not in b" ".join(cmdline) and not any(a.endswith(b"tldops") for a in cmdline):
+        return None
+    return pid if b"serve" in cmdline else None
+
+
+def wake(state_dir: Path) -> bool:
+    """Tell a running daemon that the CLI queued work (SIGUSR1 only to a daemon of ours: to
+    another process it would be fatal)."""
+    pid = running_pid(state_dir)
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, signal.SIGUSR1)
+    except OSError:
         return False
     return True

@@ -47,6 +47,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from publicsuffixlist import PublicSuffixList
 
+from . import metrics
 from .config import Config
 
 T = TypeVar("T")
@@ -214,6 +215,8 @@ class KeyResolver:
             qname = dns.name.from_text(name)
         except dns.exception.DNSException as e:
             raise KeyRecordError(f"{name!r} is not a valid DNS name") from e
+        m = metrics.worker_metrics()
+        started = time.monotonic()
         try:
             # dnspython's lifetime can overshoot by its retry back-off; the configured
             # timeout is a promise to the operator, so it is also enforced here.
@@ -221,13 +224,18 @@ class KeyResolver:
                 answer = await self._resolver.resolve(qname, "TXT", search=False,
                                                       lifetime=self.timeout)
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer, dns.resolver.YXDOMAIN):
+            m.lookup_seconds.labels("dns").observe(time.monotonic() - started)
             return None
         except (TimeoutError, dns.exception.Timeout) as e:
+            m.lookup_errors.labels("dns").inc()
             raise KeyTemporaryError(f"no answer within {self.timeout:g} s") from e
         except dns.resolver.NoNameservers as e:
+            m.lookup_errors.labels("dns").inc()
             raise KeyTemporaryError(_no_nameservers_reason(e)) from e
         except (dns.exception.DNSException, OSError) as e:
+            m.lookup_errors.labels("dns").inc()
             raise KeyTemporaryError(f"{type(e).__name__}: {e}") from e
+        m.lookup_seconds.labels("dns").observe(time.monotonic() - started)
         records = [b"".join(r.strings) for r in answer
                    if isinstance(r, dns.rdtypes.ANY.TXT.TXT)]
         if not records:

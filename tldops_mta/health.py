@@ -35,6 +35,8 @@ class Health:
     last_broadcast_period: str | None = None
     last_broadcast_undelivered: int = 0
     """Deliveries of the last broadcast still queued."""
+    last_broadcast_completed_at: float | None = None
+    """When the newest broadcast with nothing left queued had its last delivery done."""
     subscribed_cctlds: int = 0
     sscs: int = 0
 
@@ -60,9 +62,9 @@ class Health:
         if self.outbox.get("failed", 0):
             out.append(f"{self.outbox['failed']} outgoing mail(s) failed for good")
         if self.oldest_waiting_s is not None and self.oldest_waiting_s > 600:
-            out.append(f"the oldest unprocessed message waits since {_age(self.oldest_waiting_s)}")
+            out.append(f"the oldest unprocessed message waits since {age_text(self.oldest_waiting_s)}")
         if self.oldest_queued_mail_s is not None and self.oldest_queued_mail_s > 3600:
-            out.append(f"outgoing mail waits since {_age(self.oldest_queued_mail_s)} (smarthost?)")
+            out.append(f"outgoing mail waits since {age_text(self.oldest_queued_mail_s)} (smarthost?)")
         return out
 
     def status_line(self) -> str:
@@ -70,7 +72,7 @@ class Health:
         line = (f"spool {self.spool_waiting} waiting, queue {self.queue_open} open, "
                 f"outbox {self.outbox_queued} queued")
         if self.oldest_queued_mail_s is not None:
-            line += f" (oldest {_age(self.oldest_queued_mail_s)})"
+            line += f" (oldest {age_text(self.oldest_queued_mail_s)})"
         return line
 
     def as_dict(self) -> dict[str, Any]:
@@ -102,6 +104,11 @@ def read(conn: sqlite3.Connection, now: float | None = None) -> Health:
         if last is not None and last[2] is not None:
             undelivered = conn.execute("SELECT count(*) FROM outbox_deliveries WHERE message_id = ?"
                                        " AND status = 'queued'", (last[2],)).fetchone()[0]
+        completed = conn.execute(
+            "SELECT max(d.updated_at) FROM broadcasts b"
+            " JOIN outbox_deliveries d ON d.message_id = b.outbox_message_id GROUP BY b.id"
+            " HAVING sum(d.status = 'queued') = 0 ORDER BY b.claimed_at DESC, b.id DESC LIMIT 1"
+        ).fetchone()
         tlds, sscs = conn.execute("SELECT count(DISTINCT tld), count(*) FROM roster").fetchone()
         version = storage.schema_version(conn)
     finally:
@@ -113,10 +120,12 @@ def read(conn: sqlite3.Connection, now: float | None = None) -> Health:
         oldest_queued_mail_s=None if oldest_mail is None else max(0.0, now - oldest_mail),
         last_broadcast_at=None if last is None else last[0],
         last_broadcast_period=None if last is None else last[1],
-        last_broadcast_undelivered=undelivered, subscribed_cctlds=tlds, sscs=sscs)
+        last_broadcast_undelivered=undelivered,
+        last_broadcast_completed_at=None if completed is None else completed[0],
+        subscribed_cctlds=tlds, sscs=sscs)
 
 
-def _age(seconds: float) -> str:
+def age_text(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 7200:

@@ -27,7 +27,7 @@ from typing import Literal
 import idna
 
 from . import iana_answers as answers
-from . import logs, storage
+from . import logs, metrics, storage
 from .config import Config
 from .iana_answers import MAX_ANSWER, AnswerError, NotDelegated
 from .storage import Reader, Writer
@@ -285,11 +285,13 @@ class IanaClient:
             try:
                 answer = await ask(a_label)
             except SourceFailed as e:
+                _observe(source, started, failed=True)
                 failures.append(f"{source}: {e.reason}")
                 log.warning("iana_lookup", tld=a_label, source=source, outcome="failed",
                             duration=round(time.monotonic() - started, 3), reason=e.reason)
                 continue
             duration = round(time.monotonic() - started, 3)
+            _observe(source, started, failed=answer.status == "unreadable")
             if answer.status == "unreadable":
                 failures.append(f"{source}: {answer.reason}")
                 log.warning("iana_lookup", tld=a_label, source=source, outcome="unreadable",
@@ -410,3 +412,10 @@ def lookup_blocking(cfg: Config, tld: str, *, refresh: bool = False) -> AdminCon
             reader.close()
 
     return asyncio.run(run())
+
+
+def _observe(source: str, started: float, *, failed: bool) -> None:
+    m = metrics.worker_metrics()
+    m.lookup_seconds.labels(source).observe(time.monotonic() - started)
+    if failed:
+        m.lookup_errors.labels(source).inc()

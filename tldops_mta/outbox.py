@@ -24,7 +24,7 @@ from email.utils import format_datetime, make_msgid
 from pathlib import Path
 from typing import Any
 
-from . import logs
+from . import logs, metrics
 from .config import Config, parse_listen
 from .due_loop import DueLoop
 from .retry import backoff
@@ -44,6 +44,9 @@ class Due:
     attempts: int
     mail_from: str
     raw: bytes
+    purpose: str = ""
+    ref: str | None = None
+    """What caused it (request-N, a spool queue id, a broadcast period): in its log lines."""
 
 
 def compose(*, from_addr: str, to: str, subject: str, body: str, domain: str, tlp: Tlp,
@@ -149,14 +152,14 @@ def due(conn: sqlite3.Connection, now: float, limit: int) -> list[Due]:
     """The deliveries due, each message's octets read once however many of its deliveries
     are in the batch (a broadcast's half-megabyte, to hundreds of SSCs)."""
     rows = conn.execute(
-        "SELECT d.id, d.message_id, d.rcpt, d.attempts, coalesce(d.mail_from, m.mail_from)"
+        "SELECT d.id, d.message_id, d.rcpt, d.attempts, coalesce(d.mail_from, m.mail_from), m.purpose, m.ref"
         " FROM outbox_deliveries d JOIN outbox_messages m ON m.id = d.message_id"
         " WHERE d.status = 'queued' AND d.next_attempt_at <= ? ORDER BY d.next_attempt_at, d.id"
         " LIMIT ?", (now, limit)).fetchall()
     ids = sorted({r[1] for r in rows})
     raws = dict(conn.execute(f"SELECT id, raw FROM outbox_messages WHERE id IN ({','.join('?' * len(ids))})",  # noqa: S608
                              ids).fetchall()) if ids else {}
-    return [Due(r[0], r[1], r[2], r[3], r[4], bytes(raws[r[1]])) for r in rows]
+    return [Due(r[0], r[1], r[2], r[3], r[4], bytes(raws[r[1]]), r[5], r[6]) for r in rows]
 
 
 def next_due_at(conn: sqlite3.Connection) -> float | None:
@@ -227,7 +230,8 @@ class Deliverer(DueLoop):
 
     async def _deliver(self, d: Due) -> asyncio.Future[None] | None:
         """Hand ``d`` over; on success, the (running) commit of its "sent" row."""
-        log = self.log.bind(outbox_id=d.message_id, delivery=d.id, rcpt=logs.redact_address(d.rcpt))
+        log = self.log.bind(outbox_id=d.message_id, delivery=d.id, rcpt=logs.redact_address(d.rcpt),
+                            purpose=d.purpose, ref=d.ref)
         try:
             if self.cfg["outbox.smarthost"]:
                 await self._relay(d)
@@ -236,12 +240,15 @@ class Deliverer(DueLoop):
                 await asyncio.to_thread(self._write_file, d)
                 how = "written"
         except PermanentFailure as e:
+            metrics.worker_metrics().outgoing.labels("failed").inc()
             await self.writer.run(record(d.id, "failed", str(e)[:500], 0))
             log.error("delivery refused for good", error=str(e)[:200])
             return None
         except Exception as e:
             attempts = d.attempts + 1
             error = f"{type(e).__name__}: {e}"[:500]
+            gave_up = attempts >= MAX_ATTEMPTS
+            metrics.worker_metrics().outgoing.labels("failed" if gave_up else "deferred").inc()
             if attempts >= MAX_ATTEMPTS:
                 await self.writer.run(record(d.id, "failed", f"gave up: {error}", 0))
                 log.error("delivery failed after retries", attempts=attempts, error=error)
@@ -250,6 +257,8 @@ class Deliverer(DueLoop):
             await self.writer.run(record(d.id, "queued", error, time.time() + delay))
             log.warning("delivery deferred", attempts=attempts, retry_in=delay, error=error)
             return None
+
+        metrics.worker_metrics().outgoing.labels("sent").inc()
 
         async def sent() -> None:
             await self.writer.run(record(d.id, "sent", None, 0))

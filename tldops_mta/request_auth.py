@@ -22,6 +22,7 @@ from . import (
     broadcast,
     decisions,
     logs,
+    metrics,
     outbox,
     policy,
     redelegation,
@@ -98,6 +99,9 @@ class Authenticator:
                               offload=self.offload)
         alignment = cfg["dkim.alignment"]
         counting = report.counting(sender.domain, alignment)
+        dkim_counter = metrics.worker_metrics().dkim
+        for sig in report.signatures:
+            dkim_counter.labels(sig.result, "yes" if sig in counting else "no").inc()
         replayed, replay_why = await self._replayed(facts, now)
         view = MessageView(
             from_key=sender.key,
@@ -141,20 +145,21 @@ class Authenticator:
                                      tlp.of_message(facts.subject or "", text))
         evidence = _evidence(d, contact, report, authentication_results(cfg.hostname, report),
                              sender, facts, replay_why)
+        ids: dict[str, int] = {}
         if d.verdict is Verdict.VERIFIED:
             effects.append(self._verified(p, d, form.action or "", sender.key, evidence, change, now,
-                                          facts.message_id))
+                                          facts.message_id, ids))
             said = f".{d.tld}: verified"
         else:
             assert d.admin_key is not None
             effects.append(self._confirmation(p, facts, d, form.action or "", sender.key, evidence,
-                                              change, now))
+                                              change, now, ids))
             said = f".{d.tld}: confirmation asked of the IANA administrative contact"
-        return spool.Outcome(p.id, spool.Status.DONE, said, ("requests",), effects=tuple(effects))
+        return spool.Outcome(p.id, spool.Status.DONE, said, ("requests",), effects=tuple(effects), ids=ids)
 
     def _verified(self, p: spool.Pending, d: Decision, action: str, requester: str,
                   evidence: dict[str, Any], change: dict[str, Any], now: float,
-                  message_id: str | None) -> spool.Effect:
+                  message_id: str | None, ids: dict[str, int]) -> spool.Effect:
         """The request row, then either self-administration applies it (when the policy
         allows and nothing needs a Validator's eye) or the Validators are asked and the
         requester is told its number and how to withdraw it."""
@@ -165,7 +170,7 @@ class Authenticator:
                       and not change["warnings"])
 
         def job(conn: sqlite3.Connection) -> None:
-            request_id = request(conn)
+            request_id = ids["request"] = request(conn)
             if self_admin:
                 by = decisions.By(Actor.POLICY, "self-administration", "dkim")
                 if decisions.act(live, conn, request_id, Event.APPROVE, by,
@@ -194,7 +199,7 @@ class Authenticator:
 
     def _confirmation(self, p: spool.Pending, facts: MessageFacts, d: Decision, action: str,
                       requester: str, evidence: dict[str, Any], change: dict[str, Any],
-                      now: float) -> spool.Effect:
+                      now: float, ids: dict[str, int]) -> spool.Effect:
         """Request row, token (hash only) and the mail that carries the token, together."""
         cfg = self.rt.cfg
         token = tokens.new_token()
@@ -217,10 +222,10 @@ class Authenticator:
                                evidence, change, now)
 
         def job(conn: sqlite3.Connection) -> None:
-            request_id = request(conn)
+            request_id = ids["request"] = request(conn)
             tokens.issue(token, PURPOSE_CONFIRM, request_id, admin, now=now, ttl=ttl)(conn)
             outbox.enqueue(raw, self.rt.service_address("bounces", f"r{request_id}"), [admin],
-                           "confirmation", ref=p.queue_id)(conn)
+                           "confirmation", ref=f"request-{request_id}")(conn)
 
         return job
 

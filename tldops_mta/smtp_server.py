@@ -27,6 +27,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException, syntax
 from . import content_checks, logs, replies, spool
 from .config import Config
 from .live import Live
+from .metrics import SmtpCounts
 from .recipients import Service, classify
 from .storage import StorageFull
 
@@ -110,6 +111,7 @@ class Runtime(Live):
         self.on_spooled = on_spooled
         self.limiter = Limiter()
         self.sessions: set[Protocol] = set()
+        self.counts = SmtpCounts()
         self.closing = False
         self.tls = tls_context(cfg)
         self.log = logs.get("smtp")
@@ -185,9 +187,11 @@ class Protocol(SMTP):
         if refusal is None and self.runtime.closing:
             refusal = replies.SHUTTING_DOWN
             self.runtime.limiter.release(ip)
+        self.runtime.counts.connections["refused" if refusal is not None else "accepted"] += 1
         if refusal is not None:
             self._refused = True
             self.log.info("connection refused", client=ip, reply=refusal[:9])
+            self.runtime.counts.replies[refusal[:3]] += 1
             assert isinstance(transport, asyncio.WriteTransport)
             transport.write(refusal.encode() + b"\r\n")
             transport.close()
@@ -245,6 +249,7 @@ class Protocol(SMTP):
         if transport is None or transport.is_closing():
             return
         self.log.info("closing session", reply=reply[:9])
+        self.runtime.counts.replies[reply[:3]] += 1
         assert isinstance(transport, asyncio.WriteTransport)
         transport.write(reply.encode() + b"\r\n")
         transport.close()
@@ -277,6 +282,7 @@ class Protocol(SMTP):
             status = replies.with_enhanced_code(status)
         if self.transport is None or self.transport.is_closing():
             return
+        self.runtime.counts.replies[status[:3] if isinstance(status, str) else status[:3].decode()] += 1
         await super().push(status)  # type: ignore[type-var]
 
     async def handle_exception(self, error: Exception) -> str:

@@ -77,6 +77,9 @@ class Outcome:
     retry_at: float = 0.0
     effects: tuple[Effect, ...] = ()
     counts_attempt: bool = True
+    ids: dict[str, int] = field(default_factory=dict)
+    """Filled by the effects as they run (the id of the request row they make), so that the
+    log line after the commit ties the message to what it became."""
 
 
 @dataclass

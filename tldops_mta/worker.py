@@ -15,7 +15,7 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 
-from . import logs, message_facts, spool
+from . import logs, message_facts, metrics, spool
 from .due_loop import DueLoop
 from .live import Live
 from .recipients import Service, classify
@@ -80,11 +80,18 @@ class Worker(DueLoop):
         finish = spool.finish(outcomes, done, retry_at, self.owner)
         replaced = {o.id: o for o in await self.writer.run(finish)}
         self.processed += len(outcomes)
+        counted = metrics.worker_metrics().messages
+        for o in outcomes:
+            status = replaced[o.id].status if o.id in replaced else o.status
+            for service in o.services or ("none",):
+                counted.labels(service.split("+")[0], status.value).inc()
         self.on_outcomes()
         for p, o in zip(work, outcomes, strict=True):
             if o.id in replaced:
                 self.log.error("outcome not recorded, will retry", queue_id=p.queue_id,
                                reason=replaced[o.id].reason)
+            elif o.ids:  # it became something (a request): the line that ties them, at info
+                self.log.info("message processed", queue_id=p.queue_id, status=o.status.value, **o.ids)
             else:
                 self.log.debug("message processed", queue_id=p.queue_id, status=o.status.value)
         return True
