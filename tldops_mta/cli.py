@@ -126,6 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
     b = _action(bsub, "preview", help="print the broadcast mail as it would go out (nothing is sent)")
     b.set_defaults(func=cmd_broadcast_preview)
 
+    p = _action(sub, "stats", help="subscribed and non-subscribed ccTLDs per region, ASCII and "
+                "IDN apart, as in the SECIR report's Tables 1 and 2 and Appendix A", json=True)
+    p.add_argument("--at", metavar="DATE", type=dt.date.fromisoformat,
+                   help="as on this day (YYYY-MM-DD): the root zone and the roster of then")
+    p.add_argument("--subscribed", metavar="FILE", type=Path,
+                   help="count these ccTLDs as subscribed (one per line) instead of the roster's")
+    p.add_argument("--csv", action="store_true", help="the summary as CSV, one row per kind and region")
+    p.set_defaults(func=cmd_stats)
+
     p = _action(sub, "status", help="the daemon's health: running?, spool, queue, outbox, "
                 "broadcast, roster; exit 1 when something needs a look", json=True)
     p.set_defaults(func=cmd_status)
@@ -204,6 +213,13 @@ def cmd_config_check(args: argparse.Namespace) -> int:
             rules.load(cfg.rules_dir)
         except rules.RulesError as e:
             problems += [f"rules: {p}" for p in e.problems]
+        from . import cctlds
+
+        if (cfg.rules_dir / cctlds.FILE).exists():
+            try:
+                cctlds.load(cfg.rules_dir)
+            except cctlds.CctldsError as e:
+                problems += [f"rules: {p}" for p in e.problems]
     if args.json:
         _print_json({"ok": not problems, "problems": problems,
                      "source": str(args.config) if args.config else None})
@@ -573,3 +589,33 @@ def cmd_status(args: argparse.Namespace) -> int:
     for p in problems[1:]:
         print("            " + p)
     return EXIT_ERROR if problems else EXIT_OK
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from . import cctlds, stats
+
+    cfg = load_config(args)
+    try:
+        table = cctlds.load(cfg.rules_dir)
+    except cctlds.CctldsError as e:
+        raise CliError("; ".join(e.problems[:3])) from e
+    conn = open_db(cfg)
+    day = args.at or dt.datetime.now(dt.UTC).date()
+    if args.subscribed is not None:
+        try:
+            subscribed = stats.read_subscribed_file(args.subscribed.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise CliError(f"{args.subscribed}: {e}") from e
+        source = str(args.subscribed)
+    elif args.at is not None:
+        subscribed, source = stats.subscribed_on(conn, day), "roster history"
+    else:
+        subscribed, source = stats.subscribed_now(conn), "roster"
+    result = stats.summarise(table, subscribed, day, source, stats.last_invitations(conn))
+    if args.json:
+        _print_json(result.as_dict())
+    elif args.csv:
+        sys.stdout.write(stats.render_csv(result))
+    else:
+        print(stats.render_text(result), end="")
+    return EXIT_OK

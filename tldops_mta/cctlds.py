@@ -1,0 +1,108 @@
+"""The ccTLDs of the root zone, with their country and region: ``rules/cctlds.csv``.
+
+Data, not code: an operator adds a newly delegated ccTLD (or retires one) by editing a line.
+Each ccTLD carries the dates it entered and left the root, so that statistics can be asked
+for any day (``tldops stats --at 2015-06-17`` counts the root as it was then). Regions are
+the five of the SECIR report (its Tables 1 and 2 and Appendix A): AF, AP, EUR, NA, LAC.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+FILE = "cctlds.csv"
+COLUMNS = ("tld", "unicode", "country", "region", "delegated", "retired", "counted")
+REGIONS = {"AF": "Africa", "AP": "Asia-Pacific", "EUR": "Europe", "NA": "North America",
+           "LAC": "Latin America and Caribbean"}
+"""In the report's order."""
+
+
+class CctldsError(Exception):
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Cctld:
+    tld: str
+    """A-label, lower case, no dot."""
+    unicode: str
+    """U-label of an IDN ccTLD; empty for an ASCII one."""
+    country: str
+    region: str
+    delegated: dt.date
+    retired: dt.date | None
+    counted: bool = True
+    """False for a ccTLD delegated but not in use, which statistics leave out as the report
+    does (.gb, "reserved")."""
+
+    @property
+    def idn(self) -> bool:
+        return self.tld.startswith("xn--")
+
+    @property
+    def shown(self) -> str:
+        """``.mt``; an IDN as its U-label, then its A-label in brackets."""
+        return f".{self.unicode} ({self.tld})" if self.idn else f".{self.tld}"
+
+    def in_root(self, day: dt.date) -> bool:
+        return self.delegated <= day and (self.retired is None or self.retired > day)
+
+    def counts_on(self, day: dt.date) -> bool:
+        """In the root that day and in use: what the statistics count."""
+        return self.counted and self.in_root(day)
+
+
+def load(rules_dir: Path) -> list[Cctld]:
+    """Every row of ``rules_dir/cctlds.csv``; CctldsError names each bad line."""
+    path = rules_dir / FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise CctldsError([f"{path}: {e.strerror or e}"]) from e
+    return parse(text, str(path))
+
+
+def parse(text: str, name: str = FILE) -> list[Cctld]:
+    rows = csv.reader(text.splitlines())
+    header = next(rows, None)
+    if header is None or tuple(h.strip() for h in header) != COLUMNS:
+        raise CctldsError([f"{name}: the first line must be {','.join(COLUMNS)}"])
+    out: list[Cctld] = []
+    problems: list[str] = []
+    seen: set[str] = set()
+    for line, row in enumerate(rows, start=2):
+        if not row or row[0].startswith("#"):
+            continue
+        where = f"{name} line {line}"
+        if len(row) != len(COLUMNS):
+            problems.append(f"{where}: {len(row)} fields, {len(COLUMNS)} expected")
+            continue
+        tld, uni, country, region, delegated, retired, counted = (f.strip() for f in row)
+        if not tld or tld != tld.lower() or tld.startswith(".") or tld in seen:
+            problems.append(f"{where}: '{tld}' must be a lower-case A-label without dot, listed once")
+            continue
+        if tld.startswith("xn--") != bool(uni):
+            problems.append(f"{where}: an IDN (xn--) needs its U-label, an ASCII ccTLD none")
+            continue
+        if counted not in ("yes", "no"):
+            problems.append(f"{where}: counted must be yes or no")
+            continue
+        if region not in REGIONS:
+            problems.append(f"{where}: region '{region}' is not one of {', '.join(REGIONS)}")
+            continue
+        try:
+            start = dt.date.fromisoformat(delegated)
+            end = dt.date.fromisoformat(retired) if retired else None
+        except ValueError:
+            problems.append(f"{where}: dates must be YYYY-MM-DD (retired may be empty)")
+            continue
+        seen.add(tld)
+        out.append(Cctld(tld, uni, country, region, start, end, counted == "yes"))
+    if problems:
+        raise CctldsError(problems)
+    return out
