@@ -208,6 +208,14 @@ class DaemonProc:
         finally:
             conn.close()
 
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> int:
+        """A change to the database, committed (as another process would make it); rows changed."""
+        conn = sqlite3.connect(self.db_path, timeout=10, isolation_level=None)
+        try:
+            return conn.execute(sql, params).rowcount
+        finally:
+            conn.close()
+
     def connect(self, timeout: float = 10.0) -> socket.socket:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         s = socket.socket(family, socket.SOCK_STREAM)

@@ -135,6 +135,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", action="store_true", help="the summary as CSV, one row per kind and region")
     p.set_defaults(func=cmd_stats)
 
+    p = _action(sub, "backup", help="copy the whole database to FILE (safe while the daemon runs)",
+                json=True)
+    p.add_argument("file", metavar="FILE", type=Path, help="a new file (never overwritten)")
+    p.set_defaults(func=cmd_backup)
+    p = _action(sub, "restore", help="replace the database by a backup (the daemon must be stopped)",
+                json=True)
+    p.add_argument("file", metavar="FILE", type=Path)
+    p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser("person", help="one person's data: what we hold (export), or its erasure")
+    psub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    pp = _action(psub, "export", help="all we hold about ADDRESS (a data-access request)", json=True)
+    pp.add_argument("address", metavar="ADDRESS")
+    pp.set_defaults(func=cmd_person_export)
+    pp = _action(psub, "erase", help="remove ADDRESS: off the roster, its mail and its mentions; "
+                 "an audit record without personal data stays", json=True)
+    pp.add_argument("address", metavar="ADDRESS")
+    pp.add_argument("--reason", required=True, help="why (kept in the audit record)")
+    pp.set_defaults(func=cmd_person_erase)
+
     p = _action(sub, "status", help="the daemon's health: running?, spool, queue, outbox, "
                 "broadcast, roster; exit 1 when something needs a look", json=True)
     p.set_defaults(func=cmd_status)
@@ -618,4 +638,84 @@ def cmd_stats(args: argparse.Namespace) -> int:
         sys.stdout.write(stats.render_csv(result))
     else:
         print(stats.render_text(result), end="")
+    return EXIT_OK
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from . import backups
+
+    cfg = load_config(args)
+    try:
+        done = backups.backup(cfg.database_path, args.file, busy_timeout_ms=cfg["storage.busy_timeout_ms"])
+    except backups.BackupError as e:
+        raise CliError(str(e)) from e
+    if args.json:
+        _print_json({"file": str(done.path), "size": done.size, "schema_version": done.schema_version})
+    else:
+        print(f"backup written to {done.path} ({done.size} octets, schema version {done.schema_version})")
+    return EXIT_OK
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from . import backups
+    from .daemon import running_pid
+
+    cfg = load_config(args)
+    pid = running_pid(cfg.state_dir)
+    if pid is not None:
+        raise CliError(f"the daemon is running (pid {pid}): stop it first (systemctl stop tldops-mta)")
+    try:
+        done = backups.restore(args.file, cfg.database_path)
+    except backups.BackupError as e:
+        raise CliError(str(e)) from e
+    if args.json:
+        _print_json({"database": str(done.path), "schema_version": done.schema_version,
+                     "migrations_applied": list(done.migrations_applied)})
+    else:
+        migrated = (f"; migrations {', '.join(map(str, done.migrations_applied))} applied"
+                    if done.migrations_applied else "")
+        print(f"restored {args.file} to {done.path} (schema version {done.schema_version}{migrated})")
+    return EXIT_OK
+
+
+def cmd_person_export(args: argparse.Namespace) -> int:
+    from . import persons
+
+    found = persons.export(open_db(load_config(args)), args.address)
+    if args.json:
+        _print_json(found)
+        return EXIT_OK
+    if not persons.holds_anything(found):
+        print(f"nothing is held about {found['address']}")
+        return EXIT_OK
+    print(f"What tldops-mta holds about {found['address']}:")
+    for section, items in found.items():
+        if section == "address" or not items:
+            continue
+        print(f"\n{section.replace('_', ' ')}:")
+        for item in items:
+            print("  " + (json.dumps(item, ensure_ascii=False, sort_keys=True, default=str)
+                          if isinstance(item, dict) else str(item)))
+    return EXIT_OK
+
+
+def cmd_person_erase(args: argparse.Namespace) -> int:
+    import getpass
+
+    from . import persons
+
+    cfg = load_config(args)
+    conn = open_db(cfg)
+    try:
+        counts = storage.commit_one(conn, lambda c: persons.erase(
+            c, args.address, by=f"cli:{getpass.getuser()}", reason=" ".join(args.reason.split()),
+            now=time.time()))
+    except persons.EraseRefused as e:
+        raise CliError(str(e)) from e
+    if args.json:
+        _print_json({"erased": bool(counts), "counts": counts})
+    elif counts:
+        print("erased: " + ", ".join(f"{n} {table}" for table, n in sorted(counts.items())))
+    else:
+        print("nothing was held about that address; an audit record of the request was kept")
     return EXIT_OK

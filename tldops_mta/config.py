@@ -221,6 +221,14 @@ SCHEMA: tuple[Key, ...] = (
         "directory."),
     Key("storage", "database", "tldops.sqlite3", _path,
         "SQLite file name, relative to state_dir unless absolute."),
+    Key("storage", "retention_days", 90, _int_range(1, 36_500),
+        "Days the octets of a processed message (and of sent outgoing mail) are kept; the "
+        "nightly housekeeping removes older ones. Their envelope, status and history stay."),
+    Key("housekeeping", "hour", 3, _int_range(0, 23),
+        "Hour of the day (UTC) of the nightly housekeeping: the retention purge and, once a "
+        "month, the statistics mail to the Validators and the Standing Committee."),
+    Key("housekeeping", "monthly_stats", True, _bool,
+        "Mail `tldops stats` to validation.validators and validation.committee once a month."),
     Key("storage", "busy_timeout_ms", 5000, _int_range(0, 600_000),
         "How long a write waits for a lock held by another process before it fails "
         "(the SMTP reply is then 451 4.3.0)."),

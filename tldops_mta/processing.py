@@ -27,6 +27,7 @@ from .child import die_with_parent, yield_to_intake
 from .decision_desk import DecisionDesk
 from .dispatch import Dispatcher
 from .dkim_verify import KeyResolver
+from .housekeeping import Housekeeping
 from .iana import IanaClient
 from .live import Live
 from .outbox import Deliverer
@@ -72,6 +73,8 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
     broadcaster = BroadcastClock(lambda: live.cfg, writer, reader)
     broadcaster.on_mail = deliverer.wake
     watch = RedelegationWatch(live, writer, reader, auth.iana)
+    housekeeper = Housekeeping(live, writer, reader)
+    housekeeper.on_mail = deliverer.wake
 
     def after_outcomes() -> None:
         deliverer.wake()  # outcomes may have queued mail
@@ -115,6 +118,7 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
             deliverer.wake()  # the CLI may have queued mail (SIGUSR1 to the daemon)
             clock.wake()
             broadcaster.wake()
+            housekeeper.wake()
         else:
             loop.remove_reader(wake_fd)
             stop.set()
@@ -140,7 +144,8 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
              asyncio.create_task(deliverer.run(), name="outbox"),
              asyncio.create_task(clock.run(), name="queue-clock"),
              asyncio.create_task(broadcaster.run(), name="broadcast"),
-             asyncio.create_task(watch.run(), name="redelegation")]
+             asyncio.create_task(watch.run(), name="redelegation"),
+             asyncio.create_task(housekeeper.run(), name="housekeeping")]
     if wake_fd is not None:  # run by the SMTP process, which starts it again on demand
         tasks.append(asyncio.create_task(exit_when_idle(), name="idle"))
     log.info("worker ready", pid=os.getpid(), requeued=requeued)
@@ -154,6 +159,7 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
     clock.stop()
     broadcaster.stop()
     watch.stop()
+    housekeeper.stop()
     await asyncio.gather(*tasks)
     await writer.close()
     reader.close()

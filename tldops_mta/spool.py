@@ -252,9 +252,11 @@ def retry(queue_id: str, now: float) -> Callable[[sqlite3.Connection], bool]:
     """Put a failed or rejected message back for processing (an operator's decision)."""
 
     def job(conn: sqlite3.Connection) -> bool:
+        # A message whose octets the retention purge removed cannot be processed again.
         row = conn.execute(
             "UPDATE spool SET status = 'received', attempts = 0, next_attempt_at = 0,"
             " updated_at = ? WHERE queue_id = ? AND status IN ('failed', 'rejected')"
+            " AND EXISTS (SELECT 1 FROM spool_messages m WHERE m.id = spool.id)"
             " RETURNING id", (now, queue_id)).fetchone()
         if row:
             conn.execute(
@@ -301,8 +303,8 @@ def show(conn: sqlite3.Connection, queue_id: str) -> tuple[Entry, bytes] | None:
             "SELECT at, status, reason FROM spool_events WHERE spool_id = ? ORDER BY at, rowid",
             (entry.id,))
     ]
-    raw = conn.execute("SELECT raw FROM spool_messages WHERE id = ?", (entry.id,)).fetchone()[0]
-    return entry, bytes(raw)
+    row = conn.execute("SELECT raw FROM spool_messages WHERE id = ?", (entry.id,)).fetchone()
+    return entry, b"" if row is None else bytes(row[0])  # b"": purged (storage.retention_days)
 
 
 def counts(conn: sqlite3.Connection) -> dict[str, int]:

@@ -36,6 +36,8 @@ FIELDS: dict[str, frozenset[str]] = {
     "outcome": frozenset({"id", "tld", "action", "outcome", "reason", "diff"}),
     "welcome": frozenset({"tld", "name", "roster", "who", "update", "help"}),
     "removed": frozenset({"tld", "name", "help"}),
+    "stats_report": frozenset({"month", "summary", "csv"}),
+    "invitation": frozenset({"tld", "country", "requests", "help", "home"}),
 }
 
 _PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
