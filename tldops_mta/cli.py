@@ -155,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--reason", required=True, help="why (kept in the audit record)")
     pp.set_defaults(func=cmd_person_erase)
 
+    p = _action(sub, "invite", help="mail the IANA admin contact of each non-subscribed ccTLD an "
+                "invitation with the request form (at most once per outreach.interval_days)", json=True)
+    p.add_argument("--region", choices=["AF", "AP", "EUR", "NA", "LAC"], help="only this region")
+    p.add_argument("--dry-run", action="store_true", help="list who would be invited; send nothing")
+    p.set_defaults(func=cmd_invite)
+
     p = _action(sub, "status", help="the daemon's health: running?, spool, queue, outbox, "
                 "broadcast, roster; exit 1 when something needs a look", json=True)
     p.set_defaults(func=cmd_status)
@@ -718,4 +724,28 @@ def cmd_person_erase(args: argparse.Namespace) -> int:
         print("erased: " + ", ".join(f"{n} {table}" for table, n in sorted(counts.items())))
     else:
         print("nothing was held about that address; an audit record of the request was kept")
+    return EXIT_OK
+
+
+def cmd_invite(args: argparse.Namespace) -> int:
+    from . import cctlds, logs, outreach
+
+    cfg = load_config(args)
+    logs.setup(cfg["log.level"], stream=sys.stderr)  # stdout is the answer
+    open_db(cfg).close()  # a clear error when there is no database yet
+    try:
+        done = outreach.run(cfg, region=args.region, dry_run=args.dry_run)
+    except cctlds.CctldsError as e:
+        raise CliError("; ".join(e.problems[:3])) from e
+    invited = [i for i in done if i.skipped is None]
+    if invited and not args.dry_run:
+        _wake_daemon(cfg)
+    if args.json:
+        _print_json({"dry_run": args.dry_run, "invitations": [i.as_dict() for i in done]})
+        return EXIT_OK
+    verb = "would invite" if args.dry_run else "invited"
+    for i in done:
+        what = f"{verb} {i.admin}" if i.skipped is None else f"skipped: {i.skipped}"
+        print(f"{i.region:<4} {i.shown:<28} {what}")
+    print(f"{len(invited)} {verb}, {len(done) - len(invited)} skipped")
     return EXIT_OK

@@ -357,6 +357,11 @@ SCHEMA: tuple[Key, ...] = (
         "HOST:PORT of the Prometheus endpoint (/metrics), served by the SMTP process; keep it "
         "on loopback (or behind a proxy). Port 0: any free port (logged in the 'ready' line). "
         "Empty: no endpoint."),
+    Key("outreach", "interval_days", 90, _int_range(1, 3650),
+        "`tldops invite` mails a non-subscribed ccTLD's IANA administrative contact at most "
+        "once in this many days."),
+    Key("outreach", "home_url", "", _string(r"(https://\S+)?", "an https:// URL, or \"\""),
+        "The TLD-OPS home page, named in invitations (empty: not named)."),
     Key("rules", "dir", "rules", _path,
         "Directory of policy files, re-read on SIGHUP."),
 )

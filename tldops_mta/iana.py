@@ -393,23 +393,8 @@ def lookup_blocking(cfg: Config, tld: str, *, refresh: bool = False) -> AdminCon
     tld_labels(tld)  # a bad TLD is reported before any file is created
 
     async def run() -> AdminContact:
-        kw = {"busy_timeout_ms": int(cfg["storage.busy_timeout_ms"]),
-              "max_size_mb": int(cfg["storage.max_size_mb"])}
-        wconn = storage.connect(cfg.database_path, **kw)
-        try:
-            storage.migrate(wconn)
-            rconn = storage.connect(cfg.database_path, **kw)
-        except BaseException:
-            wconn.close()
-            raise
-        writer = Writer(wconn, max_batch=int(cfg["storage.group_commit_max"]))
-        reader = Reader(rconn)
-        writer.start()
-        try:
+        async with storage.standalone(cfg) as (writer, reader):
             return await IanaClient(cfg, writer, reader).admin_contact(tld, refresh=refresh)
-        finally:
-            await writer.close()
-            reader.close()
 
     return asyncio.run(run())
 

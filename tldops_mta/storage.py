@@ -31,6 +31,9 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 if TYPE_CHECKING:  # the spool appender process imports this module and not asyncio
     import asyncio
+    from collections.abc import AsyncIterator
+
+    from .config import Config
 
 T = TypeVar("T")
 A = TypeVar("A")
@@ -362,3 +365,27 @@ def _deliver(outcomes: list[Delivery]) -> None:
             fut.set_exception(error)
         else:
             fut.set_result(result)
+
+
+@contextlib.asynccontextmanager
+async def standalone(cfg: Config) -> AsyncIterator[tuple[Writer, Reader]]:
+    """A Writer and a Reader on the database as the daemon opens them, for a command that
+    does the daemon's kind of work (an IANA lookup, invitations): the schema is migrated
+    first if the database is new."""
+    kw = {"busy_timeout_ms": int(cfg["storage.busy_timeout_ms"]),
+          "max_size_mb": int(cfg["storage.max_size_mb"])}
+    wconn = connect(cfg.database_path, **kw)
+    try:
+        migrate(wconn)
+        rconn = connect(cfg.database_path, **kw)
+    except BaseException:
+        wconn.close()
+        raise
+    writer = Writer(wconn, max_batch=int(cfg["storage.group_commit_max"]))
+    reader = Reader(rconn)
+    writer.start()
+    try:
+        yield writer, reader
+    finally:
+        await writer.close()
+        reader.close()
