@@ -55,6 +55,8 @@ def test_backup_while_running_then_restore_after_stop(start_daemon: Callable[...
 
     again = tldops(d, "backup", str(backup))
     assert again.returncode == 1 and "exists" in again.stderr  # never overwritten
+    nowhere = tldops(d, "backup", str(tmp_path / "missing" / "b.sqlite3"))
+    assert nowhere.returncode == 1 and "is not a directory: create it first" in nowhere.stderr
 
     later = deliver(d, "after the backup")
     refused = tldops(d, "restore", str(backup))
@@ -121,11 +123,16 @@ def test_nightly_purge_removes_old_octets_and_keeps_the_history(
     # The history stays; the octets are gone; it cannot be processed again.
     shown = tldops(d, "spool", "show", queue_ids[0])
     assert shown.returncode == 0 and "status:      done" in shown.stdout
+    assert "octets removed (storage.retention_days" in shown.stdout
     assert d.query("SELECT count(*) FROM spool_messages WHERE id = (SELECT id FROM spool WHERE queue_id = ?)",
                    (queue_ids[0],)) == [(0,)]
     assert d.query("SELECT count(*) FROM spool_messages WHERE id = (SELECT id FROM spool WHERE queue_id = ?)",
                    (queue_ids[1],)) == [(1,)]
     assert d.query("SELECT length(raw) FROM outbox_messages ORDER BY id LIMIT 1") == [(0,)]
+    d.execute("UPDATE spool SET status = 'failed' WHERE queue_id = ?", (queue_ids[0],))
+    retried = tldops(d, "spool", "retry", queue_ids[0])
+    assert retried.returncode != 0 and "cannot be processed again" in retried.stderr
+    assert d.query("SELECT status FROM spool WHERE queue_id = ?", (queue_ids[0],)) == [("failed",)]
 
     # The monthly statistics went to the Validators and the Standing Committee, once.
     d.wait_count("mail delivered", 4)

@@ -38,6 +38,8 @@ def backup(database: Path, target: Path, *, busy_timeout_ms: int = 5000) -> Done
         raise BackupError(f"no database at {database}")
     if target.exists():
         raise BackupError(f"{target} exists: choose a new file name (a backup never overwrites)")
+    if not target.parent.is_dir():
+        raise BackupError(f"{target.parent} is not a directory: create it first")
     tmp = target.with_name(f".{target.name}.tmp")
     src = storage.connect(database, busy_timeout_ms=busy_timeout_ms)
     try:

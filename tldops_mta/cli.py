@@ -309,6 +309,9 @@ def cmd_spool_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+PURGED = "octets removed (storage.retention_days, or a person's erasure)"
+
+
 def cmd_spool_show(args: argparse.Namespace) -> int:
     conn = open_db(load_config(args))
     found = spool.show(conn, args.queue_id)
@@ -337,6 +340,9 @@ def cmd_spool_show(args: argparse.Namespace) -> int:
     print("history:")
     for ev in entry.events:
         print(f"  {_when(ev['at'])}  {ev['status']:<10}  {ev['reason'] or ''}")
+    if not raw:
+        print(f"header:      ({PURGED})")
+        return EXIT_OK
     print("header:")
     for line in header.splitlines():
         print("  " + line)
@@ -402,6 +408,9 @@ def cmd_spool_retry(args: argparse.Namespace) -> int:
     conn = open_db(load_config(args))
     ok = storage.commit_one(conn, spool.retry(args.queue_id, time.time()))
     if not ok:
+        found = spool.show(conn, args.queue_id)
+        if found is not None and not found[1]:
+            raise CliError(f"{args.queue_id}: {PURGED}; it cannot be processed again")
         raise CliError(f"no failed or rejected message {args.queue_id}")
     _wake_daemon(load_config(args))
     print(f"{args.queue_id} queued for processing again")
