@@ -9,7 +9,8 @@ added here (DESIGN.md, "dkimpy 1.1.8" and "Attacks the authentication must withs
   never mistaken for a bad signature, which is *permanent*;
 - a signature verified by dkimpy counts only under our policy: rsa-sha256 or ed25519-sha256
   (RFC 8301, RFC 8463), an RSA key of at least ``min_rsa_bits``, ``from`` in h=, no l= (an
-  attacker could append content), no x= in the past;
+  attacker could append content), no x= in the past, ``date`` and ``message-id`` in h= and
+  in the message (else a replayed copy passes for new), a key not in testing mode (t=y);
 - dkimpy is synchronous and CPU-bound, so parsing and verifying run in a worker thread;
 - dkimpy parses the key record (base64, ASN.1) for every message and does RSA in pure Python
   (byte-by-byte integer conversions, then pow). Parsed keys are kept per (name, record) here,
@@ -517,7 +518,8 @@ def _check_one(verifier: Any, sig: _Signature, key: _KeyOutcome,
     if not ok:
         return "fail", "signature does not verify (signed headers changed, or another key)", \
             bits, False
-    refusals = _policy_refusals(sig, kind, bits, min_bits)
+    present = {name.lower() for name, _value in verifier.headers}
+    refusals = _policy_refusals(sig, kind, bits, min_bits, _key_tags(key) or {}, present)
     if refusals:
         return "pass", "; ".join(refusals), bits, False
     return "pass", "", bits, True
@@ -561,13 +563,29 @@ def _read_key(record: bytes, sig: _Signature) -> tuple[str, str, int | None]:
     return "", kind, key_bits
 
 
-def _policy_refusals(sig: _Signature, kind: str, bits: int | None, min_bits: int) -> list[str]:
+REPLAY_HEADERS = ((b"date", "Date"), (b"message-id", "Message-ID"))
+"""What tells a replayed copy from the original (the replay window, the Message-IDs seen):
+a signature that leaves either out, or a message without either, lets a copy pass for new
+(DKIM replay, RFC 6376 8.6)."""
+
+
+def _policy_refusals(sig: _Signature, kind: str, bits: int | None, min_bits: int,
+                     key_tags: dict[bytes, bytes], present: set[bytes]) -> list[str]:
     refusals = []
     if sig.algorithm not in ACCEPTED_ALGORITHMS:
         refusals.append(f"{sig.algorithm} is not accepted (RFC 8301)")
     signed = {h.lower() for h in re.split(rb"\s*:\s*", sig.tags[b"h"].strip())}
     if b"from" not in signed:
         refusals.append("signature does not cover From")
+    elif unsigned := [name for h, name in REPLAY_HEADERS if h not in signed]:
+        refusals.append(f"signature does not cover {' and '.join(unsigned)}, so a replayed copy "
+                        "could pass for new")
+    elif absent := [name for h, name in REPLAY_HEADERS if h not in present]:
+        refusals.append(f"the message has no {' and '.join(absent)}, so a replayed copy could "
+                        "not be recognised")
+    if b"y" in {f.strip() for f in key_tags.get(b"t", b"").split(b":")}:
+        # RFC 6376 3.6.1: mail signed in testing mode is to be treated as unsigned.
+        refusals.append("key is in testing mode (t=y)")
     if b"l" in sig.tags:
         refusals.append("l= body length limit is not accepted")
     if kind == "rsa" and (bits is None or bits < min_bits):
