@@ -15,11 +15,15 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from daemon_proc import descendants  # the one walk of /proc for a process tree
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
@@ -97,25 +101,6 @@ def stat_cpu(path: Path) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime: fields 14, 15
 
 
-def descendants(pid: int) -> list[int]:
-    """The processes below ``pid`` (children, grandchildren...), from /proc/*/stat."""
-    parent: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # gone meanwhile
-            continue
-        parent[int(stat.parent.name)] = int(fields[1])
-    found: list[int] = []
-    frontier = [pid]
-    while frontier:
-        p = frontier.pop()
-        kids = [c for c, pp in parent.items() if pp == p]
-        found += kids
-        frontier += kids
-    return found
-
-
 def _try(fn: Callable[[], float]) -> float:
     try:
         return fn()
@@ -136,6 +121,58 @@ def tree_rss_mb(pid: int) -> tuple[float, float]:
     The sum counts pages shared between the processes once per process: an upper bound."""
     own = rss_mb(pid)
     return own + sum(_try(lambda k=k: rss_mb(k)) for k in descendants(pid)), own
+
+
+class RssSampler:
+    """Samples the resident memory of a process tree (``tree_rss_mb``) every ``every``
+    seconds in a thread, so that a peak between two readings is seen: a buffer that grows
+    and is freed within one abuse leaves no trace in a reading taken afterwards.
+
+    ``peak`` is over the whole run; ``window()`` starts a new window and ``window_peak``
+    is the peak since (both as (tree, main process) in MiB). A process that has exited is
+    read as nothing (the thread keeps going; the caller notices the death itself).
+    """
+
+    def __init__(self, pid: int, every: float = 0.05) -> None:
+        self.pid = pid
+        self.every = every
+        self.samples = 0
+        self.peak = (0.0, 0.0)
+        self.window_peak = (0.0, 0.0)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def __enter__(self) -> RssSampler:
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def sample(self) -> tuple[float, float]:
+        """Read the tree now (also counted in the peaks); (0, 0) if the process is gone."""
+        try:
+            now = tree_rss_mb(self.pid)
+        except (OSError, BenchError):
+            return (0.0, 0.0)
+        with self._lock:
+            self.samples += 1
+            self.peak = (max(self.peak[0], now[0]), max(self.peak[1], now[1]))
+            self.window_peak = (max(self.window_peak[0], now[0]), max(self.window_peak[1], now[1]))
+        return now
+
+    def window(self) -> tuple[float, float]:
+        """Start a new window at the current reading, which it returns."""
+        with self._lock:
+            self.window_peak = (0.0, 0.0)
+        return self.sample()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.sample()
 
 
 def machine_busy() -> float:
@@ -396,7 +433,17 @@ class Profiler:
 # -- report ------------------------------------------------------------------------------
 
 
+ROWS_FILE = "TLDOPS_BENCH_ROWS"
+"""Set by bench/run: every table a benchmark renders is also appended there as one JSON line,
+so that bench/run can print them all as one table."""
+
+
 def render_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """The figures as a plain-text table (and, under bench/run, recorded for its table)."""
+    if os.environ.get(ROWS_FILE):
+        with open(os.environ[ROWS_FILE], "a", encoding="utf-8") as f:
+            f.write(json.dumps({"bench": Path(sys.argv[0]).name, "header": list(header),
+                                "rows": [[str(c) for c in r] for r in rows]}) + "\n")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
 
     def fmt(r: Sequence[str]) -> str:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -44,6 +46,27 @@ def write_config(path: Path, values: dict[str, Any]) -> Path:
 
 
 SHIPPED_RULES = Path(__file__).resolve().parent.parent / "rules"
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process under ``pid`` (children's children too), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
 
 
 class DaemonProc:
@@ -132,6 +155,29 @@ class DaemonProc:
         assert self.proc is not None
         self.proc.kill()
         self.proc.wait(10)
+
+    def kill_all(self, timeout: float = 10.0) -> list[int]:
+        """SIGKILL the daemon and every process under it at the same instant (as systemd
+        does to the service's cgroup), and return once all are gone; their pids."""
+        assert self.proc is not None
+        pids = [self.proc.pid, *descendants(self.proc.pid)]
+        fds = []
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                fds.append(os.pidfd_open(pid))
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.proc.wait(timeout)
+        deadline = time.monotonic() + timeout
+        try:
+            for fd in fds:  # a pidfd turns readable when its process has exited
+                if not select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                    raise AssertionError(f"a process of the daemon outlived SIGKILL: {pids}")
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return pids
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None

@@ -331,11 +331,17 @@ class Deliverer(DueLoop):
         name = f"{d.message_id:08d}-{d.id:08d}-{safe_rcpt}.eml"
         header = f"X-Envelope-From: <{d.mail_from}>\r\nX-Envelope-To: <{d.rcpt}>\r\n".encode()
         tmp = directory / f".{name}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(header + d.raw)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, directory / name)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(header + d.raw)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, directory / name)
+        except OSError:
+            # A full disk: the delivery is deferred; its half-written file must not stay
+            # to take the space the retry needs.
+            tmp.unlink(missing_ok=True)
+            raise
         dir_fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
