@@ -6,6 +6,11 @@ so that nothing parses the same octets twice. The counts of singleton headers ar
 because parsers disagree on which of two From: lines counts: a message with more than one
 is refused before anything reads either. Address fields are kept as raw text: ``addresses``
 parses them strictly, here nothing is interpreted.
+
+Header octets outside ASCII are read as the UTF-8 that RFC 6532 allows, with or without
+SMTPUTF8 in the envelope (legacy clients have always sent raw 8-bit headers): compat32's own
+reading (``get_all``) would turn each such octet into U+FFFD, so that a From: with an
+accented name read as undecodable. Octets that are not UTF-8 still come out as U+FFFD.
 """
 
 from __future__ import annotations
@@ -36,9 +41,13 @@ class MessageFacts:
     """Defects the parser found (header and MIME structure); informative."""
     message: Message | None = field(default=None, compare=False, repr=False)
     """The parsed message these facts were read from (body parts included)."""
+    unreadable: str | None = None
+    """Why the body could not be parsed (the header facts were still read), or None."""
 
     def problem(self, required: tuple[str, ...] = ("from",)) -> str | None:
         """Why this message cannot be acted on at all, or None."""
+        if self.unreadable is not None:
+            return self.unreadable
         for name in SINGLETONS:
             n = self.counts.get(name, 0)
             if name in required and n != 1:
@@ -55,20 +64,37 @@ class MessageFacts:
         return self.precedence in ("bulk", "junk", "list", "auto_reply")
 
 
-def _one(values: list[str] | None) -> str | None:
-    return str(values[0]) if values else None
+def _text(value: str) -> str:
+    """A header value as text: compat32 keeps 8-bit octets as surrogate escapes."""
+    if value.isascii():
+        return value
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+TOO_DEEP = "the message's MIME parts are nested too deeply to be read"
 
 
 def read(raw: bytes) -> MessageFacts:
-    msg = _parser.parsebytes(raw)
+    unreadable = None
+    try:
+        msg = _parser.parsebytes(raw)
+    except RecursionError:
+        # The stdlib parser recurses once per nested part (about a thousand levels exhaust
+        # it). Such a message is refused for what it is, not retried as if the worker had
+        # failed: the header alone is still read for the log and the facts.
+        msg = _parser.parsebytes(raw, headersonly=True)
+        unreadable = TOO_DEEP
     counts: dict[str, int] = {}
-    for name in msg.keys():  # noqa: SIM118 - Message iterates header names only via keys()
+    values: dict[str, str] = {}
+    for name, value in msg.raw_items():
         key = name.lower()
         if key in SINGLETONS:
             counts[key] = counts.get(key, 0) + 1
+        values.setdefault(key, value)  # the first of each, as get_all(name)[0] would give
 
     def first(name: str) -> str | None:
-        return _one(msg.get_all(name))
+        v = values.get(name)
+        return _text(v) if v is not None else None
 
     def folded_lower(name: str) -> str | None:
         v = first(name)
@@ -86,5 +112,6 @@ def read(raw: bytes) -> MessageFacts:
         auto_submitted=folded_lower("auto-submitted"),
         precedence=folded_lower("precedence"),
         defects=len(msg.defects),
-        message=msg,
+        message=None if unreadable else msg,
+        unreadable=unreadable,
     )

@@ -174,6 +174,7 @@ class Protocol(SMTP):
         self._greeted = False
         self._raw_replies = False
         self._deadline: asyncio.TimerHandle | None = None
+        self._guard: content_checks.LongLineGuard | None = None
 
     # -- connection-level guards -------------------------------------------------------
 
@@ -217,6 +218,13 @@ class Protocol(SMTP):
         self._set_data_done()
         self.log.debug("connection closed")
         super().connection_lost(error)
+
+    def data_received(self, data: bytes) -> None:
+        if self._guard is not None:  # in DATA: an endless line is not kept (LongLineGuard)
+            data = self._guard.feed(data)
+            if not data:
+                return
+        super().data_received(data)
 
     @property
     def data_done(self) -> asyncio.Future[None]:
@@ -348,10 +356,13 @@ class Protocol(SMTP):
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
         self.in_data = True
+        self._guard = content_checks.LongLineGuard(
+            self.data_size_limit or self.runtime.cfg["server.max_message_size"])
         try:
             await super().smtp_DATA(arg)
         finally:
             self.in_data = False
+            self._guard = None
         if self.runtime.closing:
             self.close_with(replies.SHUTTING_DOWN)
             self._set_data_done()
