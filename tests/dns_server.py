@@ -107,14 +107,18 @@ class DnsServer:
     # -- life ------------------------------------------------------------------------
 
     def start(self) -> DnsServer:
+        """Serve on a free port; after ``stop``, on the same port again (the server is back,
+        for a resolver configured with that port). The zone and behaviours are kept."""
+        self._stopping = False
         self._wake_r, self._wake_w = socket.socketpair()
-        self._udp, self._tcp = self._bind_pair()
+        self._udp, self._tcp = self._bind_pair(self.port)
         self.port = self._udp.getsockname()[1]
         self._thread = threading.Thread(target=self._serve, name="test-dns", daemon=True)
         self._thread.start()
         return self
 
     def stop(self) -> None:
+        """Close both sockets: queries are refused (UDP: port unreachable) until ``start``."""
         if self._thread is None:
             return
         self._stopping = True
@@ -133,11 +137,12 @@ class DnsServer:
         self.stop()
 
     @staticmethod
-    def _bind_pair() -> tuple[socket.socket, socket.socket]:
-        """UDP on a free port, then TCP on the same one (retried if TCP's is taken)."""
+    def _bind_pair(port: int = 0) -> tuple[socket.socket, socket.socket]:
+        """UDP on ``port`` (0: a free one), then TCP on the same one (retried if TCP's is
+        taken and the port was free to choose)."""
         for _ in range(50):
             udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            udp.bind((HOST, 0))
+            udp.bind((HOST, port))
             tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
@@ -145,6 +150,8 @@ class DnsServer:
             except OSError:
                 udp.close()
                 tcp.close()
+                if port:
+                    raise
                 continue
             tcp.listen(16)
             return udp, tcp

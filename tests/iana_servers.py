@@ -3,7 +3,8 @@
 They answer from fixtures and can be made to fail the ways the real services do (down, 500,
 never answering, cut short, far too large), so the client is tested over real sockets. Each
 records the queries it saw in ``hits``: that is how a test tells which source was used, or
-that none was.
+that none was. ``down()`` closes the listener (connections refused) and ``up()`` listens
+again on the same port, so a daemon configured with that port sees the service come back.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ WHOIS_MT = HERE.parent.parent / "shared" / "fixtures" / "iana-whois" / "mt.txt"
 POLL = 0.02
 """How often serve_forever looks for shutdown(): its default (0.5 s) would add a second per test."""
 
-MODES = ("normal", "500", "slow", "truncated", "huge")
-"""normal: serve the fixtures. 500: HTTP 500 (RDAP only). slow: accept, then never answer.
-truncated: announce the whole answer, send half, hang up (RDAP only). huge: an answer without end."""
+MODES = ("normal", "500", "503", "garbage", "slow", "truncated", "huge")
+"""normal: serve the fixtures. 500, 503: that HTTP status (RDAP only). garbage: HTTP 200 with
+a body that is no RDAP answer (RDAP only). slow: accept, then never answer. truncated:
+announce the whole answer, send half, hang up (RDAP only). huge: an answer without end."""
 
 # Invented, like the RDAP fixture for the same TLD: IANA writes an IDN's domain line in the
 # U-label, with the A-label beside it.
@@ -94,16 +96,23 @@ class RdapServer:
         self.mode = "normal"
         self.hits: list[str] = []
         self.release = threading.Event()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._httpd.daemon_threads = True
-        self.port = self._httpd.server_address[1]
+        self.port = 0
+        self._closed = True
+        self.up()
         self.url = f"http://127.0.0.1:{self.port}/"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(POLL,), daemon=True)
-        self._thread.start()
-        self._closed = False
 
     def rdap_hits(self, tld: str) -> int:
         return self.hits.count(f"/domain/{tld}")
+
+    def up(self) -> None:
+        """Listen (again, after ``down``) on the same port: the service is back."""
+        if self._closed:
+            httpd = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
+            httpd.daemon_threads = True
+            self._httpd = httpd
+            self.port = httpd.server_address[1]
+            threading.Thread(target=httpd.serve_forever, args=(POLL,), daemon=True).start()
+            self._closed = False
 
     def down(self) -> None:
         """Close the listener: connections are refused from now on."""
@@ -131,8 +140,11 @@ class RdapServer:
                 if mode == "slow":
                     server.release.wait()
                     return
-                if mode == "500":
-                    self._send(500, b"internal error", "text/plain")
+                if mode in ("500", "503"):
+                    self._send(int(mode), b"service unavailable", "text/plain")
+                    return
+                if mode == "garbage":  # what a captive portal or a broken proxy serves
+                    self._send(200, b"<html><body>Maintenance</body></html>", "text/html")
                     return
                 tld = self.path.removeprefix("/domain/") if self.path.startswith("/domain/") else None
                 status, body = server.answers.get(tld or "", (404, RDAP_NOT_FOUND))
@@ -198,12 +210,21 @@ class WhoisServer:
             daemon_threads = True
             allow_reuse_address = True
 
-        self._tcp = Server(("127.0.0.1", 0), Handler)
+        self._server_class = Server
+        self._handler = Handler
         self.host = "127.0.0.1"
-        self.port = self._tcp.server_address[1]
-        self._thread = threading.Thread(target=self._tcp.serve_forever, args=(POLL,), daemon=True)
-        self._thread.start()
-        self._closed = False
+        self.port = 0
+        self._closed = True
+        self.up()
+
+    def up(self) -> None:
+        """Listen (again, after ``down``) on the same port: the service is back."""
+        if self._closed:
+            tcp = self._server_class((self.host, self.port), self._handler)
+            self._tcp = tcp
+            self.port = tcp.server_address[1]
+            threading.Thread(target=tcp.serve_forever, args=(POLL,), daemon=True).start()
+            self._closed = False
 
     def down(self) -> None:
         if not self._closed:

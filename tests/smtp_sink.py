@@ -1,7 +1,9 @@
 """A real SMTP server on loopback that keeps what it receives: the smarthost in tests.
 
 Runs aiosmtpd on its own event loop in a thread, on a port the kernel picks, and can be
-told to answer DATA with a temporary or permanent failure.
+told to answer RCPT or DATA with a temporary or permanent failure, or be taken down (the port
+closed: connections refused) and brought up again on the same port. Every answer it gives to
+a DATA or a refused RCPT is kept in ``attempts``, so a test can count the tries too.
 """
 
 from __future__ import annotations
@@ -39,7 +41,13 @@ class SmtpSink:
         """TLS from the first byte (port 465 style) instead of STARTTLS."""
         self.received: list[Received] = []
         self.reply = "250 2.0.0 OK"
+        """The answer to DATA; only a 250 keeps the message in ``received``."""
+        self.rcpt_reply = "250 OK"
+        """The answer to every RCPT; anything but 250 refuses the recipient."""
+        self.attempts: list[tuple[str, tuple[str, ...], str]] = []
+        """(command, recipients, reply) of every DATA, and of every refused RCPT."""
         self._cond = threading.Condition()
+        self._server: asyncio.AbstractServer | None = None
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self.port = 0
@@ -52,7 +60,21 @@ class SmtpSink:
         sink = self
 
         class Handler:
+            async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
+                                  rcpt_options: list[str]) -> str:
+                reply = sink.rcpt_reply
+                if reply.startswith("250"):
+                    envelope.rcpt_tos.append(address)
+                else:
+                    with sink._cond:
+                        sink.attempts.append(("RCPT", (address,), reply))
+                        sink._cond.notify_all()
+                return reply
+
             async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+                with sink._cond:
+                    sink.attempts.append(("DATA", tuple(envelope.rcpt_tos), sink.reply))
+                    sink._cond.notify_all()
                 if sink.reply.startswith("250"):
                     with sink._cond:
                         who = getattr(session, "auth_data", None)
@@ -86,14 +108,31 @@ class SmtpSink:
             return SMTP(Handler(), hostname="sink.localhost", tls_context=ctx, require_starttls=True,
                         auth_require_tls=True, **auth)
 
-        async def start() -> None:
-            srv = await self._loop.create_server(protocol, "127.0.0.1", 0,
-                                                 ssl=ctx if self.implicit_tls else None)
-            self.port = srv.sockets[0].getsockname()[1]
-            self._ready.set()
-
-        self._loop.run_until_complete(start())
+        self._protocol = protocol
+        self._ssl = ctx if self.implicit_tls else None
+        self._loop.run_until_complete(self._listen())
+        self._ready.set()
         self._loop.run_forever()
+
+    async def _listen(self) -> None:
+        # reuse_address: after down(), the port may still have connections in TIME_WAIT.
+        self._server = await self._loop.create_server(self._protocol, "127.0.0.1", self.port,
+                                                      ssl=self._ssl, reuse_address=True)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    def down(self) -> None:
+        """Close the listening socket: connections are refused until ``up``."""
+        asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(10)
+
+    def up(self) -> None:
+        """Listen again, on the same port."""
+        if self._server is None:
+            asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(10)
 
     def wait(self, n: int, timeout: float = 15.0) -> list[Received]:
         with self._cond:
@@ -122,5 +161,7 @@ class SmtpSink:
             return [r for r in self.received if rcpt.lower() in (t.lower() for t in r.rcpt_tos)]
 
     def stop(self) -> None:
+        if self._thread.is_alive():
+            self.down()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)

@@ -77,9 +77,8 @@ class DecisionDesk:
         alignment = cfg["dkim.alignment"]
         counting = report.counting(sender.domain, alignment)
         if not counting and report.temporary(sender.domain, alignment):
-            return spool.Outcome(p.id, spool.Status.RECEIVED, "waiting: DKIM key lookup failed",
-                                 ("decide",), retry_at=now + float(cfg["worker.retry_base"]),
-                                 counts_attempt=False)
+            return spool.waiting(p.id, "decide", f"DKIM key lookup failed ({report.key_failures()})",
+                                 float(cfg["worker.retry_base"]))
         request_id = found[0] if found else None
         text = body_text(facts.message or p.raw)
         wanted = command(text)

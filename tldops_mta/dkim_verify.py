@@ -106,6 +106,11 @@ class DkimReport:
         return [s for s in self.signatures
                 if s.counts and aligned(s.domain, from_domain, alignment)]
 
+    def key_failures(self) -> str:
+        """The key lookups that failed for now, and how (for the reason of a wait)."""
+        return "; ".join(f"DKIM key {s.selector}._domainkey.{s.domain}: {s.reason}"
+                         for s in self.signatures if s.result == "temperror") or "-"
+
     def temporary(self, from_domain: str, alignment: str) -> bool:
         """True when no aligned signature counts yet but one might once DNS answers.
 

@@ -112,19 +112,23 @@ class Authenticator:
             replayed=replayed,
         )
         contact: AdminContact | None = None
+        unavailable: str | None = None
         try:
             contact = await self.iana.admin_contact(a_label)
         except LookupUnavailable as e:
+            unavailable = e.reason
             log.warning("IANA lookup unavailable", tld=a_label, reason=e.reason)
             d = decide(view, IanaView(a_label, None, unavailable=True))
         else:
             d = decide(view, IanaView(a_label, contact.email if contact.status == "ok" else None))
+        # A wait names the lookup that failed and how (refused, SERVFAIL, timed out, HTTP 500),
+        # in the log and in the spool's reason: an operator must see which service is down.
+        failed = None if d.verdict is not Verdict.WAIT else unavailable or report.key_failures()
         log.info("request decided", tld=d.tld, verdict=d.verdict.value, reason=d.reason,
-                 dkim=[s.domain for s in counting], replayed=replayed)
+                 dkim=[s.domain for s in counting], replayed=replayed, failed=failed)
         if d.verdict is Verdict.WAIT:
-            return spool.Outcome(p.id, spool.Status.RECEIVED, f"waiting: .{d.tld}: {d.reason}",
-                                 ("requests",), retry_at=now + float(cfg["worker.retry_base"]),
-                                 counts_attempt=False)
+            return spool.waiting(p.id, "requests", f".{d.tld}: {d.reason} ({failed})",
+                                 float(cfg["worker.retry_base"]))
 
         effects: list[spool.Effect] = []
         if facts.message_id:

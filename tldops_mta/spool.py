@@ -82,6 +82,14 @@ class Outcome:
     log line after the commit ties the message to what it became."""
 
 
+def waiting(spool_id: int, service: str, reason: str, retry_after: float) -> Outcome:
+    """A deferral: the message waits for a lookup (DNS, IANA) to work again, without using
+    up an attempt. The wait counts from now, after the lookups: timed from before them,
+    lookups that time out would use it up and the retry would follow at once."""
+    return Outcome(spool_id, Status.RECEIVED, f"waiting: {reason}"[:1000], (service,),
+                   retry_at=time.time() + retry_after, counts_attempt=False)
+
+
 @dataclass
 class Entry:
     id: int

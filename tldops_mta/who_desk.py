@@ -60,8 +60,8 @@ class WhoDesk:
             log.info("who answered", dkim=True)
             return spool.Outcome(p.id, spool.Status.DONE, "who: roster sent (DKIM)", ("who",))
         if report.temporary(sender.domain, alignment):
-            return spool.Outcome(p.id, spool.Status.RECEIVED, "waiting: DKIM key lookup failed", ("who",),
-                                 retry_at=now + float(cfg["worker.retry_base"]), counts_attempt=False)
+            return spool.waiting(p.id, "who", f"DKIM key lookup failed ({report.key_failures()})",
+                                 float(cfg["worker.retry_base"]))
         label = tlp.of_message(facts.subject or "", body_text(facts.message or p.raw))
 
         def ask(conn: sqlite3.Connection) -> bool:
