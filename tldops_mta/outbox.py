@@ -295,14 +295,9 @@ class Deliverer(DueLoop):
                 await client.mail(d.mail_from, options=options, encoding=encoding)
                 await client.rcpt(d.rcpt, encoding=encoding)
                 await _data(client, self._wire_form(d))
-        except aiosmtplib.SMTPRecipientsRefused as e:
-            codes = [r.code for r in e.recipients]
-            if all(500 <= c < 600 for c in codes):
-                raise PermanentFailure(f"recipient refused: {codes}") from e
-            raise
         except aiosmtplib.SMTPAuthenticationError:
             raise  # our login is wrong: retried, so fixing the password file sends the mail
-        except aiosmtplib.SMTPResponseException as e:
+        except aiosmtplib.SMTPResponseException as e:  # a refused RCPT (one per mail) too
             if 500 <= e.code < 600:
                 raise PermanentFailure(f"{e.code} {e.message}") from e
             raise

@@ -48,10 +48,12 @@ def _decoded(part: Message) -> str:
     payload = part.get_payload(decode=True)
     if not isinstance(payload, bytes):
         return ""
-    charset = part.get_content_charset() or "utf-8"
     try:
+        charset = part.get_content_charset() or "utf-8"
         return payload.decode(charset, "replace")
-    except LookupError:  # an unknown charset name
+    except (LookupError, ValueError):
+        # An unknown charset name (LookupError), or one no codec takes: a NUL in the name,
+        # a codec without 'replace' such as idna (ValueError, UnicodeError among them).
         return payload.decode("utf-8", "replace")
 
 
@@ -78,6 +80,14 @@ class _Text(HTMLParser):
     def handle_data(self, data: str) -> None:
         if not self._skip:
             self.parts.append(data)
+
+    def parse_marked_section(self, i: int, report: bool = True) -> int:
+        # The stdlib raises AssertionError on a "<![" it cannot name ("<![ x[", "<![foo[");
+        # HTML5 reads any such "<![" as a bogus comment, up to the next '>'.
+        try:
+            return super().parse_marked_section(i, report)
+        except AssertionError:
+            return self.parse_bogus_comment(i, report)
 
 
 def html_to_text(html: str) -> str:
