@@ -134,11 +134,15 @@ def under_load(workdir: Path, kills: int, rng: random.Random) -> LoadResult:
         message.write_bytes(raw.replace(b"\r\n", b"\n"))
         transcript = workdir / "smtp-source.log"
         moments = []
+        done_sql = "SELECT count(*) FROM spool WHERE status = 'done'"
         for _ in range(kills):
+            done_before = one(d, done_sql)
             source = _source(d.port, message, transcript, 100_000)
             threading.Event().wait(rng.uniform(0.3, 1.5))  # a random moment, not a synchronisation
-            moments.append(f"{one(d, 'SELECT count(*) FROM spool')} stored, "
-                           f"{one(d, 'SELECT count(*) FROM spool WHERE status = ' + repr('done'))} done")
+            # ... once the worker is at work too (it yields the CPU to intake, so under load
+            # it may not have started yet): each kill then cuts processing as well as intake.
+            wait_until("the worker processing", lambda b=done_before: one(d, done_sql) > b, timeout=120)
+            moments.append(f"{one(d, 'SELECT count(*) FROM spool')} stored, {one(d, done_sql)} done")
             d.kill_all()
             try:
                 source.wait(30)  # it stops at the refused or reset connection
