@@ -32,6 +32,9 @@ XFORWARD_IN_TRANSACTION = "503 5.5.1 XFORWARD comes before MAIL"
 XFORWARD_SYNTAX = "501 5.5.4 Syntax: XFORWARD attribute=value ... (NAME ADDR PORT PROTO HELO IDENT SOURCE)"
 NO_AUTH = "502 5.5.1 AUTH not supported; no authentication is needed to send here"
 TLS_FAILED = "454 4.7.0 TLS handshake failed"
+BAD_HELO = "501 5.5.4 Syntax: {verb} hostname (printable UTF-8)"
+BAD_SENDER = "553 5.1.7 Sender address is not printable UTF-8"
+BAD_RECIPIENT = "553 5.1.3 Recipient address is not printable UTF-8"
 
 
 def queued(queue_id: str) -> str:

@@ -273,9 +273,11 @@ class Protocol(SMTP):
                 address, rest = get_angle_addr(arg)
             else:
                 address, rest = get_addr_spec(arg)
-        except HeaderParseError:
+            addr = str(address.addr_spec)
+        except (HeaderParseError, IndexError, AttributeError):
+            # The stdlib parser fails on some malformed addresses with IndexError ("<",
+            # "<a@") or AttributeError ("<a@[b>"): malformed all the same.
             return None, None
-        addr = str(address.addr_spec)
         local = addr.rpartition("@")[0]
         if self.local_part_limit and len(local) > self.local_part_limit:
             return None, None
@@ -289,6 +291,11 @@ class Protocol(SMTP):
         elif isinstance(status, str) and not self._raw_replies:
             status = replies.with_enhanced_code(status)
         if self.transport is None or self.transport.is_closing():
+            # Closed (QUIT, a limit, shutdown): end the session here. Returning would let
+            # aiosmtpd run the commands pipelined behind it (a DATA after QUIT was spooled).
+            assert self._handler_coroutine is not None
+            self._handler_coroutine.cancel()
+            await asyncio.sleep(0)
             return
         self.runtime.counts.replies[status[:3] if isinstance(status, str) else status[:3].decode()] += 1
         await super().push(status)  # type: ignore[type-var]
@@ -307,6 +314,9 @@ class Protocol(SMTP):
 
     @syntax("EHLO hostname")
     async def smtp_EHLO(self, hostname: str) -> None:
+        if hostname and _unfit(hostname):
+            await self.push(replies.BAD_HELO.format(verb="EHLO"))
+            return
         # EHLO lines are keywords, not replies to decorate (RFC 2034).
         self._raw_replies = True
         try:
@@ -316,6 +326,9 @@ class Protocol(SMTP):
 
     @syntax("HELO hostname")
     async def smtp_HELO(self, hostname: str) -> None:
+        if hostname and _unfit(hostname):
+            await self.push(replies.BAD_HELO.format(verb="HELO"))
+            return
         self._raw_replies = True
         try:
             await super().smtp_HELO(hostname)
@@ -335,7 +348,7 @@ class Protocol(SMTP):
         if envelope.mail_from:
             await self.push(replies.XFORWARD_IN_TRANSACTION)
             return
-        attrs = xforward_attributes(arg)
+        attrs = xforward_attributes(arg or "")
         if attrs is None:
             await self.push(replies.XFORWARD_SYNTAX)
             return
@@ -386,6 +399,8 @@ class Intake:
 
     async def handle_MAIL(self, server: Protocol, session: Session, envelope: Envelope,
                           address: str, mail_options: list[str]) -> str:
+        if _unfit(address):
+            return replies.BAD_SENDER
         envelope.mail_from = address  # "<>" for the null sender; aiosmtpd needs it truthy
         envelope.mail_options.extend(mail_options)
         return replies.OK_SENDER
@@ -393,6 +408,8 @@ class Intake:
     async def handle_RCPT(self, server: Protocol, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
         cfg = self.rt.cfg
+        if _unfit(address):
+            return replies.BAD_RECIPIENT
         if classify(address, cfg["server.domain"], self.rt.parts) is None:
             server.log.info("recipient refused", reason="not a service address",
                             rcpt=logs.redact_address(address))
@@ -452,6 +469,12 @@ class Intake:
     async def handle_exception(self, error: Exception) -> str:
         logs.get("smtp").exception("error in SMTP session")
         return replies.INTERNAL_ERROR
+
+
+def _unfit(text: str) -> bool:
+    """Octets that are not UTF-8 (aiosmtpd hands them over as surrogate escapes, which
+    SQLite cannot store) or control characters."""
+    return any("\udc80" <= c <= "\udcff" or c < " " or c == "\x7f" for c in text)
 
 
 XFORWARD_NAMES = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE")
