@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from auth_env import now_date
+from crash_safety import quiet, wait_until
 from daemon_proc import DOMAIN, DaemonProc
 from smtp_checks import deliver, spool_count
 from smtp_raw import message
@@ -175,7 +177,16 @@ def test_person_export_then_erase_leaves_no_trace_but_the_audit(tmp_path: Path) 
     with flow(tmp_path) as f:
         subscribed(f, JANE, JOHN)
         jane = JANE[4]
+        # Jane has also written to the list: her post and its copies are hers too.
+        post = (f"From: Jane Doe <{jane}>\r\nTo: list@{DOMAIN}\r\nSubject: hello all\r\n"
+                f"Date: {now_date()}\r\nMessage-ID: <post-{time.time_ns()}@nic.org.mt>\r\n\r\n"
+                "Jane here.\r\n").encode()
+        assert f.env.processed(f.env.send(f.env.signed(post), mail_from=jane,
+                                          rcpts=(f"list@{DOMAIN}",)))[0] == "done"
+        f.mail_to(JOHN[4], "hello all")
+        wait_until("every copy delivered", lambda: quiet(f.d))
         found = json.loads(f.tldops("person", "export", jane, "--json").stdout)
+        assert [p["tlp"] for p in found["list_posts"]] == ["TLP:RED"]
         mine = [(r["tld"], r["first_name"], r["phone"]) for r in found["roster"]]
         assert mine == [("mt", "Jane", "+35621334455")]
         assert found["mail_sent"] and all(m["status"] for m in found["mail_sent"])

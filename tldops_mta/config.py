@@ -208,6 +208,8 @@ SCHEMA: tuple[Key, ...] = (
         "Local part for Validator decisions (decide+TOKEN@)."),
     Key("addresses", "who", "who", _string(_LOCAL, _LOCAL_DOC),
         "Local part for SSC roster queries."),
+    Key("addresses", "list", "list", _string(_LOCAL, _LOCAL_DOC),
+        "Local part of the built-in TLD-OPS list: a post from an SSC goes to every SSC."),
     Key("addresses", "update", "update", _string(_LOCAL, _LOCAL_DOC),
         "Local part for SSC self-updates."),
     Key("addresses", "help", "help", _string(_LOCAL, _LOCAL_DOC),
@@ -333,14 +335,19 @@ SCHEMA: tuple[Key, ...] = (
         "A daemon that was down when a broadcast was due sends it when it comes back, once, "
         "if that is within this many seconds of the due time (else the next one is awaited)."),
     Key("broadcast", "dkim_key", "", _path_or_empty,
-        "Private key the broadcast is DKIM-signed with (`tldops dkim keygen` makes one: "
-        "RSA-2048 PEM or Ed25519). Empty: unsigned."),
+        "Private key the broadcast and the list's copies of posts are DKIM-signed with (`tldops "
+        "dkim keygen` makes one: RSA-2048 PEM or Ed25519). Empty: unsigned."),
     Key("broadcast", "dkim_selector", "tldops", _string(r"[a-z0-9][a-z0-9-]{0,62}", "a DNS label"),
         "Selector of that key: its TXT record is SELECTOR._domainkey.DOMAIN."),
     Key("broadcast", "tlp", "AMBER", _one_of("RED", "AMBER+STRICT", "AMBER", "GREEN", "CLEAR"),
         "The TLP label of the roster, in the Subject ([TLP:AMBER] ...) of every mail that "
         "carries roster data. A reply is never labelled less strictly than what it answers "
         "(no label there means RED)."),
+    Key("list", "name", "TLD-OPS", _string(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,40}",
+                                           "letters, digits, spaces, '.', '_' or '-' (at most 41)"),
+        "The list's name: in its List-Id and, when the author's domain publishes a strict DMARC "
+        "policy (p=quarantine or p=reject), in the From of the copy (\"Name via TLD-OPS\"). "
+        "Posts are archived nowhere: the TLP rules of the SECIR report forbid public archives."),
     Key("redelegation", "check_every", 86400.0, _float_range(1, 30 * 86400),
         "Seconds between two checks of a ccTLD's IANA administrative contact (nightly)."),
     Key("redelegation", "spacing", 30.0, _float_range(0, 3600),

@@ -13,6 +13,7 @@ from . import spool
 from .bounce_desk import BounceDesk
 from .decision_desk import DecisionDesk
 from .help_desk import handle_help
+from .list_desk import ListDesk
 from .live import Live
 from .message_facts import MessageFacts
 from .recipients import Service, classify
@@ -22,7 +23,7 @@ from .who_desk import WhoDesk
 from .worker import classify_only
 
 ORDER = (Service.CONFIRM, Service.DECIDE, Service.REQUESTS, Service.UPDATE, Service.WHO,
-         Service.HELP, Service.BOUNCES, Service.POSTMASTER)
+         Service.LIST, Service.HELP, Service.BOUNCES, Service.POSTMASTER)
 
 
 class Dispatcher:
@@ -34,6 +35,7 @@ class Dispatcher:
         self.who = who
         self.update = update
         self.bounces = bounces
+        self.list = ListDesk(live, who.writer, who.reader, auth)
 
     async def __call__(self, p: spool.Pending, facts: MessageFacts,
                        services: frozenset[Service]) -> spool.Outcome:
@@ -61,6 +63,8 @@ class Dispatcher:
             return await self.update.handle(p, facts)
         if first is Service.WHO:
             return await self.who.handle(p, facts)
+        if first is Service.LIST:
+            return await self.list.handle(p, facts)
         if first is Service.HELP:
             return await handle_help(self.rt, p, facts)
         return await classify_only(p, facts, services)

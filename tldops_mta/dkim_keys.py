@@ -7,6 +7,7 @@ TXT record to publish at SELECTOR._domainkey.DOMAIN.
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -32,13 +33,15 @@ def generate(kind: str) -> tuple[bytes, str]:
     return pem, f"v=DKIM1; k=rsa; p={base64.b64encode(spki).decode()}"
 
 
-def sign(raw: bytes, *, domain: str, selector: str, key_file: Path) -> bytes:
-    """``raw`` with a DKIM-Signature on top (relaxed/simple, the key's algorithm)."""
+def sign(raw: bytes, *, domain: str, selector: str, key_file: Path,
+         headers: Sequence[bytes] = SIGNED_HEADERS) -> bytes:
+    """``raw`` with a DKIM-Signature on top (relaxed/simple, the key's algorithm), over
+    ``headers`` (those of them present)."""
     import dkim  # type: ignore[import-untyped]
 
     key = key_file.read_bytes()
     is_rsa = key.lstrip().startswith(b"-----BEGIN")
     header = dkim.sign(raw, selector.encode(), domain.encode(), key if is_rsa else key.strip(),
                        signature_algorithm=b"rsa-sha256" if is_rsa else b"ed25519-sha256",
-                       include_headers=SIGNED_HEADERS)
+                       include_headers=list(headers))
     return bytes(header) + raw

@@ -157,6 +157,11 @@ def aligned(d: str, from_domain: str, mode: str) -> bool:
     return org_a is not None and org_a == org_b
 
 
+def organisational_domain(domain: str) -> str:
+    """The registrable domain (public suffix list), as DMARC and relaxed alignment use it."""
+    return _PSL.privatesuffix(domain.lower()) or domain.lower()
+
+
 # -- key lookup ------------------------------------------------------------------------------
 
 

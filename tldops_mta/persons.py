@@ -102,6 +102,8 @@ def export(conn: sqlite3.Connection, address: str) -> dict[str, Any]:
     out["iana_admin_of"] = sorted({r[0] for r in rows(
         "SELECT tld FROM iana_contacts WHERE lower(admin_email) = ?"
         " UNION SELECT tld FROM cctlds WHERE lower(admin_email) = ?", a, a)})
+    out["list_posts"] = [{"message_id": r[0], "tlp": r[1], "at": r[2], "recipients": r[3]} for r in rows(
+        "SELECT original_message_id, tlp, created_at, recipients FROM list_posts WHERE lower(author) = ?", a)]
     out["invitations"] = [{"tld": r[0], "sent_at": r[1]} for r in rows(
         "SELECT tld, sent_at FROM invitations WHERE lower(admin_email) = ?", a)]
     out["automatic_replies"] = [{"kind": r[0], "last_sent": r[1]} for r in rows(
@@ -234,6 +236,8 @@ def erase(conn: sqlite3.Connection, address: str, *, by: str, reason: str, now: 
         count(table, conn.execute(f"DELETE FROM {table} WHERE lower({column}) = ?", (a,)).rowcount)  # noqa: S608
     count("cctlds", conn.execute("UPDATE cctlds SET admin_email = NULL WHERE lower(admin_email) = ?",
                                  (a,)).rowcount)
+    count("list_posts", conn.execute("UPDATE list_posts SET author = ? WHERE lower(author) = ?",
+                                     (ERASED, a)).rowcount)
     count("invitations", conn.execute("UPDATE invitations SET admin_email = ? WHERE lower(admin_email) = ?",
                                       (ERASED, a)).rowcount)
     count("redelegations", conn.execute(

@@ -17,6 +17,7 @@ class Service(StrEnum):
     CONFIRM = "confirm"
     DECIDE = "decide"
     WHO = "who"
+    LIST = "list"
     UPDATE = "update"
     HELP = "help"
     BOUNCES = "bounces"

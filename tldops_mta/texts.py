@@ -27,6 +27,7 @@ FIELDS: dict[str, frozenset[str]] = {
     "received": frozenset({"id", "tld", "action", "diff", "withdraw_address"}),
     "decision": frozenset({"id", "tld", "result"}),
     "who_refusal": frozenset({"reason", "help"}),
+    "list_refusal": frozenset({"reason", "help"}),
     "bouncing": frozenset({"address", "tlds", "failures", "days"}),
     "redelegation": frozenset({"tld", "old", "new", "roster"}),
     "reconfirm": frozenset({"tld", "roster", "confirm_address", "requests", "help"}),

@@ -68,3 +68,14 @@ def labelled(subject: str, level: Tlp) -> str:
     (the new one is never less strict: callers pass for_reply's answer)."""
     bare = _BRACKETED.sub(" ", subject).strip()
     return f"[{level.label}] {bare}".rstrip()
+
+
+_ANY_WRITTEN = re.compile(r"\s*[\[(]?\s*" + _LABEL.pattern + r"\s*[\])]?\s*[:\-]?\s*", re.IGNORECASE)
+
+
+def relabelled(subject: str, level: Tlp) -> str:
+    """``subject`` with exactly one label, ``[TLP:LEVEL]`` at its head: every label it wrote,
+    bracketed or not and in any spelling (``TLP-AMBER``, ``(TLP:WHITE)``), taken out. For mail
+    passed on to others (the list), whose readers must see one label, never two that differ."""
+    bare = " ".join(_ANY_WRITTEN.sub(" ", subject).split())
+    return f"[{level.label}] {bare}".rstrip()

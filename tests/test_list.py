@@ -1,0 +1,268 @@
+"""The built-in TLD-OPS list (issue 9, list@): posts from SSCs to every SSC, end to end.
+
+The real daemon with the loopback DNS, RDAP and WHOIS servers and a real SMTP sink as
+smarthost (tests/test_workflow.py's Flow); the list's DKIM key is made with `tldops dkim
+keygen` and published in the loopback DNS server, and dkimpy verifies each copy there, as
+tests/test_broadcast.py does for the roster broadcast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email
+import re
+import time
+from collections.abc import Iterator
+from email.header import decode_header, make_header
+from email.message import Message
+from pathlib import Path
+
+import pytest
+from auth_env import SELECTOR, now_date
+from daemon_proc import DOMAIN
+from dkim_sign import rsa_key
+from smtp_sink import Received
+from test_broadcast import keygen, verifies
+from test_workflow import JANE, JOHN, Flow, flow, subscribed
+
+from tldops_mta import tlp
+from tldops_mta.list_desk import dmarc_tags
+
+LIST = f"list@{DOMAIN}"
+STRICT_DOMAIN = "mail.strict.example"
+"""Mary's mail domain: its organisational domain strict.example publishes sp=reject."""
+MARY = ("third", "Mary", "Poe", "2133 4457", f"mary.poe@{STRICT_DOMAIN}")
+SSCS = (JANE, JOHN, MARY)
+
+
+@contextlib.contextmanager
+def listing(tmp_path: Path) -> Iterator[Flow]:
+    """.mt subscribed with Jane and John (nic.org.mt, no DMARC record) and Mary (a domain
+    whose organisational domain publishes a strict DMARC policy for its subdomains); the
+    list's key published; no scheduled broadcast to get in the way."""
+    key, name, value = keygen(tmp_path / "keys")
+    with flow(tmp_path / "daemon", **{"broadcast.dkim_key": str(key), "broadcast.enabled": False}) as f:
+        f.env.dns.set_txt(name, [value])
+        f.env.publish(SELECTOR, STRICT_DOMAIN, rsa_key(2048, 3))
+        f.env.dns.set_txt("_dmarc.strict.example", ["v=DMARC1; p=none; sp=reject; rua=mailto:d@x.example"])
+        subscribed(f, *SSCS)
+        yield f
+
+
+def post(f: Flow, sender: str, subject: str, *, body: str = "The .mt name servers answer SERVFAIL.",
+         sign: bool = True, headers: tuple[str, ...] = (), message_id: str | None = None,
+         display: str = "") -> tuple[str, str, str]:
+    """A post to list@ as an SSC's mail client writes it: (status, reason, its Message-ID)."""
+    domain = sender.split("@")[1]
+    mid = message_id or f"<post-{time.time_ns()}@{domain}>"
+    from_line = f"{display} <{sender}>" if display else sender
+    raw = (f"Received: from laptop.{domain} (10.0.0.7) by mx.{domain}\r\n"
+           f"From: {from_line}\r\nTo: {LIST}\r\nSubject: {subject}\r\nDate: {now_date()}\r\n"
+           f"Message-ID: {mid}\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+           f"X-Internal-Ticket: INC-4711\r\n" + "".join(h + "\r\n" for h in headers)
+           + f"\r\n{body}\r\n").encode()
+    if sign:
+        raw = f.env.signed(raw, domain, rsa_key(2048, 3) if domain == STRICT_DOMAIN else f.env.admin_key)
+    queue_id = f.env.send(raw, mail_from=sender, rcpts=(LIST,))
+    status = f.d.wait_processed(queue_id)["status"]  # the first outcome, as logged
+    reason = f.d.query("SELECT reason FROM spool WHERE queue_id = ?", (queue_id,))[0][0] or ""
+    return status, reason, mid
+
+
+def copies(f: Flow, subject_has: str) -> list[Received]:
+    """The copy of one post each SSC received, once all three came."""
+    got = [f.sink.wait_for(lambda r, a=s[4]: a in r.rcpt_tos and subject_has.encode() in _head(r))
+           for s in SSCS]
+    return got
+
+
+def _head(r: Received) -> bytes:
+    return r.data.split(b"\r\n\r\n", 1)[0]
+
+
+def _msg(r: Received) -> Message:
+    return email.message_from_bytes(r.data)
+
+
+def list_outbox(f: Flow, purpose: str = "list") -> int:
+    """Outgoing mails queued for ``purpose``: "list" (copies of posts), "list-refusal" (notes)."""
+    return int(f.d.query("SELECT count(*) FROM outbox_messages WHERE purpose = ?", (purpose,))[0][0])
+
+
+# -- distribution --------------------------------------------------------------------------------
+
+def test_a_members_post_reaches_every_ssc_labelled_red_with_list_headers_and_the_lists_signature(
+        tmp_path: Path) -> None:
+    with listing(tmp_path) as f:
+        status, reason, original = post(f, JANE[4], "Outage at the .mt name servers", display="Jane Doe")
+        assert (status, reason) == ("done", "list: distributed [TLP:RED]")
+        got = copies(f, "Outage at the .mt name servers")
+        assert len({r.mail_from for r in got}) == 3  # VERP: one return path per SSC
+        assert all(re.fullmatch(rf"bounces\+b\d+@{re.escape(DOMAIN)}", r.mail_from) for r in got)
+        assert len({r.data for r in got}) == 1  # built and signed once
+        m = _msg(got[0])
+        assert m["Subject"] == "[TLP:RED] Outage at the .mt name servers"  # no label: RED
+        assert m["From"] == "Jane Doe <jane.doe@nic.org.mt>"  # nic.org.mt has no DMARC record
+        assert m["Reply-To"] is None
+        assert m["List-Id"] == f"TLD-OPS <list.{DOMAIN}>"
+        assert m["List-Post"] == f"<mailto:{LIST}>"
+        assert m["List-Unsubscribe"] == f"<mailto:help@{DOMAIN}?subject=removal>"
+        assert m["List-Help"] == f"<mailto:help@{DOMAIN}>"
+        assert m["Precedence"] == "list"
+        assert m["Message-ID"] != original and m["Message-ID"].endswith(f"@{DOMAIN}>")
+        # The author's path stays behind: no trace field, no private header, one signature (ours).
+        assert m["Received"] is None and m["X-Internal-Ticket"] is None
+        assert len(m.get_all("DKIM-Signature") or []) == 1
+        assert re.search(rf"\bd={re.escape(DOMAIN)};", m["DKIM-Signature"])
+        for r in got:
+            assert verifies(f, r.data)
+        assert "The .mt name servers answer SERVFAIL." in m.get_payload()
+        # The signature covers the body, the label and the list's own fields.
+        for was, now in ((b"SERVFAIL", b"NOERROR!"), (b"[TLP:RED]", b"[TLP:CLEAR]"),
+                         (b"List-Id: TLD-OPS", b"List-Id: TLD-OBS"),
+                         (b"?subject=removal", b"?subject=removed")):
+            assert was in got[0].data
+            assert not verifies(f, got[0].data.replace(was, now, 1)), was
+        assert f.d.query("SELECT author, tlp, from_rewritten, recipients FROM list_posts") == [
+            (JANE[4], "TLP:RED", 0, 3)]
+
+
+def test_labels_are_kept_normalised_and_never_two(tmp_path: Path) -> None:
+    with listing(tmp_path) as f:
+        assert post(f, JANE[4], "[TLP:AMBER] Scanning of .mt")[1] == "list: distributed [TLP:AMBER]"
+        assert _msg(copies(f, "Scanning of .mt")[0])["Subject"] == "[TLP:AMBER] Scanning of .mt"
+        # The report's old spelling, and TLP 1.0's WHITE (now CLEAR), read and rewritten.
+        assert post(f, JOHN[4], "[TLP-AMBER] Old spelling")[1] == "list: distributed [TLP:AMBER]"
+        assert _msg(copies(f, "Old spelling")[0])["Subject"] == "[TLP:AMBER] Old spelling"
+        assert post(f, JOHN[4], "TLP:WHITE: public notice")[1] == "list: distributed [TLP:CLEAR]"
+        assert _msg(copies(f, "public notice")[0])["Subject"] == "[TLP:CLEAR] public notice"
+        # Two labels in the Subject: the stricter wins and only it is shown.
+        assert post(f, JOHN[4], "[TLP:GREEN] two labels [TLP:AMBER+STRICT]")[1] == \
+            "list: distributed [TLP:AMBER+STRICT]"
+        assert _msg(copies(f, "two labels")[0])["Subject"] == "[TLP:AMBER+STRICT] two labels"
+        # A label inside an encoded word is read; the Subject goes out encoded, one label.
+        assert post(f, JANE[4], "=?utf-8?q?[TLP:GREEN]_Panne_=C3=A0_Malte?=")[1] == \
+            "list: distributed [TLP:GREEN]"
+        subject = _msg(copies(f, "?=")[0])["Subject"]
+        assert str(make_header(decode_header(subject))) == "[TLP:GREEN] Panne à Malte"
+
+
+def test_a_reply_inherits_the_label_of_what_it_answers_the_stricter_wins(tmp_path: Path) -> None:
+    with listing(tmp_path) as f:
+        post(f, JANE[4], "[TLP:AMBER] Anycast node down")
+        first = _msg(copies(f, "Anycast node down")[0])["Message-ID"]
+        # John answers the copy he got: his client sets In-Reply-To to its Message-ID. He
+        # wrote GREEN; the thread is AMBER: AMBER wins.
+        status, reason, _ = post(f, JOHN[4], "Re: [TLP:GREEN] Anycast node down", body="Fixed here.",
+                                 headers=(f"In-Reply-To: {first}", f"References: {first}"))
+        assert (status, reason) == ("done", "list: distributed [TLP:AMBER]")
+        reply = _msg(copies(f, "Re: Anycast node down")[0])
+        assert reply["Subject"] == "[TLP:AMBER] Re: Anycast node down"
+        assert reply["In-Reply-To"] == first and reply["References"] == first  # threads hold
+        second = reply["Message-ID"]
+        # Deeper in the thread, with only References naming the first post: still AMBER.
+        assert post(f, JANE[4], "Re: Re: Anycast node down", body="Thanks.",
+                    headers=(f"References: {first} {second}",))[1] == "list: distributed [TLP:AMBER]"
+        # A reply naming nothing we know but quoting an AMBER post inherits from the quote.
+        assert post(f, JANE[4], "Re: forwarded report",
+                    body="Seen too.\r\n\r\n> [TLP:AMBER] Anycast node down\r\n> Details.")[1] == \
+            "list: distributed [TLP:AMBER]"
+        # The writer may make it stricter, never less strict.
+        assert post(f, JOHN[4], "Re: [TLP:RED] Anycast node down", body="Private detail.",
+                    headers=(f"In-Reply-To: {second}",))[1] == "list: distributed [TLP:RED]"
+
+
+# -- DMARC ---------------------------------------------------------------------------------------
+
+def test_a_post_from_a_strict_dmarc_domain_comes_from_the_list_and_its_signature_verifies(
+        tmp_path: Path) -> None:
+    with listing(tmp_path) as f:
+        status, reason, _ = post(f, MARY[4], "Strict domain post", display="Mary Poe")
+        assert (status, reason) == ("done", "list: distributed [TLP:RED] (From rewritten: DMARC)")
+        got = copies(f, "Strict domain post")
+        m = _msg(got[0])
+        assert m["From"] == f"Mary Poe via TLD-OPS <{LIST}>"
+        assert m["Reply-To"] == MARY[4]
+        for r in got:
+            assert verifies(f, r.data)
+        # The DMARC record was asked for at the organisational domain (sp= applies).
+        asked = {q.name.lower().rstrip(".") for q in f.env.dns.queries}
+        assert {f"_dmarc.{STRICT_DOMAIN}", "_dmarc.strict.example"} <= asked
+
+
+def test_a_dmarc_lookup_that_fails_makes_the_post_wait_then_it_goes(tmp_path: Path) -> None:
+    with listing(tmp_path) as f:
+        f.env.dns.servfail("_dmarc.nic.org.mt")
+        status, reason, _ = post(f, JANE[4], "Waits for DNS")
+        assert status == "received" and reason.startswith("waiting: DMARC lookup for nic.org.mt failed")
+        assert list_outbox(f) == 0
+        f.env.dns.set_txt("_dmarc.nic.org.mt", ["v=DMARC1; p=quarantine"])
+        m = _msg(copies(f, "Waits for DNS")[0])
+        # No display name: the address, written so that no client reads it as one.
+        assert m["From"] == f'"jane.doe at nic.org.mt via TLD-OPS" <{LIST}>'
+        assert m["Reply-To"] == JANE[4]
+
+
+# -- refusals ------------------------------------------------------------------------------------
+
+def test_a_non_member_is_refused_with_a_short_note_and_nothing_is_distributed(tmp_path: Path) -> None:
+    with listing(tmp_path) as f:
+        status, reason, _ = post(f, "someone@nic.org.mt", "Let me in")  # signed by nic.org.mt
+        assert status == "rejected" and "only the Security and Stability Contacts" in reason
+        note = f.mail_to("someone@nic.org.mt", "not sent to the list")
+        text = note.get_payload()
+        assert "only the Security and Stability Contacts on the roster may post" in text
+        assert f"help@{DOMAIN}" in text
+        for s in SSCS:  # no roster data in the note
+            assert s[4] not in text and s[2] not in text
+        assert note["Auto-Submitted"] == "auto-replied"
+        assert note["Subject"].startswith("[TLP:RED] ")
+        assert list_outbox(f) == 0
+        # Once a day: a second refusal is held back (queued with the outcome, or not at all).
+        assert post(f, "someone@nic.org.mt", "Let me in again")[0] == "rejected"
+        assert list_outbox(f, "list-refusal") == 1
+        assert f.d.query("SELECT count(*) FROM list_posts") == [(0,)]
+
+
+def test_a_members_post_without_a_dkim_signature_that_counts_is_refused(tmp_path: Path) -> None:
+    with listing(tmp_path) as f:
+        status, reason, _ = post(f, JOHN[4], "Unsigned", sign=False)
+        assert status == "rejected"
+        assert reason == ("list: the post carries no valid DKIM signature of nic.org.mt (posts are"
+                          " distributed only when signed by the author's domain)")
+        assert "no valid DKIM signature" in f.mail_to(JOHN[4], "not sent to the list").get_payload()
+        assert list_outbox(f) == 0
+
+
+def test_the_same_post_twice_and_automatic_mail_are_not_distributed(tmp_path: Path) -> None:
+    with listing(tmp_path) as f:
+        mid = f"<once-{time.time_ns()}@nic.org.mt>"
+        assert post(f, JANE[4], "Once only", message_id=mid)[1] == "list: distributed [TLP:RED]"
+        assert post(f, JANE[4], "Once only", message_id=mid)[1] == "list: this post was distributed before"
+        # An out-of-office answer to a copy, and a copy coming back: dropped without a word.
+        assert post(f, JOHN[4], "Auto: away", headers=("Auto-Submitted: auto-replied",))[1] == \
+            "list: automatic mail is not distributed"
+        assert post(f, JOHN[4], "Looped", headers=(f"List-Id: TLD-OPS <list.{DOMAIN}>",))[1] == \
+            "list: automatic mail is not distributed"
+        assert list_outbox(f) == 1
+        assert list_outbox(f, "list-refusal") == 0
+
+
+# -- the pure parts ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("subject", "level", "want"), [
+    ("Re: [TLP:GREEN] x", tlp.Tlp.AMBER, "[TLP:AMBER] Re: x"),
+    ("[TLP-AMBER] old", tlp.Tlp.AMBER, "[TLP:AMBER] old"),
+    ("TLP:WHITE: notice (tlp:clear)", tlp.Tlp.CLEAR, "[TLP:CLEAR] notice"),
+    ("no label", tlp.Tlp.RED, "[TLP:RED] no label"),
+    ("TLPs are nice", tlp.Tlp.RED, "[TLP:RED] TLPs are nice"),
+])
+def test_relabelled_leaves_exactly_one_label(subject: str, level: tlp.Tlp, want: str) -> None:
+    assert tlp.relabelled(subject, level) == want
+    assert tlp.labels_in(tlp.relabelled(subject, level)) == [level]
+
+
+def test_dmarc_records_are_read_by_their_tags() -> None:
+    assert dmarc_tags(b"v=DMARC1; p=Reject; sp=none") == {"v": "dmarc1", "p": "reject", "sp": "none"}
+    assert dmarc_tags(b"v=spf1 -all") is None
+    assert dmarc_tags(b"v=DMARC1") == {"v": "dmarc1"}

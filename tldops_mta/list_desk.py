@@ -1,0 +1,315 @@
+"""list@: the built-in TLD-OPS list. A post from an SSC goes to every SSC, labelled and re-signed.
+
+Who may post: an SSC, authenticated as for who@ (the strictly parsed From on the roster, and a
+DKIM signature of its domain that counts). A member's post without such a signature is refused
+with a note saying so, not held for a token as a who@ query is: a post goes to every SSC at
+once, and holding posts would keep other people's words in the database for days. Anyone else
+gets a short refusal with no roster data (auto_reply's rules: once a day, never to robots or
+the null sender). Mail from robots and lists (our own copies coming back included) is dropped
+without a word, so no loop can start.
+
+The copy every SSC gets (the author too, so they see what the others saw):
+
+- the Subject carries exactly one TLP label, in the 2.0 spelling: the stricter of the labels
+  the post writes (Subject or text: a reply quoting a labelled post inherits its label) and
+  those of the earlier posts it names in In-Reply-To or References; none at all means RED;
+- a fresh Message-ID (In-Reply-To and References kept, so threads hold); List-Id, List-Post,
+  List-Help, List-Unsubscribe (RFC 2369: to help@, since only the ccTLD's IANA administrative
+  contact can remove an SSC) and ``Precedence: list``;
+- only the header fields a reader needs are carried over: trace fields, the author's DKIM
+  signatures and anything else are left out, so nothing of the author's path leaks;
+- when the author's domain (or its organisational domain) publishes a DMARC policy of
+  quarantine or reject, From becomes ``"Name via TLD-OPS" <list@DOMAIN>`` with Reply-To the
+  author: the copy would otherwise fail DMARC at every SSC whose server enforces it. A DNS
+  failure on that lookup makes the post wait, as key lookups do;
+- one DKIM signature by the list's domain (``broadcast.dkim_key``), made once, and one outbox
+  message with a delivery per SSC, each with its own return path (``bounces+b<delivery>@``).
+
+Nothing is archived: the report's TLP rules forbid public archives, and the ``list_posts``
+row keeps only what threading and de-duplication need (Message-IDs, author, label).
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from email.header import decode_header, make_header
+from email.utils import formataddr, make_msgid
+from pathlib import Path
+
+from . import addresses, auto_reply, logs, outbox, spool, texts, tlp
+from .dkim_verify import KeyRecordError, KeyResolver, KeyTemporaryError, organisational_domain, verify
+from .live import Live
+from .message_facts import MessageFacts
+from .request_auth import Authenticator
+from .request_form import body_text
+from .storage import Reader, Writer
+from .who_desk import is_member
+
+KEPT = frozenset({"from", "to", "cc", "subject", "date", "reply-to", "in-reply-to", "references",
+                  "mime-version", "content-type", "content-transfer-encoding", "content-language",
+                  "content-disposition"})
+"""Header fields of the post that the copy carries (From, Subject and Reply-To may be changed)."""
+
+SIGNED = [b"from", b"reply-to", b"to", b"cc", b"subject", b"date", b"message-id", b"in-reply-to",
+          b"references", b"mime-version", b"content-type", b"content-transfer-encoding",
+          b"list-id", b"list-post", b"list-help", b"list-unsubscribe", b"precedence"]
+"""What the list's signature covers: all a reader sees, and the list's own fields."""
+
+STRICT_DMARC = frozenset({"quarantine", "reject"})
+MAX_REFERENCES = 50
+"""Message-IDs of References looked up for a label to inherit: a thread's latest posts."""
+
+_MSG_ID = re.compile(r"<[^<>\s]{1,250}>")
+_FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e]*):")
+"""A header field's first line, as the stdlib's parser recognises one (email.feedparser)."""
+
+
+@dataclass(frozen=True)
+class Post:
+    """The copy to distribute, built and signed once."""
+
+    raw: bytes
+    message_id: str
+    label: tlp.Tlp
+    from_rewritten: bool
+
+
+# -- DMARC -------------------------------------------------------------------------------------
+
+
+def dmarc_tags(record: bytes) -> dict[str, str] | None:
+    """The tags of a DMARC record (RFC 7489 6.3), or None when it is not one."""
+    text = record.decode("ascii", "replace")
+    if not re.match(r"\s*v\s*=\s*DMARC1\s*(;|$)", text):
+        return None
+    tags: dict[str, str] = {}
+    for part in text.split(";"):
+        name, eq, value = part.partition("=")
+        if eq:
+            tags.setdefault(name.strip().lower(), value.strip().lower())
+    return tags
+
+
+async def dmarc_policy(resolver: KeyResolver, domain: str) -> str:
+    """The DMARC policy that applies to mail From ``domain``: the domain's own record, else
+    its organisational domain's (whose ``sp=`` governs subdomains). "none" when there is no
+    record; "reject" when what DNS holds is ambiguous (several records): rewriting From then
+    costs nothing, a copy rejected at every SSC would. KeyTemporaryError: ask again later."""
+    org = organisational_domain(domain)
+    for name, own in ((domain.lower(), True), (org, False)):
+        if not own and name == domain.lower():
+            break
+        try:
+            record = await resolver.fetch(f"_dmarc.{name}")
+        except KeyRecordError:
+            return "reject"
+        tags = dmarc_tags(record) if record is not None else None
+        if tags is not None:
+            return tags.get("p" if own else "sp", tags.get("p", "none"))
+    return "none"
+
+
+# -- the copy ----------------------------------------------------------------------------------
+
+
+def header_fields(raw: bytes) -> tuple[list[tuple[str, bytes]], bytes]:
+    """((lower-case name, the whole field as written, folding kept), body), in LF lines.
+
+    The header ends where the stdlib's parser (which read the facts the post was judged
+    by) ends it: at the first line that is neither a field nor a continuation. What follows
+    is body to both, so the copy can never show a From the checks did not see."""
+    lines = raw.replace(b"\r\n", b"\n").split(b"\n")
+    fields: list[tuple[str, bytes]] = []
+    for i, line in enumerate(lines):
+        if line.startswith(b"From "):
+            continue  # an mbox separator: skipped by the stdlib (a defect when not first)
+        if line[:1] in (b" ", b"\t"):
+            if fields:  # (a continuation with nothing to continue: dropped, as the stdlib does)
+                fields[-1] = (fields[-1][0], fields[-1][1] + b"\n" + line)
+            continue
+        m = _FIELD.match(line)
+        if m is None:
+            rest = lines[i + 1:] if line == b"" else lines[i:]
+            return fields, b"\n".join(rest)
+        fields.append((m.group(1).lower().decode("ascii"), line))
+    return fields, b""
+
+
+def decoded_subject(value: str) -> str:
+    """The Subject as its reader sees it (RFC 2047 words decoded), on one line."""
+    try:
+        text = str(make_header(decode_header(value)))
+    except (ValueError, LookupError, UnicodeError):
+        text = value
+    return " ".join(text.split())
+
+
+def referenced_ids(facts: MessageFacts) -> list[str]:
+    """The Message-IDs the post answers (In-Reply-To, then the latest of References)."""
+    msg = facts.message
+    if msg is None:
+        return []
+    found: list[str] = []
+    for name in ("in-reply-to", "references"):
+        for value in msg.get_all(name) or []:
+            found += _MSG_ID.findall(str(value))
+    return list(dict.fromkeys(found[:1] + found[::-1]))[:MAX_REFERENCES]
+
+
+def answered_labels(conn: sqlite3.Connection, ids: Iterable[str]) -> list[tlp.Tlp]:
+    """The labels of the earlier posts among ``ids`` (by our Message-ID or the author's)."""
+    wanted = list(ids)
+    if not wanted:
+        return []
+    marks = ",".join("?" * len(wanted))
+    rows = conn.execute(f"SELECT tlp FROM list_posts WHERE message_id IN ({marks})"  # noqa: S608
+                        f" OR original_message_id IN ({marks})", [*wanted, *wanted]).fetchall()
+    return [tlp.Tlp.parse(r[0]) for r in rows]
+
+
+def build(live: Live, raw: bytes, subject: str, label: tlp.Tlp, author: addresses.Mailbox,
+          rewrite_from: bool) -> Post:
+    """The copy of ``raw`` that every SSC gets (see the module's docstring), DKIM-signed
+    when a key is configured."""
+    from . import dkim_keys  # signing pulls in cryptography: only the worker needs it
+
+    cfg = live.cfg
+    domain = str(cfg["server.domain"])
+    name = str(cfg["list.name"])
+    list_address = live.service_address("list")
+    list_id = f"{cfg['addresses.list']}.{domain}"  # RFC 2919: the list's address, dotted
+    fields, body = header_fields(raw)
+    message_id = make_msgid(domain=domain)
+    out: list[bytes] = []
+    seen: set[str] = set()
+    for key, field in fields:
+        if key not in KEPT or key in seen or key == "subject" or (rewrite_from and key == "reply-to"):
+            continue
+        seen.add(key)
+        if key == "from" and rewrite_from:
+            # Without a display name, the address "at" its domain: a name holding an address
+            # is what the spoofing defences here refuse, and some clients show it as the sender.
+            shown = author.display or author.address.replace("@", " at ")
+            out.append(("From: " + formataddr((f"{shown} via {name}", list_address), "utf-8")).encode())
+            out.append(f"Reply-To: {author.address}".encode())
+            continue
+        out.append(field)
+    out.append(f"Subject: {outbox._subject(tlp.relabelled(subject, label))}".encode())
+    out += [f"Message-ID: {message_id}".encode(),
+            f"List-Id: {formataddr((name, list_id))}".encode(),
+            f"List-Post: <mailto:{list_address}>".encode(),
+            f"List-Help: <mailto:{live.service_address('help')}>".encode(),
+            f"List-Unsubscribe: <mailto:{live.service_address('help')}?subject=removal>".encode(),
+            b"Precedence: list"]
+    copy = (b"\n".join(out) + b"\n\n" + body).replace(b"\n", b"\r\n")
+    if cfg["broadcast.dkim_key"]:
+        copy = dkim_keys.sign(copy, domain=domain, selector=str(cfg["broadcast.dkim_selector"]),
+                              key_file=Path(cfg["broadcast.dkim_key"]), headers=SIGNED)
+    return Post(copy, message_id, label, rewrite_from)
+
+
+def distribute(live: Live, post: Post, original_id: str, author: str, spool_id: int,
+               queue_id: str) -> spool.Effect:
+    """The effect that records the post and queues its copy to every SSC, once: a post whose
+    Message-ID was distributed before queues nothing (the UNIQUE column decides)."""
+    cfg = live.cfg
+    domain = str(cfg["server.domain"])
+    bounces = str(cfg["addresses.bounces"])
+
+    def job(conn: sqlite3.Connection) -> int:
+        now = time.time()
+        cur = conn.execute(
+            "INSERT OR IGNORE INTO list_posts (original_message_id, message_id, spool_id, author, tlp,"
+            " from_rewritten, created_at, recipients) VALUES (?,?,?,?,?,?,?,0)",
+            (original_id, post.message_id, spool_id, author, post.label.label, int(post.from_rewritten), now))
+        if cur.rowcount == 0:
+            return 0
+        rcpts = [r[0] for r in conn.execute("SELECT DISTINCT lower(email) FROM roster ORDER BY 1")]
+        message_id = outbox.enqueue(post.raw, f"{bounces}@{domain}", rcpts, "list", ref=queue_id)(conn)
+        # VERP as the broadcast's: a bounce names the delivery, so the SSC it is about.
+        conn.execute("UPDATE outbox_deliveries SET mail_from = ? || '+b' || id || '@' || ?"
+                     " WHERE message_id = ?", (bounces, domain, message_id))
+        conn.execute("UPDATE list_posts SET outbox_message_id = ?, recipients = ? WHERE id = ?",
+                     (message_id, len(rcpts), cur.lastrowid))
+        return len(rcpts)
+
+    return job
+
+
+def _seen(conn: sqlite3.Connection, original_id: str) -> bool:
+    return conn.execute("SELECT 1 FROM list_posts WHERE original_message_id = ?",
+                        (original_id,)).fetchone() is not None
+
+
+class ListDesk:
+    def __init__(self, live: Live, writer: Writer, reader: Reader, auth: Authenticator) -> None:
+        self.rt = live
+        self.writer = writer
+        self.reader = reader
+        self.auth = auth
+        self.log = logs.get("list")
+
+    async def handle(self, p: spool.Pending, facts: MessageFacts) -> spool.Outcome:
+        cfg = self.rt.cfg
+        log = self.log.bind(queue_id=p.queue_id)
+        if facts.automatic or not p.mail_from or _is_our_list(facts):
+            # A robot, a bounce, another list, or our own copy coming back: never
+            # distributed, never answered (no loop can start).
+            return spool.Outcome(p.id, spool.Status.DONE, "list: automatic mail is not distributed",
+                                 ("list",))
+        try:
+            author = addresses.parse_single(facts.from_value or "", field="From")
+        except addresses.AddressError as e:
+            return self._refusal(p, facts, e.reason)
+        if not await self.reader.run(is_member, author.key):
+            log.info("list post refused: not an SSC")
+            return self._refusal(p, facts, "only the Security and Stability Contacts on the roster "
+                                           "may post to the list")
+        report = await verify(p.raw, self.auth.resolver, min_rsa_bits=cfg["dkim.min_rsa_bits"],
+                              now=time.time(), offload=self.auth.offload)
+        alignment = cfg["dkim.alignment"]
+        if not report.counting(author.domain, alignment):
+            if report.temporary(author.domain, alignment):
+                return spool.waiting(p.id, "list", f"DKIM key lookup failed ({report.key_failures()})",
+                                     float(cfg["worker.retry_base"]))
+            log.info("list post refused: no DKIM signature that counts")
+            return self._refusal(p, facts, f"the post carries no valid DKIM signature of {author.domain}"
+                                           " (posts are distributed only when signed by the author's"
+                                           " domain)")
+        original_id = facts.message_id or ""  # a signature counts only when it signs one
+        if await self.reader.run(_seen, original_id):
+            log.info("list post already distributed")
+            return spool.Outcome(p.id, spool.Status.DONE, "list: this post was distributed before",
+                                 ("list",))
+        try:
+            policy = await dmarc_policy(self.auth.resolver, author.domain)
+        except KeyTemporaryError as e:
+            return spool.waiting(p.id, "list", f"DMARC lookup for {author.domain} failed ({e})",
+                                 float(cfg["worker.retry_base"]))
+        subject = decoded_subject(facts.subject or "")
+        own = tlp.labels_in(subject) + tlp.labels_in(body_text(facts.message or p.raw))
+        answered = await self.reader.run(answered_labels, referenced_ids(facts))
+        label = tlp.for_reply(answered, own)
+        post = build(self.rt, p.raw, subject, label, author, policy in STRICT_DMARC)
+        log.info("list post distributed", tlp=label.label, from_rewritten=post.from_rewritten)
+        return spool.Outcome(p.id, spool.Status.DONE,
+                             f"list: distributed [{label.label}]"
+                             + (" (From rewritten: DMARC)" if post.from_rewritten else ""),
+                             ("list",), effects=(distribute(self.rt, post, original_id, author.key,
+                                                            p.id, p.queue_id),))
+
+    def _refusal(self, p: spool.Pending, facts: MessageFacts, why: str) -> spool.Outcome:
+        subject, body = texts.render(self.rt.rules, "list_refusal", {
+            "reason": why, "help": self.rt.service_address("help")})
+        effect = auto_reply.reply(self.rt, p, facts, kind="list-refusal", subject=subject, body=body)
+        return spool.Outcome(p.id, spool.Status.REJECTED, f"list: {why}", ("list",), effects=(effect,))
+
+
+def _is_our_list(facts: MessageFacts) -> bool:
+    """Mail that came through a list (ours or another): its List-Id says so."""
+    msg = facts.message
+    return msg is not None and msg.get("list-id") is not None
