@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import email
+import json
 import re
+import sqlite3
 import time
 from collections.abc import Iterator
 from email.header import decode_header, make_header
 from email.message import Message
 from pathlib import Path
+from typing import Any
 
 import pytest
 from auth_env import SELECTOR, now_date
@@ -23,9 +26,10 @@ from daemon_proc import DOMAIN
 from dkim_sign import rsa_key
 from smtp_sink import Received
 from test_broadcast import keygen, verifies
-from test_workflow import JANE, JOHN, Flow, flow, subscribed
+from test_workflow import JANE, JOHN, VALIDATOR, Flow, _text, flow, subscribed
 
 from tldops_mta import tlp
+from tldops_mta.housekeeping import purge
 from tldops_mta.list_desk import dmarc_tags
 
 LIST = f"list@{DOMAIN}"
@@ -36,12 +40,13 @@ SSCS = (JANE, JOHN, MARY)
 
 
 @contextlib.contextmanager
-def listing(tmp_path: Path) -> Iterator[Flow]:
+def listing(tmp_path: Path, **settings: Any) -> Iterator[Flow]:
     """.mt subscribed with Jane and John (nic.org.mt, no DMARC record) and Mary (a domain
     whose organisational domain publishes a strict DMARC policy for its subdomains); the
     list's key published; no scheduled broadcast to get in the way."""
     key, name, value = keygen(tmp_path / "keys")
-    with flow(tmp_path / "daemon", **{"broadcast.dkim_key": str(key), "broadcast.enabled": False}) as f:
+    with flow(tmp_path / "daemon", **{"broadcast.dkim_key": str(key), "broadcast.enabled": False,
+                                      **settings}) as f:
         f.env.dns.set_txt(name, [value])
         f.env.publish(SELECTOR, STRICT_DOMAIN, rsa_key(2048, 3))
         f.env.dns.set_txt("_dmarc.strict.example", ["v=DMARC1; p=none; sp=reject; rua=mailto:d@x.example"])
@@ -246,6 +251,140 @@ def test_the_same_post_twice_and_automatic_mail_are_not_distributed(tmp_path: Pa
             "list: automatic mail is not distributed"
         assert list_outbox(f) == 1
         assert list_outbox(f, "list-refusal") == 0
+
+
+# -- moderation of first posts (list.moderate_first_posts) ----------------------------------------
+
+MODERATED = {"list.moderate_first_posts": True}
+
+
+def held_one(f: Flow, subject: str, sender: str = JANE[4]) -> tuple[int, str]:
+    """A first post, held: (its held id, its queue id), after checking what the hold did."""
+    status, reason, mid = post(f, sender, subject)
+    assert status == "done" and reason.startswith("list: held for a Validator (a first post)"), reason
+    [(held_id, queue_id, state)] = f.d.query(
+        "SELECT h.id, s.queue_id, h.state FROM list_held h JOIN spool s ON s.id = h.spool_id"
+        " WHERE h.original_message_id = ?", (mid,))
+    assert state == "held"
+    return int(held_id), str(queue_id)
+
+
+def decide(f: Flow, verb: str, held_id: int, *reason: str) -> tuple[int, dict[str, Any]]:
+    r = f.tldops("list", verb, str(held_id), *reason, "--json")
+    return r.returncode, json.loads(r.stdout)
+
+
+def test_a_first_post_is_held_and_released_once_to_every_ssc_then_the_author_posts_freely(
+        tmp_path: Path) -> None:
+    with listing(tmp_path, **MODERATED) as f:
+        held_id, queue_id = held_one(f, "[TLP:AMBER] First words")
+        # The author is told it waits; the Validators get its text, labelled as the post is.
+        note = f.mail_to(JANE[4], "Your first post waits for a Validator")
+        assert note["Subject"].startswith("[TLP:AMBER] ") and "First words" in _text(note)
+        ask = f.mail_to(VALIDATOR, f"A first post to the list waits: #{held_id}")
+        assert ask["Subject"].startswith("[TLP:AMBER] ")
+        assert "> The .mt name servers answer SERVFAIL." in _text(ask)
+        assert f"tldops list release {held_id}" in _text(ask)
+        assert list_outbox(f) == 0 and f.d.query("SELECT count(*) FROM list_posts") == [(0,)]
+        shown = json.loads(f.tldops("list", "held", "--json").stdout)
+        assert [(h["id"], h["queue_id"], h["author"], h["tlp"]) for h in shown] == [
+            (held_id, queue_id, JANE[4], "TLP:AMBER")]
+        # The nightly purge removes the spool's octets of processed mail: the held post's own
+        # copy survives it, and the release is distributed from that.
+        conn = sqlite3.connect(f.d.db_path, timeout=10, isolation_level=None)
+        try:
+            assert purge(conn, time.time() + 1).spool_raw >= 1
+        finally:
+            conn.close()
+        assert f.d.query("SELECT count(*) FROM spool_messages m JOIN spool s ON s.id = m.id"
+                         " WHERE s.queue_id = ?", (queue_id,)) == [(0,)]
+
+        mark = f.d.mark()
+        code, out = decide(f, "release", held_id)
+        assert code == 0 and out == {"ok": True, "message": f"post #{held_id} released: it is distributed"
+                                                            " to every SSC"}
+        done = f.d.wait_for("message processed", lambda r: r.get("queue_id") == queue_id, after=mark)
+        assert done["status"] == "done"
+        got = copies(f, "First words")
+        assert all(_msg(r)["Subject"] == "[TLP:AMBER] First words" for r in got)
+        for r in got:
+            assert verifies(f, r.data)
+        assert f.d.query("SELECT author, tlp, recipients FROM list_posts") == [(JANE[4], "TLP:AMBER", 3)]
+        assert list_outbox(f) == 1  # one copy, to the three SSCs
+        [(state, by, decided_at, raw_left)] = f.d.query(
+            "SELECT state, decided_by, decided_at, length(raw) FROM list_held WHERE id = ?", (held_id,))
+        assert state == "released" and by.startswith("cli:") and decided_at > 0
+        assert raw_left == 0  # distributed: the held copy is not kept
+        assert json.loads(f.tldops("list", "held", "--json").stdout) == []
+
+        # First decision wins: neither a second release nor a rejection changes anything.
+        code, out = decide(f, "release", held_id)
+        assert code == 1 and out["message"] == f"post #{held_id} was already released by {by}"
+        code, out = decide(f, "reject", held_id, "too late")
+        assert code == 1 and "already released" in out["message"]
+        assert list_outbox(f) == 1
+
+        # The author's next post goes straight through; another member's first one is held.
+        assert post(f, JANE[4], "Second words")[1] == "list: distributed [TLP:RED]"
+        copies(f, "Second words")
+        held_one(f, "John's first", sender=JOHN[4])
+        assert list_outbox(f) == 2
+        assert f.d.query("SELECT count(*) FROM list_posts WHERE author = ?", (JANE[4],)) == [(2,)]
+
+
+def test_a_rejected_first_post_is_told_to_its_author_and_never_distributed(tmp_path: Path) -> None:
+    with listing(tmp_path, **MODERATED) as f:
+        held_id, queue_id = held_one(f, "[TLP:GREEN] Please ignore")
+        code, out = decide(f, "reject", held_id, "off-topic", "for", "the", "list")
+        assert code == 0 and out == {"ok": True, "message": f"post #{held_id} rejected: its author is told"}
+        told = f.mail_to(JANE[4], "Your post was not sent to the list")
+        assert told["Subject"].startswith("[TLP:GREEN] ")
+        assert "did not send your post (\"[TLP:GREEN] Please ignore\") to the list: off-topic for the list" \
+            in _text(told)
+        [(state, by, reason, raw_left)] = f.d.query(
+            "SELECT state, decided_by, reason, length(raw) FROM list_held WHERE id = ?", (held_id,))
+        assert (state, reason, raw_left) == ("rejected", "off-topic for the list", 0)
+        assert by.startswith("cli:")
+        assert f.d.query("SELECT status, reason FROM spool WHERE queue_id = ?", (queue_id,)) == [
+            ("rejected", f"list: rejected by {by}: off-topic for the list")]
+        # First decision wins, and reprocessing the message (an operator's retry) does not
+        # undo it: nothing is ever distributed.
+        code, out = decide(f, "release", held_id)
+        assert code == 1 and out["message"] == f"post #{held_id} was already rejected by {by}"
+        assert decide(f, "reject", held_id, "again")[0] == 1
+        assert len(f.mails_to(JANE[4], "Your post was not sent to the list")) == 1
+        mark = f.d.mark()
+        assert f.tldops("spool", "retry", queue_id).returncode == 0
+        again = f.d.wait_for("message processed", lambda r: r.get("queue_id") == queue_id, after=mark)
+        assert again["status"] == "rejected"
+        assert f.d.query("SELECT reason FROM spool WHERE queue_id = ?", (queue_id,)) == [
+            ("list: a Validator rejected this post",)]
+        assert list_outbox(f) == 0 and f.d.query("SELECT count(*) FROM list_posts") == [(0,)]
+        # A rejected author is no released one: their next post is held again.
+        held_one(f, "Second try")
+        assert decide(f, "reject", 999, "no such")[1]["message"] == "there is no held post #999"
+
+
+def test_a_held_post_sent_again_waits_once_and_an_erased_authors_post_cannot_be_released(
+        tmp_path: Path) -> None:
+    with listing(tmp_path, **MODERATED) as f:
+        mid = f"<again-{time.time_ns()}@nic.org.mt>"
+        assert post(f, JOHN[4], "Twice", message_id=mid)[1].startswith("list: held for a Validator")
+        assert post(f, JOHN[4], "Twice", message_id=mid)[1] == "list: this post waits for a Validator already"
+        assert f.d.query("SELECT count(*) FROM list_held") == [(1,)]
+        f.mail_to(VALIDATOR, "A first post to the list waits")
+        assert len(f.mails_to(VALIDATOR, "A first post to the list waits")) == 1
+        [(held_id,)] = f.d.query("SELECT id FROM list_held")
+        found = json.loads(f.tldops("person", "export", JOHN[4], "--json").stdout)
+        assert [(h["message_id"], h["state"]) for h in found["list_held"]] == [(mid, "held")]
+        r = f.tldops("person", "erase", JOHN[4], "--reason", "left", "--json")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["counts"]["list_held"] == 1
+        assert f.d.query("SELECT author, state, decided_by, length(raw) FROM list_held") == [
+            ("[erased]", "rejected", "erasure", 0)]
+        code, out = decide(f, "release", int(held_id))
+        assert code == 1 and out["message"] == f"post #{held_id} was already rejected by erasure"
+        assert list_outbox(f) == 0
 
 
 # -- the pure parts ------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from email.utils import format_datetime, make_msgid
 from pathlib import Path
 from typing import Any
 
-from . import logs, outbox
+from . import logs, mailman, outbox
 from .broadcast_schedule import WEEKDAYS, Period, Schedule, due, next_check
 from .config import Config
 from .due_loop import DueLoop
@@ -59,9 +59,10 @@ class Built:
     label: Tlp
 
 
-def build(conn: sqlite3.Connection, cfg: Config, now: float, period: str) -> Built:
+def build(conn: sqlite3.Connection, cfg: Config, now: float, period: str, to: str | None = None) -> Built:
     """The broadcast mail: the roster as text, with CSV and vCard attached, labelled and
-    (when a key is configured) DKIM-signed. Built once, whatever the number of SSCs."""
+    (when a key is configured) DKIM-signed. Built once, whatever the number of SSCs.
+    ``to``: the To header (the Mailman list's address when it is posted there)."""
     # Imported here: the SMTP process imports this module (work_due) only to ask when the
     # next period is, and must stay small (the formats pull in vobject, signing cryptography).
     from . import dkim_keys, roster, roster_formats
@@ -74,7 +75,7 @@ def build(conn: sqlite3.Connection, cfg: Config, now: float, period: str) -> Bui
     day = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%d")
     msg = EmailMessage()
     msg["From"] = f"TLD-OPS <{cfg['addresses.postmaster']}@{domain}>"
-    msg["To"] = f"TLD-OPS Security and Stability Contacts <{cfg['addresses.who']}@{domain}>"
+    msg["To"] = f"TLD-OPS Security and Stability Contacts <{to or cfg['addresses.who'] + '@' + domain}>"
     msg["Subject"] = f"[{label.label}] TLD-OPS roster {day}: {ccs} ccTLDs, {sscs} contacts"
     msg["Date"] = format_datetime(dt.datetime.fromtimestamp(now, dt.UTC))
     msg["Message-ID"] = make_msgid(idstring=period, domain=domain)
@@ -100,9 +101,17 @@ def claim_and_queue(conn: sqlite3.Connection, cfg: Config, period: str, kind: st
     None when the period was already claimed (nothing is queued twice)."""
     if conn.execute("SELECT 1 FROM broadcasts WHERE period = ?", (period,)).fetchone():
         return None
-    built = build(conn, cfg, now, period)
     domain = str(cfg["server.domain"])
     bounces = str(cfg["addresses.bounces"])
+    if mailman.enabled(cfg):
+        # One post to the list (Mailman delivers it to its members, the roster's SSCs).
+        built = build(conn, cfg, now, period, to=str(cfg["mailman.list"]))
+        mailman.queue_post(conn, period, built.raw, f"{bounces}@{domain}", now)
+        conn.execute("INSERT INTO broadcasts (period, kind, claimed_at, outbox_message_id, recipients, tlp)"
+                     " VALUES (?,?,?,NULL,?,?)", (period, kind, now, len(built.recipients),
+                                                  built.label.label))
+        return len(built.recipients)
+    built = build(conn, cfg, now, period)
     message_id = outbox.enqueue(built.raw, f"{bounces}@{domain}", built.recipients, "broadcast",
                                 ref=period)(conn)
     conn.execute("UPDATE outbox_deliveries SET mail_from = ? || '+b' || id || '@' || ?"

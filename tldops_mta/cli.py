@@ -107,6 +107,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="why (required for deny and escalate); told to the requester")
         q.set_defaults(func=cmd_queue_decide, event=verb)
 
+    p = sub.add_parser("list", help="first posts to the list held for a Validator "
+                       "(list.moderate_first_posts)")
+    lsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    li = _action(lsub, "held", help="the held posts not yet decided, oldest first", json=True)
+    li.set_defaults(func=cmd_list_held)
+    li = _action(lsub, "release", help="send a held post to the list", json=True)
+    li.add_argument("item_id", metavar="ID", type=int)
+    li.set_defaults(func=cmd_list_decide, release=True, reason=[])
+    li = _action(lsub, "reject", help="refuse a held post, saying why (told to its author)", json=True)
+    li.add_argument("item_id", metavar="ID", type=int)
+    li.add_argument("reason", metavar="REASON", nargs="+")
+    li.set_defaults(func=cmd_list_decide, release=False)
+
     p = sub.add_parser("roster", help="the Security and Stability Contacts of each ccTLD")
     rsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     r = _action(rsub, "show", help="the current roster as the broadcast shows it")
@@ -180,6 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the ccTLD as A-label or U-label, any case, dot or not: mt, .MT, xn--90ae")
     i.add_argument("--refresh", action="store_true", help="ask IANA even when the cached answer is fresh")
     i.set_defaults(func=cmd_iana_show)
+
+    p = sub.add_parser("mailman", help="the Mailman 3 list whose members are the roster's SSCs")
+    msub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    m = _action(msub, "sync", help="compare the roster with the list's members and make the list "
+                "match (exit 1 with --dry-run when they differ)", json=True)
+    m.add_argument("--dry-run", action="store_true", help="report the differences, change nothing")
+    m.set_defaults(func=cmd_mailman_sync)
     return parser
 
 
@@ -437,6 +457,44 @@ def cmd_queue_decide(args: argparse.Namespace) -> int:
         _wake_daemon(cfg)
     if args.json:
         _print_json({"ok": result.ok, "message": result.message, "state": result.state})
+    else:
+        print(result.message, file=sys.stdout if result.ok else sys.stderr)
+    return EXIT_OK if result.ok else EXIT_ERROR
+
+
+def cmd_list_held(args: argparse.Namespace) -> int:
+    from . import list_desk
+
+    rows = list_desk.pending(open_db(load_config(args)))
+    if args.json:
+        _print_json(rows)
+        return EXIT_OK
+    if not rows:
+        print("no post waits")
+    for r in rows:
+        print(f"#{r['id']:<5} {_when(r['held_at'])}  {r['tlp']:<17} {r['author']}: {r['subject']}"
+              f"  ({r['queue_id']})")
+    return EXIT_OK
+
+
+def cmd_list_decide(args: argparse.Namespace) -> int:
+    """A Validator's decision on a held post: the first one counts, recorded as made by the
+    local user; a release is taken up by the daemon at once."""
+    import getpass
+
+    from . import list_desk
+    from .live import Live
+
+    cfg = load_config(args)
+    live = Live(cfg, rules.load(cfg.rules_dir))
+    conn = open_db(cfg)
+    by, reason = f"cli:{getpass.getuser()}", " ".join(args.reason) or None
+    result = storage.commit_one(conn, lambda c: list_desk.decide(live, c, args.item_id, args.release,
+                                                              by, reason))
+    if result.ok:
+        _wake_daemon(cfg)
+    if args.json:
+        _print_json({"ok": result.ok, "message": result.message})
     else:
         print(result.message, file=sys.stdout if result.ok else sys.stderr)
     return EXIT_OK if result.ok else EXIT_ERROR
@@ -758,3 +816,31 @@ def cmd_invite(args: argparse.Namespace) -> int:
         print(f"{i.region:<4} {i.shown:<28} {what}")
     print(f"{len(invited)} {verb}, {len(done) - len(invited)} skipped")
     return EXIT_OK
+
+
+def cmd_mailman_sync(args: argparse.Namespace) -> int:
+    from . import mailman
+
+    cfg = load_config(args)
+    if not mailman.enabled(cfg):
+        raise CliError("no Mailman is configured (mailman.rest_url)")
+    conn = open_db(cfg)
+    try:
+        if not args.dry_run:
+            storage.commit_one(conn, lambda c: mailman.arm(c, cfg, time.time()))
+        diff = mailman.sync(conn, cfg, dry_run=args.dry_run)
+    except Exception as e:  # mailmanclient raises many kinds: say which, in one line
+        raise CliError(f"Mailman at {cfg['mailman.rest_url']}: {type(e).__name__}: {e}") from e
+    if args.json:
+        _print_json({**diff.as_dict(), "applied": not args.dry_run})
+    else:
+        verb = "would " if args.dry_run else ""
+        for a, n in diff.add.items():
+            print(f"+ {a} ({n}): {verb}subscribe")
+        for a in diff.remove:
+            print(f"- {a}: {verb}unsubscribe (not on the roster)")
+        for a, (old, new) in diff.rename.items():
+            print(f"~ {a}: {verb}rename {old!r} -> {new!r}")
+        if diff.empty():
+            print(f"{cfg['mailman.list']}: the members are the roster's SSCs")
+    return EXIT_ERROR if args.dry_run and not diff.empty() else EXIT_OK

@@ -348,6 +348,11 @@ SCHEMA: tuple[Key, ...] = (
         "The list's name: in its List-Id and, when the author's domain publishes a strict DMARC "
         "policy (p=quarantine or p=reject), in the From of the copy (\"Name via TLD-OPS\"). "
         "Posts are archived nowhere: the TLP rules of the SECIR report forbid public archives."),
+    Key("list", "moderate_first_posts", False, _bool,
+        "Hold an SSC's first post (none of theirs distributed before) until a Validator "
+        "releases it (`tldops list release ID`) or rejects it (`tldops list reject ID REASON`); "
+        "the author and the Validators are told. Once one post is released, the author's "
+        "later posts go straight through."),
     Key("redelegation", "check_every", 86400.0, _float_range(1, 30 * 86400),
         "Seconds between two checks of a ccTLD's IANA administrative contact (nightly)."),
     Key("redelegation", "spacing", 30.0, _float_range(0, 3600),
@@ -364,6 +369,22 @@ SCHEMA: tuple[Key, ...] = (
         "HOST:PORT of the Prometheus endpoint (/metrics), served by the SMTP process; keep it "
         "on loopback (or behind a proxy). Port 0: any free port (logged in the 'ready' line). "
         "Empty: no endpoint."),
+    Key("mailman", "rest_url", "", _string(r"(https?://\S+)?", "an http(s):// URL, or \"\""),
+        "Mailman 3 REST API (e.g. http://127.0.0.1:8001/3.1). Set: the roster's SSC addresses "
+        "are kept as the members of mailman.list, and the broadcast is posted to the list."),
+    Key("mailman", "user", "restadmin", _string(r"\S+", "a user name"),
+        "User of the Mailman REST API."),
+    Key("mailman", "password_file", "", _string(r".*", "a path, or \"\""),
+        "File holding the REST API password (first line; relative to state_dir unless absolute)."),
+    Key("mailman", "list", "", _string(r"|[^\s@]+@[^\s@]+", "LIST@DOMAIN, or \"\""),
+        "The Mailman list (its posting address) whose members are the roster's SSCs."),
+    Key("mailman", "lmtp", "127.0.0.1:8024",
+        _string(r"[^\s:]+:\d{1,5}|\[[0-9A-Fa-f:.]+\]:\d{1,5}", "HOST:PORT"),
+        "Mailman's LMTP server, where the broadcast is posted (as an MTA delivers list mail)."),
+    Key("mailman", "retry_base", 30.0, _float_range(0.05, 3600),
+        "Seconds before the first retry of a failed Mailman call; doubles up to retry_max."),
+    Key("mailman", "retry_max", 3600.0, _float_range(1, 86400),
+        "Longest wait between two retries of a failed Mailman call (retried without end)."),
     Key("outreach", "interval_days", 90, _int_range(1, 3650),
         "`tldops invite` mails a non-subscribed ccTLD's IANA administrative contact at most "
         "once in this many days."),

@@ -16,12 +16,13 @@ import contextlib
 import os
 import signal
 import socket
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from . import config as config_mod
-from . import health, logs, metrics, rules, spool, storage, work_due
+from . import health, logs, mailman, metrics, rules, spool, storage, work_due
 from .children import AppenderProcess, WorkerProcess
 from .smtp_server import Runtime
 from .systemd_notify import Notifier, take_environment
@@ -58,6 +59,7 @@ class Daemon:
         try:
             applied = storage.migrate(conn)
             requeued = storage.commit_one(conn, spool.requeue_interrupted)
+            storage.commit_one(conn, lambda c: mailman.arm(c, cfg, time.time()))  # before any roster change
         except BaseException:
             conn.close()
             raise

@@ -27,6 +27,14 @@ The copy every SSC gets (the author too, so they see what the others saw):
 
 Nothing is archived: the report's TLP rules forbid public archives, and the ``list_posts``
 row keeps only what threading and de-duplication need (Message-IDs, author, label).
+
+With ``list.moderate_first_posts``, a member's first post (none of theirs distributed or
+released before) is held in ``list_held`` and the author and the Validators are told; it is
+decided with ``tldops list release|reject`` (first decision wins). The held row keeps the
+post's octets, since the spool's are the retention purge's to remove, until it is decided;
+a release puts them back in the spool, and the worker then handles the post again as any
+other (membership, signature, label, DMARC), so a released post is distributed by the one
+code path there is.
 """
 
 from __future__ import annotations
@@ -39,8 +47,9 @@ from dataclasses import dataclass
 from email.header import decode_header, make_header
 from email.utils import formataddr, make_msgid
 from pathlib import Path
+from typing import Any
 
-from . import addresses, auto_reply, logs, outbox, spool, texts, tlp
+from . import addresses, auto_reply, logs, mailing, outbox, spool, texts, tlp
 from .dkim_verify import KeyRecordError, KeyResolver, KeyTemporaryError, organisational_domain, verify
 from .live import Live
 from .message_facts import MessageFacts
@@ -240,6 +249,117 @@ def distribute(live: Live, post: Post, original_id: str, author: str, spool_id: 
     return job
 
 
+# -- moderation of first posts -----------------------------------------------------------------
+
+QUOTED_MAX = 20000
+"""Characters of a held post's text quoted to the Validators (the rest is cut off)."""
+
+
+@dataclass(frozen=True)
+class Decided:
+    ok: bool
+    message: str
+
+
+def held_state(conn: sqlite3.Connection, spool_id: int, original_id: str) -> str | None:
+    """The state of this post's held row (by spool row or by its Message-ID), if it has one."""
+    row = conn.execute("SELECT state FROM list_held WHERE spool_id = ? OR original_message_id = ?"
+                       " ORDER BY spool_id = ? DESC LIMIT 1", (spool_id, original_id, spool_id)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def has_posted(conn: sqlite3.Connection, author: str) -> bool:
+    """True when a post of ``author`` was distributed or released: they are no first poster."""
+    return conn.execute(
+        "SELECT 1 FROM list_posts WHERE author = ?1"
+        " UNION ALL SELECT 1 FROM list_held WHERE author = ?1 AND state = 'released' LIMIT 1",
+        (author,)).fetchone() is not None
+
+
+def hold(live: Live, p: spool.Pending, facts: MessageFacts, author: str, subject: str,
+         label: tlp.Tlp) -> spool.Effect:
+    """The effect that holds a first post, and tells its author and the Validators."""
+    original_id = facts.message_id or ""
+    text = body_text(facts.message or p.raw)
+    validators = list(live.cfg["validation.validators"])
+
+    def job(conn: sqlite3.Connection) -> None:
+        now = time.time()
+        cur = conn.execute(
+            "INSERT OR IGNORE INTO list_held (spool_id, original_message_id, author, subject, tlp, raw,"
+            " held_at) VALUES (?,?,?,?,?,?,?)", (p.id, original_id, author, subject, label.label, p.raw, now))
+        if cur.rowcount == 0:
+            return
+        held_id = cur.lastrowid
+        # Both mails carry the post's label: they show its subject, the Validators' its text.
+        mailing.send(live, conn, "list_held", [author], {"subject": subject}, tlp=label,
+                     bounce_tag="list", purpose="list-held", auto="auto-replied",
+                     in_reply_to=original_id or None, ref=p.queue_id)
+        quoted = text if len(text) <= QUOTED_MAX else text[:QUOTED_MAX] + "\n[...]"
+        mailing.send(live, conn, "list_moderation", validators,
+                     {"id": held_id, "author": author, "subject": subject, "tlp": label.label,
+                      "post": "\n".join("> " + line for line in quoted.splitlines())},
+                     tlp=label, bounce_tag="list", purpose="list-moderation", ref=p.queue_id)
+
+    return job
+
+
+def pending(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    """The held posts not yet decided, oldest first (``tldops list held``)."""
+    return [{"id": r[0], "queue_id": r[1], "author": r[2], "subject": r[3], "tlp": r[4], "held_at": r[5]}
+            for r in conn.execute(
+                "SELECT h.id, s.queue_id, h.author, h.subject, h.tlp, h.held_at FROM list_held h"
+                " JOIN spool s ON s.id = h.spool_id WHERE h.state = 'held' ORDER BY h.id")]
+
+
+def decide(live: Live, conn: sqlite3.Connection, held_id: int, release: bool, by: str,
+           reason: str | None = None, now: float | None = None) -> Decided:
+    """Release or reject held post ``held_id``, inside the caller's (IMMEDIATE) transaction:
+    the state is read and changed there, so of two decisions the first wins. A release puts
+    the post back in the spool for the worker; a rejection tells the author why."""
+    now = time.time() if now is None else now
+    row = conn.execute("SELECT spool_id, state, decided_by, author, subject, tlp, original_message_id, raw"
+                       " FROM list_held WHERE id = ?", (held_id,)).fetchone()
+    if row is None:
+        return Decided(False, f"there is no held post #{held_id}")
+    spool_id, state, decided_by, author, subject, label, original_id, raw = row
+    if state != "held":
+        return Decided(False, f"post #{held_id} was already {state} by {decided_by}")
+    if release and not raw:
+        return Decided(False, f"post #{held_id} cannot be released: its octets were erased")
+    new = "released" if release else "rejected"
+    conn.execute("UPDATE list_held SET state = ?, decided_by = ?, decided_at = ?, reason = ?"
+                 " WHERE id = ? AND state = 'held'", (new, by, now, reason, held_id))
+    if release:
+        conn.execute("INSERT OR IGNORE INTO spool_messages (id, raw) VALUES (?, ?)", (spool_id, raw))
+        conn.execute("UPDATE spool SET status = 'received', attempts = 0, next_attempt_at = 0,"
+                     " updated_at = ? WHERE id = ?", (now, spool_id))
+        conn.execute("INSERT INTO spool_events (spool_id, at, status, reason) VALUES (?,?,?,?)",
+                     (spool_id, now, spool.Status.RECEIVED.value, f"list: released by {by}"))
+        return Decided(True, f"post #{held_id} released: it is distributed to every SSC")
+    why = f"list: rejected by {by}: {reason}"[:1000]
+    conn.execute("UPDATE list_held SET raw = x'' WHERE id = ?", (held_id,))
+    conn.execute("UPDATE spool SET status = 'rejected', reason = ?, updated_at = ? WHERE id = ?",
+                 (why, now, spool_id))
+    conn.execute("INSERT INTO spool_events (spool_id, at, status, reason) VALUES (?,?,?,?)",
+                 (spool_id, now, spool.Status.REJECTED.value, why))
+    mailing.send(live, conn, "list_rejected", [author],
+                 {"subject": subject, "reason": reason or "", "help": live.service_address("help")},
+                 tlp=tlp.Tlp.parse(label), bounce_tag="list", purpose="list-rejected",
+                 in_reply_to=original_id or None, auto="auto-replied")
+    return Decided(True, f"post #{held_id} rejected: its author is told")
+
+
+def _forget_released(original_id: str) -> spool.Effect:
+    """A released post, once distributed, needs its held copy no more."""
+
+    def job(conn: sqlite3.Connection) -> None:
+        conn.execute("UPDATE list_held SET raw = x'' WHERE original_message_id = ? AND state = 'released'",
+                     (original_id,))
+
+    return job
+
+
 def _seen(conn: sqlite3.Connection, original_id: str) -> bool:
     return conn.execute("SELECT 1 FROM list_posts WHERE original_message_id = ?",
                         (original_id,)).fetchone() is not None
@@ -285,22 +405,38 @@ class ListDesk:
             log.info("list post already distributed")
             return spool.Outcome(p.id, spool.Status.DONE, "list: this post was distributed before",
                                  ("list",))
+        subject = decoded_subject(facts.subject or "")
+        own = tlp.labels_in(subject) + tlp.labels_in(body_text(facts.message or p.raw))
+        answered = await self.reader.run(answered_labels, referenced_ids(facts))
+        label = tlp.for_reply(answered, own)
+        held = await self.reader.run(held_state, p.id, original_id)
+        if held == "held":
+            return spool.Outcome(p.id, spool.Status.DONE, "list: this post waits for a Validator already",
+                                 ("list",))
+        if held == "rejected":
+            return spool.Outcome(p.id, spool.Status.REJECTED, "list: a Validator rejected this post",
+                                 ("list",))
+        if (held is None and cfg["list.moderate_first_posts"]
+                and not await self.reader.run(has_posted, author.key)):
+            log.info("list post held: a first post", tlp=label.label)
+            return spool.Outcome(p.id, spool.Status.DONE,
+                                 f"list: held for a Validator (a first post) [{label.label}]", ("list",),
+                                 effects=(hold(self.rt, p, facts, author.key, subject, label),))
         try:
             policy = await dmarc_policy(self.auth.resolver, author.domain)
         except KeyTemporaryError as e:
             return spool.waiting(p.id, "list", f"DMARC lookup for {author.domain} failed ({e})",
                                  float(cfg["worker.retry_base"]))
-        subject = decoded_subject(facts.subject or "")
-        own = tlp.labels_in(subject) + tlp.labels_in(body_text(facts.message or p.raw))
-        answered = await self.reader.run(answered_labels, referenced_ids(facts))
-        label = tlp.for_reply(answered, own)
         post = build(self.rt, p.raw, subject, label, author, policy in STRICT_DMARC)
         log.info("list post distributed", tlp=label.label, from_rewritten=post.from_rewritten)
+        effects: tuple[spool.Effect, ...] = (
+            distribute(self.rt, post, original_id, author.key, p.id, p.queue_id),)
+        if held == "released":
+            effects += (_forget_released(original_id),)
         return spool.Outcome(p.id, spool.Status.DONE,
                              f"list: distributed [{label.label}]"
                              + (" (From rewritten: DMARC)" if post.from_rewritten else ""),
-                             ("list",), effects=(distribute(self.rt, post, original_id, author.key,
-                                                            p.id, p.queue_id),))
+                             ("list",), effects=effects)
 
     def _refusal(self, p: spool.Pending, facts: MessageFacts, why: str) -> spool.Outcome:
         subject, body = texts.render(self.rt.rules, "list_refusal", {

@@ -104,6 +104,10 @@ def export(conn: sqlite3.Connection, address: str) -> dict[str, Any]:
         " UNION SELECT tld FROM cctlds WHERE lower(admin_email) = ?", a, a)})
     out["list_posts"] = [{"message_id": r[0], "tlp": r[1], "at": r[2], "recipients": r[3]} for r in rows(
         "SELECT original_message_id, tlp, created_at, recipients FROM list_posts WHERE lower(author) = ?", a)]
+    out["list_held"] = [{"message_id": r[0], "subject": r[1], "tlp": r[2], "held_at": r[3], "state": r[4],
+                         "decided_at": r[5], "reason": r[6]} for r in rows(
+        "SELECT original_message_id, subject, tlp, held_at, state, decided_at, reason FROM list_held"
+        " WHERE lower(author) = ?", a)]
     out["invitations"] = [{"tld": r[0], "sent_at": r[1]} for r in rows(
         "SELECT tld, sent_at FROM invitations WHERE lower(admin_email) = ?", a)]
     out["automatic_replies"] = [{"kind": r[0], "last_sent": r[1]} for r in rows(
@@ -238,6 +242,14 @@ def erase(conn: sqlite3.Connection, address: str, *, by: str, reason: str, now: 
                                  (a,)).rowcount)
     count("list_posts", conn.execute("UPDATE list_posts SET author = ? WHERE lower(author) = ?",
                                      (ERASED, a)).rowcount)
+    # A held post of theirs, or naming them, loses its octets, so it can no longer be released.
+    count("list_held", conn.execute(
+        "UPDATE list_held SET author = CASE WHEN lower(author) = ?1 THEN ?2 ELSE author END,"
+        " subject = CASE WHEN lower(author) = ?1 THEN ?2 ELSE subject END, raw = x'',"
+        " state = CASE state WHEN 'held' THEN 'rejected' ELSE state END,"
+        " decided_by = CASE state WHEN 'held' THEN 'erasure' ELSE decided_by END,"
+        " decided_at = CASE state WHEN 'held' THEN ?3 ELSE decided_at END"
+        " WHERE lower(author) = ?1 OR instr(lower(CAST(raw AS TEXT)), ?1) > 0", (a, ERASED, now)).rowcount)
     count("invitations", conn.execute("UPDATE invitations SET admin_email = ? WHERE lower(admin_email) = ?",
                                       (ERASED, a)).rowcount)
     count("redelegations", conn.execute(

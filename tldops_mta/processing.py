@@ -30,6 +30,7 @@ from .dkim_verify import KeyResolver
 from .housekeeping import Housekeeping
 from .iana import IanaClient
 from .live import Live
+from .mailman import MailmanLoop
 from .outbox import Deliverer
 from .queue_clock import QueueClock
 from .redelegation import RedelegationWatch
@@ -75,11 +76,13 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
     watch = RedelegationWatch(live, writer, reader, auth.iana)
     housekeeper = Housekeeping(live, writer, reader)
     housekeeper.on_mail = deliverer.wake
+    mailman_loop = MailmanLoop(lambda: live.cfg, writer, reader)
 
     def after_outcomes() -> None:
         deliverer.wake()  # outcomes may have queued mail
         clock.wake()  # and made requests whose reminders and expiry the clock must time
         broadcaster.wake()  # or changed the roster, which a weekly broadcast may be due for
+        mailman_loop.wake()  # and the Mailman list must follow
 
     worker.on_outcomes = after_outcomes
     stop = asyncio.Event()
@@ -98,7 +101,8 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
             if stop.is_set() or max_idle <= 0:
                 continue
             idle_for = time.monotonic() - max(worker.active_at, deliverer.active_at, clock.active_at,
-                                              broadcaster.active_at, watch.active_at)
+                                              broadcaster.active_at, watch.active_at,
+                                              mailman_loop.active_at)
             if idle_for < max_idle:
                 continue
             nxt = await reader.run(lambda c: work_due.next_work_at(c, live.cfg))
@@ -119,6 +123,7 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
             clock.wake()
             broadcaster.wake()
             housekeeper.wake()
+            mailman_loop.wake()
         else:
             loop.remove_reader(wake_fd)
             stop.set()
@@ -145,7 +150,8 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
              asyncio.create_task(clock.run(), name="queue-clock"),
              asyncio.create_task(broadcaster.run(), name="broadcast"),
              asyncio.create_task(watch.run(), name="redelegation"),
-             asyncio.create_task(housekeeper.run(), name="housekeeping")]
+             asyncio.create_task(housekeeper.run(), name="housekeeping"),
+             asyncio.create_task(mailman_loop.run(), name="mailman")]
     if wake_fd is not None:  # run by the SMTP process, which starts it again on demand
         tasks.append(asyncio.create_task(exit_when_idle(), name="idle"))
     log.info("worker ready", pid=os.getpid(), requeued=requeued)
@@ -158,6 +164,7 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
     deliverer.stop()
     clock.stop()
     broadcaster.stop()
+    mailman_loop.stop()
     watch.stop()
     housekeeper.stop()
     await asyncio.gather(*tasks)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from . import broadcast, housekeeping, outbox, queue_clock, redelegation, spool
+from . import broadcast, housekeeping, mailman, outbox, queue_clock, redelegation, spool
 from .config import Config
 
 
@@ -17,7 +17,7 @@ def next_work_at(conn: sqlite3.Connection, cfg: Config) -> float | None:
     """Unix time of the earliest due piece of work, or None when nothing waits."""
     times = [t for t in (spool.next_due_at(conn), outbox.next_due_at(conn),
                          queue_clock.next_due_at(conn, cfg), broadcast.next_due_at(conn, cfg),
-                         _redelegation_check(conn, cfg),
+                         _redelegation_check(conn, cfg), mailman.next_due_at(conn, cfg),
                          housekeeping.next_due_at(conn, int(cfg["housekeeping.hour"])))
              if t is not None]
     return min(times) if times else None
