@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from auth_env import SELECTOR, now_date
+from auth_env import ATTACKER, SELECTOR, now_date
 from daemon_proc import DOMAIN
 from dkim_sign import rsa_key
 from smtp_sink import Received
@@ -229,13 +229,134 @@ def test_a_non_member_is_refused_with_a_short_note_and_nothing_is_distributed(tm
         assert f.d.query("SELECT count(*) FROM list_posts") == [(0,)]
 
 
-def test_a_members_post_without_a_dkim_signature_that_counts_is_refused(tmp_path: Path) -> None:
+SENT = "list: unsigned; token sent to the roster address"
+
+
+def waiting_post(f: Flow) -> tuple[str, int]:
+    """(queue id, spool id) of the one post that waits for its author's answer."""
+    [(queue_id, spool_id)] = f.d.query("SELECT queue_id, id FROM spool WHERE reason = ?", (SENT,))
+    return str(queue_id), int(spool_id)
+
+
+def token_mails(f: Flow) -> list[str]:
+    """The recipients of every token mail the list sent, in order."""
+    return [str(r[0]) for r in f.d.query(
+        "SELECT d.rcpt FROM outbox_deliveries d JOIN outbox_messages m ON m.id = d.message_id"
+        " WHERE m.purpose = 'list-token' ORDER BY d.id")]
+
+
+def confirm_address(f: Flow, rcpt: str, subject_has: str, n: int = 1) -> str:
+    ask = f.mail_to(rcpt, "Please confirm your post to the list", n)
+    assert subject_has in _text(ask)
+    address = str(ask["Reply-To"])
+    assert re.fullmatch(rf"confirm\+[A-Za-z0-9_-]{{22,}}@{re.escape(DOMAIN)}", address), address
+    return address
+
+
+def test_a_members_unsigned_post_waits_for_a_token_to_the_roster_address_then_goes_once(
+        tmp_path: Path) -> None:
     with listing(tmp_path) as f:
-        status, reason, _ = post(f, JOHN[4], "Unsigned", sign=False)
-        assert status == "rejected"
-        assert reason == ("list: the post carries no valid DKIM signature of nic.org.mt (posts are"
-                          " distributed only when signed by the author's domain)")
-        assert "no valid DKIM signature" in f.mail_to(JOHN[4], "not sent to the list").get_payload()
+        # Reply-To and Cc name other addresses: the token goes to the roster's only.
+        status, reason, mid = post(f, JOHN[4], "[TLP:AMBER] Unsigned words", sign=False,
+                                   headers=(f"Reply-To: {ATTACKER}", "Cc: other@nic.org.mt"))
+        assert (status, reason) == ("done", SENT)
+        confirm = confirm_address(f, JOHN[4], "[TLP:AMBER] Unsigned words")
+        ask = f.mail_to(JOHN[4], "Please confirm your post to the list")
+        assert ask["Subject"].startswith("[TLP:AMBER] ") and ask["Auto-Submitted"] == "auto-replied"
+        assert token_mails(f) == [JOHN[4]]
+        assert list_outbox(f) == 0 and f.d.query("SELECT count(*) FROM list_posts") == [(0,)]
+        assert f.mails_to(ATTACKER) == [] and f.mails_to("other@nic.org.mt") == []
+        # The nightly purge may take the spool's octets meanwhile: the token keeps its own.
+        conn = sqlite3.connect(f.d.db_path, timeout=10, isolation_level=None)
+        try:
+            assert purge(conn, time.time() + 1).spool_raw >= 1
+        finally:
+            conn.close()
+        queue_id, spool_id = waiting_post(f)
+        assert f.d.query("SELECT count(*) FROM spool_messages WHERE id = ?", (spool_id,)) == [(0,)]
+
+        # A forged answer from anyone else counts for nothing.
+        assert f.answer(confirm, ATTACKER)[0] == "rejected"
+        assert f.answer(confirm.replace("confirm+", "confirm+x"), JOHN[4])[0] == "rejected"  # unknown
+        assert list_outbox(f) == 0
+
+        mark = f.d.mark()
+        assert f.answer(confirm, JOHN[4]) == ("done", "list: the post is distributed")
+        done = f.d.wait_for("message processed", lambda r: r.get("queue_id") == queue_id, after=mark)
+        assert done["status"] == "done"
+        got = copies(f, "Unsigned words")
+        for r in got:
+            assert _msg(r)["Subject"] == "[TLP:AMBER] Unsigned words"
+            assert verifies(f, r.data)
+        assert f.d.query("SELECT original_message_id, author, tlp, recipients FROM list_posts") == [
+            (mid, JOHN[4], "TLP:AMBER", 3)]
+        assert list_outbox(f) == 1
+        # The post's octets left the token once it was answered.
+        [(payload,)] = f.d.query("SELECT payload FROM tokens WHERE purpose = 'list-post'")
+        assert json.loads(payload) == {"spool_id": spool_id}
+
+        # A second use of the token distributes nothing more.
+        assert f.answer(confirm, JOHN[4])[0] == "rejected"
+        assert list_outbox(f) == 1
+        assert f.d.query("SELECT count(*) FROM outbox_deliveries d JOIN outbox_messages m"
+                         " ON m.id = d.message_id WHERE m.purpose = 'list'") == [(3,)]
+
+        # Forged unsigned posts in John's name make no second token mail within the gap.
+        again = post(f, JOHN[4], "Another", sign=False)[1]
+        assert again == "list: unsigned; a token was sent lately, not again"
+        assert token_mails(f) == [JOHN[4]]
+
+        # An expired token distributes nothing; the next token strips the octets it carried.
+        assert post(f, JANE[4], "Late", sign=False)[1] == SENT
+        late = confirm_address(f, JANE[4], "Late")
+        f.d.execute("UPDATE tokens SET expires_at = ? WHERE address = ? AND purpose = 'list-post'",
+                    (time.time() - 1, JANE[4]))
+        assert f.answer(late, JANE[4])[0] == "rejected"
+        assert post(f, MARY[4], "Mary's", sign=False)[1] == SENT
+        assert token_mails(f) == [JOHN[4], JANE[4], MARY[4]]
+        [(stripped,)] = f.d.query("SELECT payload FROM tokens WHERE address = ? AND purpose = 'list-post'",
+                                  (JANE[4],))
+        assert set(json.loads(stripped)) == {"spool_id"}
+        assert list_outbox(f) == 1 and f.d.query("SELECT count(*) FROM list_posts") == [(1,)]
+
+        # Anyone else's unsigned post gets the short refusal, and no token.
+        status, reason, _ = post(f, "someone@nic.org.mt", "Unsigned outsider", sign=False)
+        assert status == "rejected" and "only the Security and Stability Contacts" in reason
+        note = f.mail_to("someone@nic.org.mt", "not sent to the list")
+        assert "on the roster may post" in note.get_payload()
+        assert token_mails(f) == [JOHN[4], JANE[4], MARY[4]]
+        assert list_outbox(f) == 1
+
+
+def test_an_unsigned_first_post_confirmed_by_token_is_held_for_a_validator_then_released(
+        tmp_path: Path) -> None:
+    with listing(tmp_path, **MODERATED) as f:
+        assert post(f, JANE[4], "Unsigned first", sign=False)[1] == SENT
+        queue_id, _ = waiting_post(f)
+        mark = f.d.mark()
+        assert f.answer(confirm_address(f, JANE[4], "Unsigned first"), JANE[4])[0] == "done"
+        f.d.wait_for("message processed", lambda r: r.get("queue_id") == queue_id, after=mark)
+        f.mail_to(JANE[4], "Your first post waits for a Validator")
+        [(held_id, state)] = f.d.query("SELECT id, state FROM list_held")
+        assert state == "held" and list_outbox(f) == 0
+        assert decide(f, "release", int(held_id))[0] == 0
+        got = copies(f, "Unsigned first")
+        assert all(_msg(r)["Subject"] == "[TLP:RED] Unsigned first" for r in got)
+        assert f.d.query("SELECT author, recipients FROM list_posts") == [(JANE[4], 3)]
+
+
+def test_erasing_a_member_drops_the_unsigned_post_that_waits_for_their_answer(tmp_path: Path) -> None:
+    with listing(tmp_path) as f:
+        assert post(f, JOHN[4], "Words to forget", sign=False)[1] == SENT
+        address = confirm_address(f, JOHN[4], "Words to forget")
+        raw_kept = "SELECT count(*) FROM tokens WHERE purpose = 'list-post'" \
+                   " AND json_extract(payload, '$.raw') IS NOT NULL"
+        assert f.d.query(raw_kept) == [(1,)]
+        r = f.tldops("person", "erase", JOHN[4], "--reason", "asked", "--json")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["counts"]["list_posts_unconfirmed"] == 1
+        assert f.d.query(raw_kept) == [(0,)]
+        f.answer(address, JOHN[4])  # the token's answer finds the post gone
         assert list_outbox(f) == 0
 
 

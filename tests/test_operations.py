@@ -203,7 +203,7 @@ def test_person_export_then_erase_leaves_no_trace_but_the_audit(tmp_path: Path) 
 
         assert [row[4] for row in f.roster()] == [JOHN[4]]
         everything = all_text(f.d.db_path)
-        for trace in ("jane.doe", "Jane", "4455"):
+        for trace in ("jane.doe", "Jane", "21334455", "2133 4455"):  # her phone, as stored and written
             assert trace not in everything, f"{trace!r} is still in the database"
         assert f.d.query("SELECT count(*) FROM request_events") == events_before
         with pytest.raises(sqlite3.IntegrityError):  # the audit log is append-only again

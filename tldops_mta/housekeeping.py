@@ -44,6 +44,9 @@ def purge(conn: sqlite3.Connection, cutoff: float) -> Purged:
         " AND NOT EXISTS (SELECT 1 FROM outbox_deliveries d"
         "                 WHERE d.message_id = outbox_messages.id AND d.status = 'queued')",
         (cutoff,)).rowcount
+    from . import list_desk  # the list's unconfirmed posts, kept in their tokens
+
+    spool_raw += list_desk.forget_posts(conn, expired_before=time.time())
     return Purged(spool_raw, outbox_raw)
 
 

@@ -1,12 +1,19 @@
 """list@: the built-in TLD-OPS list. A post from an SSC goes to every SSC, labelled and re-signed.
 
-Who may post: an SSC, authenticated as for who@ (the strictly parsed From on the roster, and a
-DKIM signature of its domain that counts). A member's post without such a signature is refused
-with a note saying so, not held for a token as a who@ query is: a post goes to every SSC at
-once, and holding posts would keep other people's words in the database for days. Anyone else
-gets a short refusal with no roster data (auto_reply's rules: once a day, never to robots or
-the null sender). Mail from robots and lists (our own copies coming back included) is dropped
-without a word, so no loop can start.
+Who may post: an SSC, authenticated as for who@: the strictly parsed From on the roster, and
+either a DKIM signature of its domain that counts or the answer to a one-time token. A
+member's post without such a signature waits: a token goes to the roster address (never to an
+address the post names; at most one per member per ``who_desk.TOKEN_GAP``, so forged posts
+cannot flood an inbox) and the post is distributed once the member answers confirm+TOKEN@,
+by the same code path as a signed post (moderation, label, DMARC). The post's octets travel
+in the token's payload, since the spool's are the retention purge's to remove and list_held's
+states (migration 0014) have no room for a post nobody confirmed yet; the answer strips them
+from the payload and puts them back in the spool, and a later token issued for the list
+strips them from expired ones, so an unconfirmed post is not kept much past its token's life
+(``auth.token_ttl``). An unsigned post without a Message-ID is refused: that is what the list
+knows a post by. Anyone else gets a short refusal with no roster data (auto_reply's rules:
+once a day, never to robots or the null sender). Mail from robots and lists (our own copies
+coming back included) is dropped without a word, so no loop can start.
 
 The copy every SSC gets (the author too, so they see what the others saw):
 
@@ -39,17 +46,19 @@ code path there is.
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from email.header import decode_header, make_header
 from email.utils import formataddr, make_msgid
 from pathlib import Path
 from typing import Any
 
-from . import addresses, auto_reply, logs, mailing, outbox, spool, texts, tlp
+from . import addresses, auto_reply, logs, mailing, outbox, spool, texts, tlp, who_desk
 from .dkim_verify import KeyRecordError, KeyResolver, KeyTemporaryError, organisational_domain, verify
 from .live import Live
 from .message_facts import MessageFacts
@@ -57,6 +66,10 @@ from .request_auth import Authenticator
 from .request_form import body_text
 from .storage import Reader, Writer
 from .who_desk import is_member
+
+PURPOSE_POST = "list-post"
+"""Tokens that confirm an unsigned post; the payload names its spool row (and, until it is
+answered or expires, holds its octets)."""
 
 KEPT = frozenset({"from", "to", "cc", "subject", "date", "reply-to", "in-reply-to", "references",
                   "mime-version", "content-type", "content-transfer-encoding", "content-language",
@@ -331,11 +344,7 @@ def decide(live: Live, conn: sqlite3.Connection, held_id: int, release: bool, by
     conn.execute("UPDATE list_held SET state = ?, decided_by = ?, decided_at = ?, reason = ?"
                  " WHERE id = ? AND state = 'held'", (new, by, now, reason, held_id))
     if release:
-        conn.execute("INSERT OR IGNORE INTO spool_messages (id, raw) VALUES (?, ?)", (spool_id, raw))
-        conn.execute("UPDATE spool SET status = 'received', attempts = 0, next_attempt_at = 0,"
-                     " updated_at = ? WHERE id = ?", (now, spool_id))
-        conn.execute("INSERT INTO spool_events (spool_id, at, status, reason) VALUES (?,?,?,?)",
-                     (spool_id, now, spool.Status.RECEIVED.value, f"list: released by {by}"))
+        _requeue(conn, spool_id, raw, now, f"list: released by {by}")
         return Decided(True, f"post #{held_id} released: it is distributed to every SSC")
     why = f"list: rejected by {by}: {reason}"[:1000]
     conn.execute("UPDATE list_held SET raw = x'' WHERE id = ?", (held_id,))
@@ -348,6 +357,70 @@ def decide(live: Live, conn: sqlite3.Connection, held_id: int, release: bool, by
                  tlp=tlp.Tlp.parse(label), bounce_tag="list", purpose="list-rejected",
                  in_reply_to=original_id or None, auto="auto-replied")
     return Decided(True, f"post #{held_id} rejected: its author is told")
+
+
+def _requeue(conn: sqlite3.Connection, spool_id: int, raw: bytes, now: float, why: str) -> None:
+    """The post back in the spool (its octets too, if the purge took them): the worker
+    handles it again as any other post."""
+    conn.execute("INSERT OR IGNORE INTO spool_messages (id, raw) VALUES (?, ?)", (spool_id, raw))
+    conn.execute("UPDATE spool SET status = 'received', attempts = 0, next_attempt_at = 0,"
+                 " updated_at = ? WHERE id = ?", (now, spool_id))
+    conn.execute("INSERT INTO spool_events (spool_id, at, status, reason) VALUES (?,?,?,?)",
+                 (spool_id, now, spool.Status.RECEIVED.value, why))
+
+
+# -- unsigned posts confirmed by token -----------------------------------------------------------
+
+
+def ask_confirmation(live: Live, p: spool.Pending, facts: MessageFacts, author: str, subject: str,
+                     label: tlp.Tlp) -> Callable[[sqlite3.Connection], bool]:
+    """The job that mails ``author`` (the roster address) a token whose answer has the
+    post distributed; True when it was sent (False: one went out lately)."""
+    payload = json.dumps({"spool_id": p.id, "raw": base64.b64encode(p.raw).decode("ascii")})
+
+    def job(conn: sqlite3.Connection) -> bool:
+        now = time.time()
+        forget_posts(conn, expired_before=now)
+        # The post's label: the mail shows its subject.
+        return who_desk.ask_token(live, conn, PURPOSE_POST, author, now, "list_confirmation",
+                                  {"subject": subject}, label=label, bounce_tag="list",
+                                  mail_purpose="list-token", in_reply_to=facts.message_id,
+                                  payload=payload)
+
+    return job
+
+
+def forget_posts(conn: sqlite3.Connection, *, expired_before: float | None = None,
+                 address: str | None = None) -> int:
+    """Drop the octets of the unconfirmed posts kept in list tokens: those expired before
+    ``expired_before`` (when a token is issued, and nightly), or those of ``address`` (an
+    erasure). The token keeps its spool id, so an answer says the post is gone."""
+    return conn.execute(
+        "UPDATE tokens SET payload = json_object('spool_id', json_extract(payload, '$.spool_id'))"
+        " WHERE purpose = ? AND json_extract(payload, '$.raw') IS NOT NULL"
+        " AND (expires_at < ? OR lower(address) = ?)",
+        (PURPOSE_POST, -1.0 if expired_before is None else expired_before, address or "")).rowcount
+
+
+def confirmed(conn: sqlite3.Connection, payload: str, now: float) -> str:
+    """The author answered the token (``tokens.redeem`` checked it, inside this
+    transaction): the post goes back to the spool, and its octets leave the token."""
+    data = json.loads(payload or "{}")
+    spool_id = int(data.get("spool_id", 0))
+    raw = base64.b64decode(str(data.get("raw", "")))
+    conn.execute("UPDATE tokens SET payload = json_object('spool_id', ?) WHERE purpose = ?"
+                 " AND json_extract(payload, '$.spool_id') = ?", (spool_id, PURPOSE_POST, spool_id))
+    if not raw:
+        return "the post is no longer kept"
+    _requeue(conn, spool_id, raw, now, "list: confirmed by its author's token")
+    return "the post is distributed"
+
+
+def token_confirmed(conn: sqlite3.Connection, spool_id: int, author: str) -> bool:
+    """True when ``author`` answered a token for this very spool row."""
+    return conn.execute("SELECT 1 FROM tokens WHERE purpose = ? AND used_at IS NOT NULL AND address = ?"
+                        " AND json_extract(payload, '$.spool_id') = ? LIMIT 1",
+                        (PURPOSE_POST, author, spool_id)).fetchone() is not None
 
 
 def _forget_released(original_id: str) -> spool.Effect:
@@ -392,14 +465,16 @@ class ListDesk:
         report = await verify(p.raw, self.auth.resolver, min_rsa_bits=cfg["dkim.min_rsa_bits"],
                               now=time.time(), offload=self.auth.offload)
         alignment = cfg["dkim.alignment"]
-        if not report.counting(author.domain, alignment):
+        trusted = bool(report.counting(author.domain, alignment)) or await self.reader.run(
+            token_confirmed, p.id, author.key)
+        if not trusted:
             if report.temporary(author.domain, alignment):
                 return spool.waiting(p.id, "list", f"DKIM key lookup failed ({report.key_failures()})",
                                      float(cfg["worker.retry_base"]))
-            log.info("list post refused: no DKIM signature that counts")
-            return self._refusal(p, facts, f"the post carries no valid DKIM signature of {author.domain}"
-                                           " (posts are distributed only when signed by the author's"
-                                           " domain)")
+            if not facts.message_id:
+                log.info("list post refused: unsigned, and no Message-ID")
+                return self._refusal(p, facts, "the post carries neither a valid DKIM signature of"
+                                               f" {author.domain} nor a Message-ID")
         original_id = facts.message_id or ""  # a signature counts only when it signs one
         if await self.reader.run(_seen, original_id):
             log.info("list post already distributed")
@@ -409,6 +484,12 @@ class ListDesk:
         own = tlp.labels_in(subject) + tlp.labels_in(body_text(facts.message or p.raw))
         answered = await self.reader.run(answered_labels, referenced_ids(facts))
         label = tlp.for_reply(answered, own)
+        if not trusted:
+            asked = await self.writer.run(ask_confirmation(self.rt, p, facts, author.key, subject, label))
+            log.info("list post needs confirmation", token_sent=asked)
+            return spool.Outcome(p.id, spool.Status.DONE,
+                                 "list: unsigned; token sent to the roster address" if asked else
+                                 "list: unsigned; a token was sent lately, not again", ("list",))
         held = await self.reader.run(held_state, p.id, original_id)
         if held == "held":
             return spool.Outcome(p.id, spool.Status.DONE, "list: this post waits for a Validator already",

@@ -211,6 +211,9 @@ def erase(conn: sqlite3.Connection, address: str, *, by: str, reason: str, now: 
         for (sql,) in triggers:
             conn.execute(sql)
         count("request_events", len(events))
+    from . import list_desk  # their unconfirmed list posts, kept in their tokens
+
+    count("list_posts_unconfirmed", list_desk.forget_posts(conn, address=a))
     count("tokens", conn.execute(
         "UPDATE tokens SET address = ?, used_at = coalesce(used_at, ?) WHERE lower(address) = ?",
         (ERASED, now, a)).rowcount)

@@ -265,6 +265,9 @@ class Authenticator:
         if redemption.purpose == broadcast.PURPOSE_WHO:
             log.info("who confirmed")
             return spool.Outcome(p.id, spool.Status.DONE, "who: roster sent (token)", ("confirm",))
+        if redemption.purpose == _list_purpose():
+            log.info("list post confirmed", result=redemption.reason)
+            return spool.Outcome(p.id, spool.Status.DONE, f"list: {redemption.reason}", ("confirm",))
         if redemption.purpose == decisions.PURPOSE_WITHDRAW:
             log.info("withdrawal", request_id=redemption.request_id, result=redemption.reason)
             return spool.Outcome(p.id, spool.Status.DONE, f"withdrawal: {redemption.reason}",
@@ -361,11 +364,13 @@ def _redeem(live: Live, token: str, sender_key: str, now: float, spool_id: int,
     """Use the token and carry out what it confirms, in one transaction: a request goes to
     the Validators; a Validator's decision (sent without a DKIM signature that counts, where
     ``validation.decision_auth`` allows confirming it) is made; a request is withdrawn by
-    the administrative contact who sent it."""
+    the administrative contact who sent it; an unsigned list post goes back to the spool."""
+    from . import list_desk  # list_desk imports this module
+
     use = tokens.redeem(token, frozenset({PURPOSE_CONFIRM, decisions.PURPOSE_CONFIRM_DECISION,
                                           decisions.PURPOSE_WITHDRAW, broadcast.PURPOSE_WHO,
                                           update_desk.PURPOSE_SELF_UPDATE,
-                                          redelegation.PURPOSE_RECONFIRM}),
+                                          redelegation.PURPOSE_RECONFIRM, list_desk.PURPOSE_POST}),
                         sender_key, now, spool_id)
 
     def job(conn: sqlite3.Connection) -> tokens.Redemption:
@@ -375,6 +380,8 @@ def _redeem(live: Live, token: str, sender_key: str, now: float, spool_id: int,
         if r.purpose == broadcast.PURPOSE_WHO:
             broadcast.send_one(conn, live.cfg, sender_key, now)  # to the roster address it was sent to
             return tokens.Redemption(r.request_id, "roster sent", r.purpose)
+        if r.purpose == list_desk.PURPOSE_POST:
+            return tokens.Redemption(r.request_id, list_desk.confirmed(conn, r.payload or "", now), r.purpose)
         if r.purpose == redelegation.PURPOSE_RECONFIRM:
             done = redelegation.reconfirmed(conn, r.payload or "", sender_key, now)
             return tokens.Redemption(r.request_id, done, r.purpose)
@@ -400,6 +407,12 @@ def _redeem(live: Live, token: str, sender_key: str, now: float, spool_id: int,
         return r
 
     return job
+
+
+def _list_purpose() -> str:
+    from . import list_desk  # list_desk imports this module
+
+    return list_desk.PURPOSE_POST
 
 
 def _evidence(d: Decision, contact: AdminContact | None, report: DkimReport, ar: str,

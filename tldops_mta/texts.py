@@ -29,6 +29,7 @@ FIELDS: dict[str, frozenset[str]] = {
     "who_refusal": frozenset({"reason", "help"}),
     "list_refusal": frozenset({"reason", "help"}),
     "list_held": frozenset({"subject"}),
+    "list_confirmation": frozenset({"subject", "confirm_address"}),
     "list_moderation": frozenset({"id", "author", "subject", "tlp", "post"}),
     "list_rejected": frozenset({"subject", "reason", "help"}),
     "bouncing": frozenset({"address", "tlds", "failures", "days"}),

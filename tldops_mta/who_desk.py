@@ -29,6 +29,24 @@ def is_member(conn: sqlite3.Connection, address: str) -> bool:
     return row.fetchone() is not None
 
 
+def ask_token(live: Live, conn: sqlite3.Connection, purpose: str, to: str, now: float, template: str,
+              values: dict[str, object], *, label: tlp.Tlp, bounce_tag: str, mail_purpose: str,
+              in_reply_to: str | None, payload: str | None = None) -> bool:
+    """A token for ``purpose`` mailed to ``to`` (a roster address: never one the message
+    names) with template ``template``, whose answer goes to its confirm+TOKEN@ address.
+    False, and nothing sent, when ``to`` was sent one for ``purpose`` within TOKEN_GAP:
+    who@ and list@ share this, so neither can be made to flood an SSC's inbox."""
+    last = conn.execute("SELECT max(created_at) FROM tokens WHERE purpose = ? AND address = ?",
+                        (purpose, to)).fetchone()[0]
+    if last is not None and last > now - TOKEN_GAP:
+        return False
+    address = mailing.one_time_address(live, conn, purpose, to=to, now=now, payload=payload)
+    mailing.send(live, conn, template, [to], {**values, "confirm_address": address}, tlp=label,
+                 bounce_tag=bounce_tag, purpose=mail_purpose, reply_to=address, auto="auto-replied",
+                 in_reply_to=in_reply_to)
+    return True
+
+
 class WhoDesk:
     def __init__(self, live: Live, writer: Writer, reader: Reader, auth: Authenticator) -> None:
         self.rt = live
@@ -64,18 +82,9 @@ class WhoDesk:
                                  float(cfg["worker.retry_base"]))
         label = tlp.of_message(facts.subject or "", body_text(facts.message or p.raw))
 
-        def ask(conn: sqlite3.Connection) -> bool:
-            last = conn.execute("SELECT max(created_at) FROM tokens WHERE purpose = ? AND address = ?",
-                                (broadcast.PURPOSE_WHO, to)).fetchone()[0]
-            if last is not None and last > now - TOKEN_GAP:
-                return False
-            address = mailing.one_time_address(live, conn, broadcast.PURPOSE_WHO, to=to, now=now)
-            mailing.send(live, conn, "who_confirmation", [to], {"confirm_address": address}, tlp=label,
-                         bounce_tag="who", purpose="who-token", reply_to=address, auto="auto-replied",
-                         in_reply_to=facts.message_id)
-            return True
-
-        asked = await self.writer.run(ask)
+        asked = await self.writer.run(lambda conn: ask_token(
+            live, conn, broadcast.PURPOSE_WHO, to, now, "who_confirmation", {}, label=label,
+            bounce_tag="who", mail_purpose="who-token", in_reply_to=facts.message_id))
         log.info("who needs confirmation", token_sent=asked)
         return spool.Outcome(p.id, spool.Status.DONE,
                              "who: token sent to the roster address" if asked else
