@@ -59,13 +59,12 @@ from pathlib import Path
 from typing import Any
 
 from . import addresses, auto_reply, logs, mailing, outbox, spool, texts, tlp, who_desk
-from .dkim_verify import KeyRecordError, KeyResolver, KeyTemporaryError, organisational_domain, verify
+from .dkim_verify import KeyRecordError, KeyResolver, KeyTemporaryError, organisational_domain
 from .live import Live
 from .message_facts import MessageFacts
 from .request_auth import Authenticator
 from .request_form import body_text
 from .storage import Reader, Writer
-from .who_desk import is_member
 
 PURPOSE_POST = "list-post"
 """Tokens that confirm an unsigned post; the payload names its spool row (and, until it is
@@ -455,21 +454,18 @@ class ListDesk:
             return spool.Outcome(p.id, spool.Status.DONE, "list: automatic mail is not distributed",
                                  ("list",))
         try:
-            author = addresses.parse_single(facts.from_value or "", field="From")
+            sender = await who_desk.identify(self.rt, self.reader, self.auth, p, facts)
         except addresses.AddressError as e:
             return self._refusal(p, facts, e.reason)
-        if not await self.reader.run(is_member, author.key):
+        author = sender.mailbox
+        if not sender.on_roster:
             log.info("list post refused: not an SSC")
             return self._refusal(p, facts, "only the Security and Stability Contacts on the roster "
                                            "may post to the list")
-        report = await verify(p.raw, self.auth.resolver, min_rsa_bits=cfg["dkim.min_rsa_bits"],
-                              now=time.time(), offload=self.auth.offload)
-        alignment = cfg["dkim.alignment"]
-        trusted = bool(report.counting(author.domain, alignment)) or await self.reader.run(
-            token_confirmed, p.id, author.key)
+        trusted = sender.dkim or await self.reader.run(token_confirmed, p.id, author.key)
         if not trusted:
-            if report.temporary(author.domain, alignment):
-                return spool.waiting(p.id, "list", f"DKIM key lookup failed ({report.key_failures()})",
+            if sender.lookup_failed:
+                return spool.waiting(p.id, "list", f"DKIM key lookup failed ({sender.lookup_failed})",
                                      float(cfg["worker.retry_base"]))
             if not facts.message_id:
                 log.info("list post refused: unsigned, and no Message-ID")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from dataclasses import dataclass
 
 from . import addresses, auto_reply, broadcast, logs, mailing, spool, texts, tlp
 from .dkim_verify import verify
@@ -27,6 +28,36 @@ TOKEN_GAP = 600.0
 def is_member(conn: sqlite3.Connection, address: str) -> bool:
     row = conn.execute("SELECT 1 FROM roster WHERE lower(email) = ? LIMIT 1", (address.lower(),))
     return row.fetchone() is not None
+
+
+@dataclass(frozen=True)
+class Sender:
+    """Who wrote a message to an SSC-only service (who@, list@), as far as mail can say."""
+
+    mailbox: addresses.Mailbox
+    """The strictly parsed From."""
+    on_roster: bool
+    dkim: bool
+    """A DKIM signature of its domain counts (checked only for someone on the roster)."""
+    lookup_failed: str | None
+    """No signature counts because a key lookup failed for now: which, and how."""
+
+
+async def identify(live: Live, reader: Reader, auth: Authenticator, p: spool.Pending,
+                   facts: MessageFacts) -> Sender:
+    """The one authentication of an SSC, shared by who@ and list@: the From on the roster,
+    then its domain's DKIM. AddressError when the From cannot be read strictly."""
+    cfg = live.cfg
+    mailbox = addresses.parse_single(facts.from_value or "", field="From")
+    if not await reader.run(is_member, mailbox.key):
+        return Sender(mailbox, False, False, None)
+    report = await verify(p.raw, auth.resolver, min_rsa_bits=cfg["dkim.min_rsa_bits"], now=time.time(),
+                          offload=auth.offload)
+    alignment = cfg["dkim.alignment"]
+    if report.counting(mailbox.domain, alignment):
+        return Sender(mailbox, True, True, None)
+    failed = report.key_failures() if report.temporary(mailbox.domain, alignment) else None
+    return Sender(mailbox, True, False, failed)
 
 
 def ask_token(live: Live, conn: sqlite3.Connection, purpose: str, to: str, now: float, template: str,
@@ -63,22 +94,19 @@ class WhoDesk:
             return spool.Outcome(p.id, spool.Status.DONE, "who: no answer to a robot or a null sender",
                                  ("who",))
         try:
-            sender = addresses.parse_single(facts.from_value or "", field="From")
+            sender = await identify(self.rt, self.reader, self.auth, p, facts)
         except addresses.AddressError as e:
             return self._refusal(p, facts, e.reason)
-        if not await self.reader.run(is_member, sender.key):
+        if not sender.on_roster:
             log.info("who refused: not an SSC")
             return self._refusal(p, facts, "the roster goes only to its Security and Stability Contacts")
-        report = await verify(p.raw, self.auth.resolver, min_rsa_bits=cfg["dkim.min_rsa_bits"], now=now,
-                              offload=self.auth.offload)
-        alignment = cfg["dkim.alignment"]
-        live, to = self.rt, sender.key
-        if report.counting(sender.domain, alignment):
+        live, to = self.rt, sender.mailbox.key
+        if sender.dkim:
             await self.writer.run(lambda conn: broadcast.send_one(conn, live.cfg, to, now))
             log.info("who answered", dkim=True)
             return spool.Outcome(p.id, spool.Status.DONE, "who: roster sent (DKIM)", ("who",))
-        if report.temporary(sender.domain, alignment):
-            return spool.waiting(p.id, "who", f"DKIM key lookup failed ({report.key_failures()})",
+        if sender.lookup_failed:
+            return spool.waiting(p.id, "who", f"DKIM key lookup failed ({sender.lookup_failed})",
                                  float(cfg["worker.retry_base"]))
         label = tlp.of_message(facts.subject or "", body_text(facts.message or p.raw))
 
