@@ -343,7 +343,7 @@ def decide(live: Live, conn: sqlite3.Connection, held_id: int, release: bool, by
     conn.execute("UPDATE list_held SET state = ?, decided_by = ?, decided_at = ?, reason = ?"
                  " WHERE id = ? AND state = 'held'", (new, by, now, reason, held_id))
     if release:
-        _requeue(conn, spool_id, raw, now, f"list: released by {by}")
+        spool.requeue(conn, spool_id, now, f"list: released by {by}", raw=raw)
         return Decided(True, f"post #{held_id} released: it is distributed to every SSC")
     why = f"list: rejected by {by}: {reason}"[:1000]
     conn.execute("UPDATE list_held SET raw = x'' WHERE id = ?", (held_id,))
@@ -356,16 +356,6 @@ def decide(live: Live, conn: sqlite3.Connection, held_id: int, release: bool, by
                  tlp=tlp.Tlp.parse(label), bounce_tag="list", purpose="list-rejected",
                  in_reply_to=original_id or None, auto="auto-replied")
     return Decided(True, f"post #{held_id} rejected: its author is told")
-
-
-def _requeue(conn: sqlite3.Connection, spool_id: int, raw: bytes, now: float, why: str) -> None:
-    """The post back in the spool (its octets too, if the purge took them): the worker
-    handles it again as any other post."""
-    conn.execute("INSERT OR IGNORE INTO spool_messages (id, raw) VALUES (?, ?)", (spool_id, raw))
-    conn.execute("UPDATE spool SET status = 'received', attempts = 0, next_attempt_at = 0,"
-                 " updated_at = ? WHERE id = ?", (now, spool_id))
-    conn.execute("INSERT INTO spool_events (spool_id, at, status, reason) VALUES (?,?,?,?)",
-                 (spool_id, now, spool.Status.RECEIVED.value, why))
 
 
 # -- unsigned posts confirmed by token -----------------------------------------------------------
@@ -411,7 +401,7 @@ def confirmed(conn: sqlite3.Connection, payload: str, now: float) -> str:
                  " AND json_extract(payload, '$.spool_id') = ?", (spool_id, PURPOSE_POST, spool_id))
     if not raw:
         return "the post is no longer kept"
-    _requeue(conn, spool_id, raw, now, "list: confirmed by its author's token")
+    spool.requeue(conn, spool_id, now, "list: confirmed by its author's token", raw=raw)
     return "the post is distributed"
 
 

@@ -256,20 +256,28 @@ def finish(outcomes: Iterable[Outcome], now: float, retry_at: float, owner: str,
     return job
 
 
+def requeue(conn: sqlite3.Connection, spool_id: int, now: float, reason: str,
+            raw: bytes | None = None) -> None:
+    """Back to 'received' for the worker, with an event saying why (an operator's retry, a
+    list post released or confirmed); ``raw`` puts back octets the retention purge took."""
+    if raw is not None:
+        conn.execute("INSERT OR IGNORE INTO spool_messages (id, raw) VALUES (?, ?)", (spool_id, raw))
+    conn.execute("UPDATE spool SET status = 'received', attempts = 0, next_attempt_at = 0,"
+                 " updated_at = ? WHERE id = ?", (now, spool_id))
+    conn.execute("INSERT INTO spool_events (spool_id, at, status, reason) VALUES (?,?,?,?)",
+                 (spool_id, now, Status.RECEIVED.value, reason))
+
+
 def retry(queue_id: str, now: float) -> Callable[[sqlite3.Connection], bool]:
     """Put a failed or rejected message back for processing (an operator's decision)."""
 
     def job(conn: sqlite3.Connection) -> bool:
         # A message whose octets the retention purge removed cannot be processed again.
         row = conn.execute(
-            "UPDATE spool SET status = 'received', attempts = 0, next_attempt_at = 0,"
-            " updated_at = ? WHERE queue_id = ? AND status IN ('failed', 'rejected')"
-            " AND EXISTS (SELECT 1 FROM spool_messages m WHERE m.id = spool.id)"
-            " RETURNING id", (now, queue_id)).fetchone()
+            "SELECT id FROM spool WHERE queue_id = ? AND status IN ('failed', 'rejected')"
+            " AND EXISTS (SELECT 1 FROM spool_messages m WHERE m.id = spool.id)", (queue_id,)).fetchone()
         if row:
-            conn.execute(
-                "INSERT INTO spool_events (spool_id, at, status, reason) VALUES (?,?,?,?)",
-                (row[0], now, Status.RECEIVED.value, "requeued by operator"))
+            requeue(conn, row[0], now, "requeued by operator")
         return row is not None
 
     return job
