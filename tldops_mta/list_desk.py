@@ -56,15 +56,17 @@ from dataclasses import dataclass
 from email.header import decode_header, make_header
 from email.utils import formataddr, make_msgid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import addresses, auto_reply, logs, mailing, outbox, spool, texts, tlp, who_desk
 from .dkim_verify import KeyRecordError, KeyResolver, KeyTemporaryError, organisational_domain
 from .live import Live
 from .message_facts import MessageFacts
-from .request_auth import Authenticator
 from .request_form import body_text
 from .storage import Reader, Writer
+
+if TYPE_CHECKING:  # a type only: request_auth imports the desks (token purposes)
+    from .request_auth import Authenticator
 
 PURPOSE_POST = "list-post"
 """Tokens that confirm an unsigned post; the payload names its spool row (and, until it is

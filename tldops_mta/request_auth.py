@@ -21,6 +21,7 @@ from . import (
     auto_reply,
     broadcast,
     decisions,
+    list_desk,
     logs,
     metrics,
     outbox,
@@ -265,7 +266,7 @@ class Authenticator:
         if redemption.purpose == broadcast.PURPOSE_WHO:
             log.info("who confirmed")
             return spool.Outcome(p.id, spool.Status.DONE, "who: roster sent (token)", ("confirm",))
-        if redemption.purpose == _list_purpose():
+        if redemption.purpose == list_desk.PURPOSE_POST:
             log.info("list post confirmed", result=redemption.reason)
             return spool.Outcome(p.id, spool.Status.DONE, f"list: {redemption.reason}", ("confirm",))
         if redemption.purpose == decisions.PURPOSE_WITHDRAW:
@@ -365,8 +366,6 @@ def _redeem(live: Live, token: str, sender_key: str, now: float, spool_id: int,
     the Validators; a Validator's decision (sent without a DKIM signature that counts, where
     ``validation.decision_auth`` allows confirming it) is made; a request is withdrawn by
     the administrative contact who sent it; an unsigned list post goes back to the spool."""
-    from . import list_desk  # list_desk imports this module
-
     use = tokens.redeem(token, frozenset({PURPOSE_CONFIRM, decisions.PURPOSE_CONFIRM_DECISION,
                                           decisions.PURPOSE_WITHDRAW, broadcast.PURPOSE_WHO,
                                           update_desk.PURPOSE_SELF_UPDATE,
@@ -409,10 +408,6 @@ def _redeem(live: Live, token: str, sender_key: str, now: float, spool_id: int,
     return job
 
 
-def _list_purpose() -> str:
-    from . import list_desk  # list_desk imports this module
-
-    return list_desk.PURPOSE_POST
 
 
 def _evidence(d: Decision, contact: AdminContact | None, report: DkimReport, ar: str,

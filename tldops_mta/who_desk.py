@@ -12,14 +12,17 @@ from __future__ import annotations
 import sqlite3
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from . import addresses, auto_reply, broadcast, logs, mailing, spool, texts, tlp
 from .dkim_verify import verify
 from .live import Live
 from .message_facts import MessageFacts
-from .request_auth import Authenticator
 from .request_form import body_text
 from .storage import Reader, Writer
+
+if TYPE_CHECKING:  # a type only: request_auth imports the desks (token purposes)
+    from .request_auth import Authenticator
 
 TOKEN_GAP = 600.0
 """At most one token mail per SSC in this many seconds: forged queries cannot flood an inbox."""
