@@ -183,16 +183,33 @@ def test_killing_the_daemon_takes_its_child_processes_with_it(start_daemon, chil
         os.close(pidfd)
 
 
-def test_the_child_processes_yield_the_cpu_to_smtp_intake(start_daemon) -> None:
+@pytest.mark.parametrize(("cpu_class", "cores", "policy"),
+                         [("auto", 2, "SCHED_IDLE"), ("auto", 1, "SCHED_BATCH"),
+                          ("idle", 1, "SCHED_IDLE"), ("batch", 2, "SCHED_BATCH")])
+def test_the_child_processes_yield_the_cpu_to_smtp_intake(start_daemon, cpu_class: str, cores: int,
+                                                          policy: str) -> None:
     import os
 
-    d = start_daemon({"worker.max_idle": 0})  # the worker runs from the start
-    worker_pid = d.wait_for("worker ready")["pid"]
+    overrides: dict[str, object] = {"worker.max_idle": 0}  # the worker runs from the start
+    if cpu_class != "auto":  # auto is the default
+        overrides["worker.cpu_class"] = cpu_class
+    ours = os.sched_getaffinity(0)
+    if len(ours) < cores:
+        pytest.fail(f"this test needs {cores} CPUs to run on, it has {len(ours)}")
+    os.sched_setaffinity(0, sorted(ours)[:cores])  # the daemon and its children inherit it
+    try:
+        d = start_daemon(overrides)
+    finally:
+        os.sched_setaffinity(0, ours)
+    ready = d.wait_for("worker ready")
+    worker_pid = ready["pid"]
     appender_pid = d.wait_for("appender ready")["pid"]
+    assert ready["cpu_class"] == ("idle" if policy == "SCHED_IDLE" else "batch")
     daemon_nice = os.getpriority(os.PRIO_PROCESS, d.proc.pid)
     assert os.sched_getscheduler(d.proc.pid) == os.SCHED_OTHER
-    assert os.getpriority(os.PRIO_PROCESS, worker_pid) == daemon_nice + 10
-    assert os.sched_getscheduler(worker_pid) == os.SCHED_BATCH
+    assert os.sched_getscheduler(worker_pid) == getattr(os, policy)
+    if policy == "SCHED_BATCH":  # in SCHED_IDLE no nice level counts
+        assert os.getpriority(os.PRIO_PROCESS, worker_pid) == daemon_nice + 10
     # The appender's commit is what a session waits for: it keeps the daemon's own class.
     assert os.getpriority(os.PRIO_PROCESS, appender_pid) == daemon_nice
     assert os.sched_getscheduler(appender_pid) == os.SCHED_OTHER

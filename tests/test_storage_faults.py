@@ -125,3 +125,34 @@ def test_outgoing_mail_on_a_full_disk_waits_and_is_written_once_space_returns(tm
         finally:
             if d.alive:
                 d.kill_all()
+
+
+def test_a_delivery_whose_file_cannot_be_written_waits_and_the_others_go(tmp_path: Path) -> None:
+    """Deliveries are written as files a batch at a time: one that fails (here its name is
+    taken by a directory) is deferred alone, the others of its batch are written and marked
+    sent, and it follows once the name is free. Needs no root: no filesystem is mounted."""
+    d = DaemonProc(tmp_path, {"worker.retry_base": 0.2, "log.level": "info"})
+    outgoing = d.state_dir / "outgoing"
+    # A fresh database numbers the answers 1, 2, 3 in the order the questions arrive
+    # (outbox message id, then delivery id): the second answer's file name is known.
+    blocked = outgoing / "00000002-00000002-sender1@nic.example.eml"
+    blocked.mkdir(parents=True)
+    d.start()
+    try:
+        assert [send(d, n, body_kb=1)[0] for n in range(3)] == [250] * 3
+        d.wait_count("delivery deferred", 1, timeout=30)
+        wait_until("the other answers sent",
+                   lambda: one(d, "SELECT count(*) FROM outbox_deliveries WHERE status = 'sent'") == 2,
+                   timeout=30)
+        assert sorted(p.name for p in outgoing.glob("*.eml") if p.is_file()) == [
+            "00000001-00000001-sender0@nic.example.eml", "00000003-00000003-sender2@nic.example.eml"]
+        assert one(d, "SELECT count(*) FROM outbox_deliveries WHERE status = 'queued'"
+                      " AND last_error LIKE '%Is a directory%'") == 1
+        blocked.rmdir()
+        wait_until("the last answer written", lambda: quiet(d), timeout=60)
+        assert d.query("SELECT status, count(*) FROM outbox_deliveries GROUP BY status") == [("sent", 3)]
+        assert blocked.is_file() and not list(outgoing.glob(".*"))
+        assert d.stop() == 0
+    finally:
+        if d.alive:
+            d.kill_all()

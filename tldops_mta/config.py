@@ -252,6 +252,13 @@ SCHEMA: tuple[Key, ...] = (
         "Seconds the worker process stays with nothing to do before it exits; the SMTP "
         "process starts it again when mail arrives or queued work falls due (Postfix's "
         "max_idle). 0: it runs from start to stop."),
+    Key("worker", "cpu_class", "auto", _one_of("auto", "idle", "batch"),
+        "How the worker process shares the CPU with SMTP intake. 'idle' (SCHED_IDLE): it runs "
+        "only on a core nothing else wants, so it never delays a 250 reply; where other "
+        "programs keep every core busy it can fall far behind (`tldops status` warns when mail "
+        "waits over 10 minutes). 'batch' (SCHED_BATCH, nice 10): a small share even then, at "
+        "some cost to intake under load. 'auto': idle with two cores or more to run on, batch "
+        "with one. Applies when the worker next starts."),
     Key("worker", "max_attempts", 5, _int_range(1, 1000),
         "Attempts before a message that keeps failing is marked failed (kept, never "
         "dropped; `tldops spool retry` re-queues it)."),

@@ -179,6 +179,17 @@ def record(delivery_id: int, status: str, error: str | None, retry_at: float,
     return job
 
 
+def record_sent(delivery_ids: Sequence[int]) -> Callable[[sqlite3.Connection], None]:
+    """Several deliveries sent, in one statement."""
+    def job(conn: sqlite3.Connection) -> None:
+        now = time.time()
+        conn.executemany(
+            "UPDATE outbox_deliveries SET status = 'sent', attempts = attempts + 1, last_error = NULL,"
+            " next_attempt_at = 0, updated_at = ? WHERE id = ?", [(now, i) for i in delivery_ids])
+
+    return job
+
+
 def depth(conn: sqlite3.Connection) -> dict[str, int]:
     out = {"queued": 0, "sent": 0, "failed": 0}
     for st, n in conn.execute("SELECT status, count(*) FROM outbox_deliveries GROUP BY status"):
@@ -214,6 +225,9 @@ class Deliverer(DueLoop):
     async def step(self, now: float | None = None) -> bool:
         now = time.time() if now is None else now
         batch = await self.reader.run(due, now, 32)
+        if batch and not self.cfg["outbox.smarthost"]:
+            await self._write_files(batch)
+            return True
         recording: list[asyncio.Future[None]] = []
         try:
             for d in batch:
@@ -228,43 +242,60 @@ class Deliverer(DueLoop):
             await asyncio.gather(*recording)
         return bool(batch)
 
+    async def _write_files(self, batch: list[Due]) -> None:
+        """No smarthost: the batch written as files in one trip to a thread (one directory
+        fsync for all), then their "sent" rows in one job. Each file is on disk before its
+        row says sent, as for a relay."""
+        errors = await asyncio.to_thread(self._write_batch, batch)
+        sent = [d for d, e in zip(batch, errors, strict=True) if e is None]
+        # Logged after the commit, as a relayed mail is: the row says sent.
+        if sent:
+            metrics.worker_metrics().outgoing.labels("sent").inc(len(sent))
+            await self.writer.run(record_sent([d.id for d in sent]))
+        for d, e in zip(batch, errors, strict=True):
+            log = self.log.bind(outbox_id=d.message_id, delivery=d.id, rcpt=logs.redact_address(d.rcpt),
+                                purpose=d.purpose, ref=d.ref)
+            if e is None:
+                log.info("mail delivered", how="written")
+            else:
+                await self._failed(d, e, log)
+
     async def _deliver(self, d: Due) -> asyncio.Future[None] | None:
-        """Hand ``d`` over; on success, the (running) commit of its "sent" row."""
+        """Hand ``d`` to the smarthost; on success, the (running) commit of its "sent" row."""
         log = self.log.bind(outbox_id=d.message_id, delivery=d.id, rcpt=logs.redact_address(d.rcpt),
                             purpose=d.purpose, ref=d.ref)
         try:
-            if self.cfg["outbox.smarthost"]:
-                await self._relay(d)
-                how = "relayed"
-            else:
-                await asyncio.to_thread(self._write_file, d)
-                how = "written"
+            await self._relay(d)
         except PermanentFailure as e:
             metrics.worker_metrics().outgoing.labels("failed").inc()
             await self.writer.run(record(d.id, "failed", str(e)[:500], 0))
             log.error("delivery refused for good", error=str(e)[:200])
             return None
         except Exception as e:
-            attempts = d.attempts + 1
-            error = f"{type(e).__name__}: {e}"[:500]
-            gave_up = attempts >= MAX_ATTEMPTS
-            metrics.worker_metrics().outgoing.labels("failed" if gave_up else "deferred").inc()
-            if attempts >= MAX_ATTEMPTS:
-                await self.writer.run(record(d.id, "failed", f"gave up: {error}", 0))
-                log.error("delivery failed after retries", attempts=attempts, error=error)
-                return None
-            delay = backoff(attempts, self.cfg["worker.retry_base"], self.cfg["worker.retry_max"])
-            await self.writer.run(record(d.id, "queued", error, time.time() + delay))
-            log.warning("delivery deferred", attempts=attempts, retry_in=delay, error=error)
+            await self._failed(d, e, log)
             return None
 
         metrics.worker_metrics().outgoing.labels("sent").inc()
 
         async def sent() -> None:
-            await self.writer.run(record(d.id, "sent", None, 0))
-            log.info("mail delivered", how=how)  # after the commit: the row says sent
+            await self.writer.run(record_sent([d.id]))
+            log.info("mail delivered", how="relayed")  # after the commit: the row says sent
 
         return asyncio.ensure_future(sent())
+
+    async def _failed(self, d: Due, e: BaseException, log: Any) -> None:
+        """A delivery that did not go: deferred with backoff, or failed after MAX_ATTEMPTS."""
+        attempts = d.attempts + 1
+        error = f"{type(e).__name__}: {e}"[:500]
+        gave_up = attempts >= MAX_ATTEMPTS
+        metrics.worker_metrics().outgoing.labels("failed" if gave_up else "deferred").inc()
+        if gave_up:
+            await self.writer.run(record(d.id, "failed", f"gave up: {error}", 0))
+            log.error("delivery failed after retries", attempts=attempts, error=error)
+            return
+        delay = backoff(attempts, self.cfg["worker.retry_base"], self.cfg["worker.retry_max"])
+        await self.writer.run(record(d.id, "queued", error, time.time() + delay))
+        log.warning("delivery deferred", attempts=attempts, retry_in=delay, error=error)
 
     async def _relay(self, d: Due) -> None:
         # Imported here: only a configured smarthost needs it, and the SMTP process imports
@@ -317,11 +348,29 @@ class Deliverer(DueLoop):
         text = Path(self.cfg["outbox.smarthost_password_file"]).read_text(encoding="utf-8")
         return (text.splitlines() or [""])[0]
 
-    def _write_file(self, d: Due) -> None:
-        """One file per delivery, written whole (temp file, fsync, rename), so a reader of
-        the directory never sees half a message."""
+    def _write_batch(self, batch: Sequence[Due]) -> list[OSError | None]:
+        """Each delivery as one file, written whole (temp file, fsync, rename), so a reader
+        of the directory never sees half a message; then the directory fsynced once, for
+        the renames. A file that could not be written is that delivery's error."""
         directory = self.maildir
-        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            return [e] * len(batch)
+        errors: list[OSError | None] = [self._write_one(directory, d) for d in batch]
+        if any(e is None for e in errors):
+            try:
+                dir_fd = os.open(directory, os.O_RDONLY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+            except OSError as e:
+                errors = [e] * len(batch)
+        return errors
+
+    @staticmethod
+    def _write_one(directory: Path, d: Due) -> OSError | None:
         safe_rcpt = "".join(c if c.isalnum() or c in "@.-_+" else "_" for c in d.rcpt)[:100]
         name = f"{d.message_id:08d}-{d.id:08d}-{safe_rcpt}.eml"
         header = f"X-Envelope-From: <{d.mail_from}>\r\nX-Envelope-To: <{d.rcpt}>\r\n".encode()
@@ -332,13 +381,9 @@ class Deliverer(DueLoop):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, directory / name)
-        except OSError:
+        except OSError as e:
             # A full disk: the delivery is deferred; its half-written file must not stay
             # to take the space the retry needs.
             tmp.unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+            return e
+        return None

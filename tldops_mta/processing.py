@@ -44,11 +44,12 @@ IDLE_CHECK = 5.0
 
 WORKER_NICENESS = 10
 """Processing yields the CPU to SMTP intake when both want it: a 250 reply is what a
-sending server waits for, while a decision can come a moment later."""
+sending server waits for, while a decision can come a moment later (worker.cpu_class
+'batch'; 'idle' yields further, see child.yield_to_intake)."""
 
 
 async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mapping[str, Any],
-              wake_fd: int | None, ready_fd: int | None = None) -> int:
+              wake_fd: int | None, ready_fd: int | None = None, cpu_class: str | None = None) -> int:
     """``config_path`` and ``overrides`` are kept to re-read the configuration on SIGHUP."""
     log = logs.get("worker")
     loop = asyncio.get_running_loop()
@@ -154,7 +155,7 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
              asyncio.create_task(mailman_loop.run(), name="mailman")]
     if wake_fd is not None:  # run by the SMTP process, which starts it again on demand
         tasks.append(asyncio.create_task(exit_when_idle(), name="idle"))
-    log.info("worker ready", pid=os.getpid(), requeued=requeued)
+    log.info("worker ready", pid=os.getpid(), requeued=requeued, cpu_class=cpu_class)
     if ready_fd is not None:  # the SMTP process tells systemd READY=1 after this
         with contextlib.suppress(OSError):
             os.write(ready_fd, b"R")
@@ -178,7 +179,7 @@ def main(config_path: Path | None, overrides: Mapping[str, Any], wake_fd: int | 
          ready_fd: int | None = None) -> int:
     if wake_fd is not None:
         die_with_parent()
-        yield_to_intake(WORKER_NICENESS)
     cfg = config_mod.load(config_path, overrides)
+    cpu_class = yield_to_intake(cfg["worker.cpu_class"], WORKER_NICENESS) if wake_fd is not None else None
     logs.setup(cfg["log.level"])
-    return asyncio.run(run(cfg, config_path, overrides, wake_fd, ready_fd))
+    return asyncio.run(run(cfg, config_path, overrides, wake_fd, ready_fd, cpu_class))
