@@ -120,3 +120,51 @@ async def test_a_failing_plain_job_does_not_sink_the_batch(writer: storage.Write
     # The broken job's own write was undone with it.
     assert conn.execute("SELECT count(*) FROM spool_events").fetchone() == (0,)
     conn.close()
+
+
+def _lock_holder(tmp_path: Path) -> sqlite3.Connection:
+    """A second writer on the same database, holding the write lock until it commits."""
+    holder = storage.connect(tmp_path / "db.sqlite3")
+    holder.execute("BEGIN IMMEDIATE")
+    return holder
+
+
+def test_a_commit_with_a_lock_wait_retries_until_the_other_writer_is_done(tmp_path: Path) -> None:
+    """The spool appender's way (storage.begin): its connection does not let SQLite sleep on
+    a held lock; commit() tries again in short steps and goes on once the lock is free."""
+    conn = storage.connect(tmp_path / "db.sqlite3", busy_timeout_ms=0)
+    storage.migrate(conn)
+    attempts = threading.Semaphore(0)
+    conn.set_trace_callback(lambda sql: attempts.release() if sql == "BEGIN IMMEDIATE" else None)
+    holder = _lock_holder(tmp_path)
+    result: list[list[storage.Result]] = []
+    t = threading.Thread(target=lambda: result.append(
+        storage.commit(conn, [spool.insert(arrival(1))], lock_wait=30)))
+    t.start()
+    try:
+        for _ in range(2):  # it tried, found the lock held, and tried again
+            assert attempts.acquire(timeout=10), "commit() did not try (again) to take the lock"
+    finally:
+        holder.execute("COMMIT")
+        holder.close()
+    t.join(10)
+    assert not t.is_alive()
+    [[(_, error)]] = result
+    assert error is None
+    assert conn.execute("SELECT count(*) FROM spool").fetchone()[0] == 1
+    conn.close()
+
+
+def test_a_lock_wait_that_runs_out_fails_the_jobs_with_a_storage_error(tmp_path: Path) -> None:
+    conn = storage.connect(tmp_path / "db.sqlite3", busy_timeout_ms=0)
+    storage.migrate(conn)
+    holder = _lock_holder(tmp_path)
+    ran: list[int] = []
+    try:
+        [(_, error)] = storage.commit(conn, [lambda c: ran.append(1)], lock_wait=0.05)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert isinstance(error, storage.StorageError) and "locked" in str(error)
+    assert ran == [] and not conn.in_transaction
+    conn.close()

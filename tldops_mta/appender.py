@@ -63,8 +63,9 @@ def reply_for(seq: int, error: BaseException | None) -> bytes:
 
 class Appender:
     def __init__(self, sock: socket.socket, conn: sqlite3.Connection, max_batch: int,
-                 log: Log) -> None:
+                 log: Log, lock_wait: float = 5.0) -> None:
         self.sock = sock
+        self.lock_wait = lock_wait
         self.conn = conn
         self.max_batch = max_batch
         self.log = log
@@ -96,7 +97,7 @@ class Appender:
                 return
 
     def commit(self, frames: Sequence[tuple[int, spool.Arrival]]) -> None:
-        results = storage.commit(self.conn, [spool.insert(a) for _, a in frames])
+        results = storage.commit(self.conn, [spool.insert(a) for _, a in frames], lock_wait=self.lock_wait)
         self.commits += 1
         self.writes += len(frames)
         replies = []
@@ -122,10 +123,11 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, signal.SIG_IGN)
     log = Log(args.log_level)
     sock = socket.socket(fileno=args.fd)
-    conn = storage.connect(args.database, busy_timeout_ms=args.busy_timeout_ms,
-                           max_size_mb=args.max_size_mb)
+    # SQLite does not wait for the write lock here: Appender.commit waits in short steps
+    # (storage.begin), up to the configured busy timeout.
+    conn = storage.connect(args.database, busy_timeout_ms=0, max_size_mb=args.max_size_mb)
     storage.check_schema(conn)
-    appender = Appender(sock, conn, args.group_commit_max, log)
+    appender = Appender(sock, conn, args.group_commit_max, log, lock_wait=args.busy_timeout_ms / 1000)
     log("info", "appender ready", pid=os.getpid())
     try:
         appender.serve()

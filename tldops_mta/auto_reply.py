@@ -37,8 +37,6 @@ def reply(live: Live, p: spool.Pending, facts: MessageFacts, *, kind: str, subje
     from_addr = f"TLD-OPS <{live.service_address('postmaster')}>"
     domain = str(cfg["server.domain"])
     queue_id, in_reply_to = p.queue_id, facts.message_id
-    # A reply is labelled like what it answers, at the least (no label there: RED).
-    label = tlp.of_message(facts.subject or "", body_text(facts.message or p.raw))
 
     def job(conn: sqlite3.Connection) -> None:
         now = time.time()
@@ -46,6 +44,9 @@ def reply(live: Live, p: spool.Pending, facts: MessageFacts, *, kind: str, subje
                            (kind, to.lower())).fetchone()
         if row is not None and row[0] > now - interval:
             return
+        # A reply is labelled like what it answers, at the least (no label there: RED). Read
+        # only for a reply that goes: a sender over the limit costs no walk through its text.
+        label = tlp.of_message(facts.subject or "", body_text(facts.message or p.raw))
         conn.execute("INSERT INTO auto_replies (kind, address, last_sent) VALUES (?, ?, ?)"
                      " ON CONFLICT (kind, address) DO UPDATE SET last_sent = excluded.last_sent",
                      (kind, to.lower(), now))

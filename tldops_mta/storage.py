@@ -22,6 +22,7 @@ import queue
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -42,6 +43,8 @@ Delivery = tuple["asyncio.Future[Any]", Any, BaseException | None]
 """A job's future, its result, and the error that replaces the result."""
 
 SQLITE_FULL = 13
+SQLITE_BUSY = 5
+SQLITE_LOCKED = 6
 
 
 class StorageError(Exception):
@@ -203,7 +206,7 @@ def _runs(jobs: list[Job]) -> list[list[Job]]:
     return runs
 
 
-def commit(conn: sqlite3.Connection, jobs: list[Job]) -> list[Result]:
+def commit(conn: sqlite3.Connection, jobs: list[Job], *, lock_wait: float | None = None) -> list[Result]:
     """Run ``jobs`` in one transaction and commit it (one fsync); each job's result or error.
 
     First straight through, without savepoints and with kindred jobs together: the common
@@ -211,9 +214,12 @@ def commit(conn: sqlite3.Connection, jobs: list[Job]) -> list[Result]:
     savepoint, so that only the failing one fails (jobs touch nothing but the connection,
     so running one twice after a rollback is the same as running it once). A storage error
     that ends the whole transaction (a full disk) fails them all, with that error.
+
+    ``lock_wait``: seconds to wait for the write lock in short steps (``begin``), for a
+    connection opened with ``busy_timeout_ms=0``; None leaves the wait to SQLite.
     """
     try:
-        conn.execute("BEGIN IMMEDIATE")
+        begin(conn, lock_wait)
     except sqlite3.Error as e:
         return [(None, storage_error(e))] * len(jobs)
     try:
@@ -226,7 +232,39 @@ def commit(conn: sqlite3.Connection, jobs: list[Job]) -> list[Result]:
                 conn.execute("ROLLBACK")
         if len(jobs) == 1:
             return [(None, _as_storage_error(e))]
-    return _one_by_one(conn, jobs)
+    return _one_by_one(conn, jobs, lock_wait)
+
+
+LOCK_POLL_FIRST = 0.00005
+LOCK_POLL_MAX = 0.001
+
+
+def begin(conn: sqlite3.Connection, lock_wait: float | None) -> None:
+    """BEGIN IMMEDIATE, waiting up to ``lock_wait`` seconds for another writer to finish
+    (None: as long as the connection's busy timeout, in SQLite's own steps).
+
+    SQLite's own busy handler sleeps 1 ms at the first conflict, then 2, 5, 10 ms: for the
+    spool appender, whose commit an SMTP session waits for, that is longer than the
+    worker's transactions last (bench/intake's appender slept about once per 50 commits,
+    each sleep holding back every session queued behind it). Here the waits start at 50
+    microseconds and double up to a millisecond. Raises the last "database is locked"
+    when the time is up.
+    """
+    if lock_wait is None:
+        conn.execute("BEGIN IMMEDIATE")
+        return
+    deadline = time.monotonic() + lock_wait
+    pause = LOCK_POLL_FIRST
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as e:
+            if getattr(e, "sqlite_errorcode", None) not in (SQLITE_BUSY, SQLITE_LOCKED) \
+                    or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, LOCK_POLL_MAX)
 
 
 def commit_one(conn: sqlite3.Connection, job: Callable[[sqlite3.Connection], T]) -> T:
@@ -253,9 +291,9 @@ def _straight(conn: sqlite3.Connection, jobs: list[Job]) -> list[Result]:
     return results
 
 
-def _one_by_one(conn: sqlite3.Connection, jobs: list[Job]) -> list[Result]:
+def _one_by_one(conn: sqlite3.Connection, jobs: list[Job], lock_wait: float | None) -> list[Result]:
     try:
-        conn.execute("BEGIN IMMEDIATE")
+        begin(conn, lock_wait)
     except sqlite3.Error as e:
         return [(None, storage_error(e))] * len(jobs)
     results: list[Result] = []
