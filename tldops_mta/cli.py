@@ -11,11 +11,13 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from . import __version__, queue, rules, spool, storage
 from . import config as config_mod
 from .queue_states import State
+
+T = TypeVar("T")
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -223,6 +225,23 @@ def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
+def _print_listing(args: argparse.Namespace, rows: Sequence[T], as_json: Callable[[T], Any],
+                   line: Callable[[T], str], *, empty: str, header: str | None = None) -> int:
+    """What every listing command prints: the rows as JSON with --json; else ``empty`` when
+    there are none, or the header and one line per row."""
+    if args.json:
+        _print_json([as_json(r) for r in rows])
+        return EXIT_OK
+    if not rows:
+        print(empty)
+        return EXIT_OK
+    if header is not None:
+        print(header)
+    for r in rows:
+        print(line(r))
+    return EXIT_OK
+
+
 def _when(t: float) -> str:
     return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -314,19 +333,17 @@ def cmd_db_migrate(args: argparse.Namespace) -> int:
 
 def cmd_spool_list(args: argparse.Namespace) -> int:
     conn = open_db(load_config(args))
-    entries = spool.listing(conn, args.status, args.limit)
-    if args.json:
-        _print_json([e.as_dict() for e in entries])
-        return EXIT_OK
-    if not entries:
-        print("spool is empty" if not args.status else f"no messages with status {args.status}")
-        return EXIT_OK
-    print(f"{'ID':<19}  {'RECEIVED (UTC)':<19}  {'STATUS':<10}  {'TRY':>3}  {'SIZE':>8}  SERVICES / REASON")
-    for e in entries:
+
+    def line(e: spool.Entry) -> str:
         what = ",".join(e.services or []) or (e.reason or "")
-        print(f"{e.queue_id:<19}  {_when(e.received_at)}  {e.status:<10}  {e.attempts:>3}  "
-              f"{e.size:>8}  {what[:60]}")
-    return EXIT_OK
+        return (f"{e.queue_id:<19}  {_when(e.received_at)}  {e.status:<10}  {e.attempts:>3}  "
+                f"{e.size:>8}  {what[:60]}")
+
+    return _print_listing(
+        args, spool.listing(conn, args.status, args.limit), lambda e: e.as_dict(), line,
+        empty="spool is empty" if not args.status else f"no messages with status {args.status}",
+        header=(f"{'ID':<19}  {'RECEIVED (UTC)':<19}  {'STATUS':<10}  {'TRY':>3}  {'SIZE':>8}"
+                "  SERVICES / REASON"))
 
 
 PURGED = "octets removed (storage.retention_days, or a person's erasure)"
@@ -370,17 +387,11 @@ def cmd_spool_show(args: argparse.Namespace) -> int:
 
 
 def cmd_queue_list(args: argparse.Namespace) -> int:
-    items = queue.listing(open_db(load_config(args)), args.state, args.limit)
-    if args.json:
-        _print_json([i.as_dict() for i in items])
-        return EXIT_OK
-    if not items:
-        print("no requests" if not args.state else f"no requests {args.state}")
-        return EXIT_OK
-    print(f"{'ID':>5}  {'CREATED (UTC)':<19}  {'CCTLD':<12}  {'AUTH':<5}  {'STATE':<21}  REQUESTER")
-    for i in items:
-        print(f"{i.id:>5}  {_when(i.created_at)}  {i.tld:<12}  {i.auth:<5}  {i.state:<21}  {i.requester}")
-    return EXIT_OK
+    return _print_listing(
+        args, queue.listing(open_db(load_config(args)), args.state, args.limit), lambda i: i.as_dict(),
+        lambda i: f"{i.id:>5}  {_when(i.created_at)}  {i.tld:<12}  {i.auth:<5}  {i.state:<21}  {i.requester}",
+        empty="no requests" if not args.state else f"no requests {args.state}",
+        header=f"{'ID':>5}  {'CREATED (UTC)':<19}  {'CCTLD':<12}  {'AUTH':<5}  {'STATE':<21}  REQUESTER")
 
 
 def cmd_queue_show(args: argparse.Namespace) -> int:
@@ -465,16 +476,11 @@ def cmd_queue_decide(args: argparse.Namespace) -> int:
 def cmd_list_held(args: argparse.Namespace) -> int:
     from . import list_desk
 
-    rows = list_desk.pending(open_db(load_config(args)))
-    if args.json:
-        _print_json(rows)
-        return EXIT_OK
-    if not rows:
-        print("no post waits")
-    for r in rows:
-        print(f"#{r['id']:<5} {_when(r['held_at'])}  {r['tlp']:<17} {r['author']}: {r['subject']}"
-              f"  ({r['queue_id']})")
-    return EXIT_OK
+    return _print_listing(
+        args, list_desk.pending(open_db(load_config(args))), lambda r: r,
+        lambda r: f"#{r['id']:<5} {_when(r['held_at'])}  {r['tlp']:<17} {r['author']}: {r['subject']}"
+                  f"  ({r['queue_id']})",
+        empty="no post waits")
 
 
 def cmd_list_decide(args: argparse.Namespace) -> int:
@@ -541,16 +547,11 @@ def cmd_broadcast_now(args: argparse.Namespace) -> int:
 def cmd_broadcast_status(args: argparse.Namespace) -> int:
     from . import broadcast
 
-    rows = broadcast.status(open_db(load_config(args)))
-    if args.json:
-        _print_json(rows)
-        return EXIT_OK
-    if not rows:
-        print("no broadcast yet")
-    for r in rows:
-        print(f"{r['period']:<36} {_when(r['claimed_at'])}  {r['recipients']:>5} SSCs: {r['sent']} sent,"
-              f" {r['queued']} queued, {r['failed']} failed  [{r['tlp']}]")
-    return EXIT_OK
+    return _print_listing(
+        args, broadcast.status(open_db(load_config(args))), lambda r: r,
+        lambda r: f"{r['period']:<36} {_when(r['claimed_at'])}  {r['recipients']:>5} SSCs: {r['sent']} sent,"
+                  f" {r['queued']} queued, {r['failed']} failed  [{r['tlp']}]",
+        empty="no broadcast yet")
 
 
 def cmd_broadcast_preview(args: argparse.Namespace) -> int:
