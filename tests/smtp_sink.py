@@ -29,6 +29,9 @@ class Received:
     login: str | None = None
 
 
+DATA_OK, RCPT_OK = "250 2.0.0 OK", "250 OK"
+
+
 class SmtpSink:
     """``tls`` (certificate, key): STARTTLS offered and required. ``login`` (user, password):
     AUTH required, over TLS only, as a smarthost would."""
@@ -40,9 +43,9 @@ class SmtpSink:
         self.implicit_tls = implicit_tls
         """TLS from the first byte (port 465 style) instead of STARTTLS."""
         self.received: list[Received] = []
-        self.reply = "250 2.0.0 OK"
+        self.reply = DATA_OK
         """The answer to DATA; only a 250 keeps the message in ``received``."""
-        self.rcpt_reply = "250 OK"
+        self.rcpt_reply = RCPT_OK
         """The answer to every RCPT; anything but 250 refuses the recipient."""
         self.attempts: list[tuple[str, tuple[str, ...], str]] = []
         """(command, recipients, reply) of every DATA, and of every refused RCPT."""
@@ -124,6 +127,19 @@ class SmtpSink:
         if self._server is not None:
             self._server.close()
             self._server = None
+
+    def answer(self, command: str, reply: str) -> None:
+        """Answer every ``command`` (DATA or RCPT) with ``reply`` from now on."""
+        if command == "DATA":
+            self.reply = reply
+        elif command == "RCPT":
+            self.rcpt_reply = reply
+        else:
+            raise ValueError(f"the sink answers DATA and RCPT, not {command!r}")
+
+    def accept(self) -> None:
+        """Accept every RCPT and DATA again."""
+        self.reply, self.rcpt_reply = DATA_OK, RCPT_OK
 
     def down(self) -> None:
         """Close the listening socket: connections are refused until ``up``."""

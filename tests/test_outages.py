@@ -345,10 +345,7 @@ def test_smarthost_down_the_mail_waits_in_the_outbox_then_is_delivered(
 ], ids=["DATA-421", "DATA-451", "RCPT-450"])
 def test_smarthost_answering_4xx_the_mail_waits_then_is_delivered(
         relayed: AuthEnv, sink: SmtpSink, command: str, reply: str) -> None:
-    if command == "DATA":
-        sink.reply = reply
-    else:
-        sink.rcpt_reply = reply
+    sink.answer(command, reply)
     queued = verified_request_with_mail(relayed)
     code = reply.split(maxsplit=1)[0]
     for delivery, _ in queued:
@@ -357,7 +354,7 @@ def test_smarthost_answering_4xx_the_mail_waits_then_is_delivered(
     assert_queued(relayed, code)
     tries = sink.attempts
     assert sink.received == [] and {c for c, _, _ in tries} == {command} and len(tries) >= 4
-    sink.reply, sink.rcpt_reply = "250 2.0.0 OK", "250 OK"  # it accepts again
+    sink.accept()  # it accepts again
     assert_delivered_once_each(relayed, sink, queued)
 
 
@@ -373,10 +370,7 @@ def ask_for_help(env: AuthEnv) -> None:
 ], ids=["DATA-554", "RCPT-550"])
 def test_smarthost_refusing_for_good_is_recorded_never_retried_never_dropped(
         relayed: AuthEnv, sink: SmtpSink, command: str, reply: str) -> None:
-    if command == "DATA":
-        sink.reply = reply
-    else:
-        sink.rcpt_reply = reply
+    sink.answer(command, reply)
     queued = verified_request_with_mail(relayed)
     refused = matching(relayed.d, "delivery refused for good", lambda r: True, len(queued))
     code, text = reply.split(" ", 2)[0], reply.split(" ", 2)[2]
@@ -397,7 +391,7 @@ def test_smarthost_refusing_for_good_is_recorded_never_retried_never_dropped(
 
     # The smarthost accepts again, and the deliverer sends the next mail: a failed delivery
     # would be due before it (next_attempt_at 0), so none was tried again.
-    sink.reply, sink.rcpt_reply = "250 2.0.0 OK", "250 OK"
+    sink.accept()
     ask_for_help(relayed)
     relayed.d.wait_for("mail delivered", lambda r: r.get("purpose") == "help")
     assert len(sink.attempts) == len(queued) + 1, sink.attempts
