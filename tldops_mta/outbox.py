@@ -253,8 +253,7 @@ class Deliverer(DueLoop):
             metrics.worker_metrics().outgoing.labels("sent").inc(len(sent))
             await self.writer.run(record_sent([d.id for d in sent]))
         for d, e in zip(batch, errors, strict=True):
-            log = self.log.bind(outbox_id=d.message_id, delivery=d.id, rcpt=logs.redact_address(d.rcpt),
-                                purpose=d.purpose, ref=d.ref)
+            log = self._log_for(d)
             if e is None:
                 log.info("mail delivered", how="written")
             else:
@@ -262,8 +261,7 @@ class Deliverer(DueLoop):
 
     async def _deliver(self, d: Due) -> asyncio.Future[None] | None:
         """Hand ``d`` to the smarthost; on success, the (running) commit of its "sent" row."""
-        log = self.log.bind(outbox_id=d.message_id, delivery=d.id, rcpt=logs.redact_address(d.rcpt),
-                            purpose=d.purpose, ref=d.ref)
+        log = self._log_for(d)
         try:
             await self._relay(d)
         except PermanentFailure as e:
@@ -282,6 +280,11 @@ class Deliverer(DueLoop):
             log.info("mail delivered", how="relayed")  # after the commit: the row says sent
 
         return asyncio.ensure_future(sent())
+
+    def _log_for(self, d: Due) -> Any:
+        """The logger of one delivery: its ids and purpose, the recipient redacted."""
+        return self.log.bind(outbox_id=d.message_id, delivery=d.id, rcpt=logs.redact_address(d.rcpt),
+                             purpose=d.purpose, ref=d.ref)
 
     async def _failed(self, d: Due, e: BaseException, log: Any) -> None:
         """A delivery that did not go: deferred with backoff, or failed after MAX_ATTEMPTS."""
