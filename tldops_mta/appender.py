@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import spool, spool_frames, storage
+from . import private_state, spool, spool_frames, storage
 from .child import die_with_parent
 
 RECV = 1 << 20
@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--group-commit-max", type=int, default=512)
     p.add_argument("--log-level", choices=sorted(LEVELS), default="info")
     args = p.parse_args(argv)
+    private_state.restrict_umask()
     die_with_parent()
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)

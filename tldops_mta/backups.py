@@ -3,7 +3,8 @@
 The backup uses SQLite's online backup API, so it is safe while the daemon runs: it copies
 a consistent snapshot (WAL readers do not block the writers for long, and a page changed
 during the copy makes SQLite copy it again). The file is written whole (temporary name,
-fsync, rename), so a backup is never half a database.
+fsync, rename), so a backup is never half a database; and 0600 from its first byte,
+wherever it is written, since it holds the roster's personal data.
 
 A restore replaces the database of a stopped daemon; it refuses a backup from a newer
 schema than this code knows (as the daemon refuses such a database), and a backup that
@@ -43,6 +44,7 @@ def backup(database: Path, target: Path, *, busy_timeout_ms: int = 5000) -> Done
     tmp = target.with_name(f".{target.name}.tmp")
     src = storage.connect(database, busy_timeout_ms=busy_timeout_ms)
     try:
+        os.close(_create_private(tmp))  # SQLite keeps an existing file's mode (and its journal's)
         dst = sqlite3.connect(tmp)
         try:
             src.backup(dst)
@@ -92,7 +94,7 @@ def restore(backup_file: Path, database: Path) -> Done:
     check(backup_file)
     database.parent.mkdir(parents=True, exist_ok=True)
     tmp = database.with_name(f".{database.name}.restore")
-    with open(backup_file, "rb") as src, open(tmp, "wb") as dst:
+    with open(backup_file, "rb") as src, os.fdopen(_create_private(tmp), "wb") as dst:
         while chunk := src.read(1 << 20):
             dst.write(chunk)
         dst.flush()
@@ -111,6 +113,14 @@ def restore(backup_file: Path, database: Path) -> Done:
     finally:
         conn.close()
     return Done(database, database.stat().st_size, version, tuple(applied))
+
+
+def _create_private(path: Path) -> int:
+    """A new empty file at ``path`` (replacing a leftover one), 0600 whatever the umask."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
 
 
 def _fsync(path: Path) -> None:

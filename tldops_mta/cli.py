@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import __version__, queue, rules, spool, storage
+from . import __version__, private_state, queue, rules, spool, storage
 from . import config as config_mod
 from .queue_states import State
 
@@ -209,10 +209,20 @@ def load_config(args: argparse.Namespace) -> config_mod.Config:
     return config_mod.load(args.config, flag_overrides(args))
 
 
+def secure_state(cfg: config_mod.Config) -> None:
+    """The state made private before a command opens it (see private_state); what had to be
+    tightened is said on stderr."""
+    tightened = private_state.secure(cfg.state_dir, cfg.database_path)
+    if tightened:
+        print(f"tldops: made private ({len(tightened)} paths): "
+              + ", ".join(private_state.summary(tightened)), file=sys.stderr)
+
+
 def open_db(cfg: config_mod.Config) -> sqlite3.Connection:
     path = cfg.database_path
     if not path.exists():
         raise CliError(f"no database at {path}: start the daemon or run 'tldops db migrate'")
+    secure_state(cfg)
     conn = storage.connect(path, busy_timeout_ms=cfg["storage.busy_timeout_ms"])
     have = storage.check_schema(conn)
     if have < storage.latest_version():
@@ -316,6 +326,7 @@ def cmd_config_docs(args: argparse.Namespace) -> int:
 
 def cmd_db_migrate(args: argparse.Namespace) -> int:
     cfg = load_config(args)
+    secure_state(cfg)
     conn = storage.connect(cfg.database_path, busy_timeout_ms=cfg["storage.busy_timeout_ms"])
     try:
         applied = storage.migrate(conn)
@@ -593,6 +604,7 @@ def cmd_iana_show(args: argparse.Namespace) -> int:
 
     cfg = load_config(args)
     logs.setup(cfg["log.level"], stream=sys.stderr)  # stdout is the answer (JSON with --json)
+    secure_state(cfg)
     try:
         iana.tld_labels(args.tld)
     except ValueError as e:
@@ -621,6 +633,7 @@ def cmd_iana_show(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    private_state.restrict_umask()  # before anything is written; the daemon's children inherit it
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
@@ -719,6 +732,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
     from . import backups
 
     cfg = load_config(args)
+    if cfg.database_path.exists():
+        secure_state(cfg)
     try:
         done = backups.backup(cfg.database_path, args.file, busy_timeout_ms=cfg["storage.busy_timeout_ms"])
     except backups.BackupError as e:
@@ -738,6 +753,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     pid = running_pid(cfg.state_dir)
     if pid is not None:
         raise CliError(f"the daemon is running (pid {pid}): stop it first (systemctl stop tldops-mta)")
+    secure_state(cfg)
     try:
         done = backups.restore(args.file, cfg.database_path)
     except backups.BackupError as e:

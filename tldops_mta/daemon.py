@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import config as config_mod
-from . import health, logs, mailman, metrics, rules, spool, storage, work_due
+from . import health, logs, mailman, metrics, private_state, rules, spool, storage, work_due
 from .children import AppenderProcess, WorkerProcess
 from .smtp_server import Runtime
 from .systemd_notify import Notifier, take_environment
@@ -54,6 +54,10 @@ class Daemon:
     async def run(self) -> int:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
+        tightened = private_state.secure(cfg.state_dir, cfg.database_path)
+        if tightened:
+            self.log.warning("permissions tightened", count=len(tightened),
+                             tightened=[t.as_dict() for t in tightened[:private_state.SHOWN]])
         conn = storage.connect(cfg.database_path, busy_timeout_ms=cfg["storage.busy_timeout_ms"],
                                max_size_mb=cfg["storage.max_size_mb"])
         try:

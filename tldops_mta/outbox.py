@@ -357,7 +357,7 @@ class Deliverer(DueLoop):
         the renames. A file that could not be written is that delivery's error."""
         directory = self.maildir
         try:
-            directory.mkdir(parents=True, exist_ok=True)
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as e:
             return [e] * len(batch)
         errors: list[OSError | None] = [self._write_one(directory, d) for d in batch]
@@ -379,7 +379,8 @@ class Deliverer(DueLoop):
         header = f"X-Envelope-From: <{d.mail_from}>\r\nX-Envelope-To: <{d.rcpt}>\r\n".encode()
         tmp = directory / f".{name}.tmp"
         try:
-            with open(tmp, "wb") as f:
+            # Roster mail: the owner's alone, also where outbox.directory is outside the state.
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
                 f.write(header + d.raw)
                 f.flush()
                 os.fsync(f.fileno())
