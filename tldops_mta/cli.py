@@ -604,11 +604,11 @@ def cmd_iana_show(args: argparse.Namespace) -> int:
 
     cfg = load_config(args)
     logs.setup(cfg["log.level"], stream=sys.stderr)  # stdout is the answer (JSON with --json)
-    secure_state(cfg)
     try:
         iana.tld_labels(args.tld)
     except ValueError as e:
         raise CliError(str(e)) from e
+    secure_state(cfg)
     try:
         c = iana.lookup_blocking(cfg, args.tld, refresh=args.refresh)
     except iana.LookupUnavailable as e:

@@ -56,10 +56,12 @@ def secure(state_dir: Path, database: Path) -> list[Tightened]:
     an error (OSError); a file below it that cannot be changed (another owner's) is left,
     unreachable by others through the private directory."""
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    changed = [t for t in [_tighten(state_dir, strict=True)] if t]
-    for dirpath, dirnames, filenames in os.walk(state_dir):  # never into a symlinked directory
+    root = state_dir.resolve()  # a state directory given as a symlink: the directory it names
+    first = _tighten(root, strict=True)
+    changed = [first] if first else []
+    for dirpath, dirnames, filenames in os.walk(root):  # never into a symlinked directory
         changed += [t for name in dirnames + filenames if (t := _tighten(Path(dirpath) / name))]
-    if not database.resolve().is_relative_to(state_dir.resolve()):
+    if not database.resolve().is_relative_to(root):
         changed += [t for p in _database_files(database) if (t := _tighten(p))]
     return changed
 
