@@ -17,7 +17,7 @@ from email.utils import make_msgid
 from pathlib import Path
 
 import pytest
-from auth_env import form
+from auth_env import ADMIN, form, request
 from iana_servers import rdap_fixture
 from test_workflow import Flow, flow
 
@@ -90,6 +90,28 @@ def test_an_idn_cctld_is_accepted_as_u_label_or_a_label(f: Flow, name: str) -> N
     before = requests_named(f, "xn--90ae")
     assert f.submit(form(tld=name)) == ("done", ".xn--90ae: verified")
     assert requests_named(f, "xn--90ae") == before + 1
+
+
+def test_without_a_readable_cctlds_csv_a_request_waits_then_goes_on(tmp_path: Path) -> None:
+    with flow(tmp_path) as fl:
+        table = fl.workdir / "rules" / "cctlds.csv"
+        aside = table.rename(table.with_suffix(".aside"))
+        qid = fl.env.send(fl.env.signed(request(ADMIN)))
+        first = fl.d.wait_for("requests wait: rules/cctlds.csv cannot be read",
+                              lambda r: r.get("queue_id") == qid)
+        # tried again on its own: the first wait was committed, with its reason
+        fl.d.wait_for("requests wait: rules/cctlds.csv cannot be read",
+                      lambda r: r.get("queue_id") == qid and r is not first)
+        waits = [r for (r,) in fl.d.query("SELECT e.reason FROM spool_events e JOIN spool s ON s.id ="
+                                          " e.spool_id WHERE s.queue_id = ? AND e.status = 'received'"
+                                          " AND e.reason IS NOT NULL", (qid,))]
+        assert waits and all(r.startswith("waiting: rules/cctlds.csv cannot be read") for r in waits), waits
+        assert fl.env.requests_for(qid) == [] and not asked_iana(fl, "mt")
+        mark = fl.d.mark()
+        aside.rename(table)  # read again at the next try: no SIGHUP needed
+        fl.d.wait_for("message processed", lambda r: r.get("queue_id") == qid and r.get("status") == "done",
+                      after=mark, timeout=20)
+        assert fl.env.requests_for(qid) == [("mt", "dkim", "awaiting-validator", ADMIN)]
 
 
 # -- the command line: one line, exit 1, nothing looked up ---------------------------------------
