@@ -57,7 +57,7 @@ def table_1() -> dict[str, tuple[int, int, int]]:
 @pytest.fixture(scope="module")
 def report_stats() -> stats.Stats:
     table = cctlds.load(REPO / "rules")
-    subscribed = stats.read_subscribed_file(SUBSCRIBED_2015.read_text())
+    subscribed = stats.read_subscribed_file(SUBSCRIBED_2015.read_text(), table, DAY)
     return stats.summarise(table, subscribed, DAY, "report")
 
 

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from .iana import tld_labels
 
 FILE = "cctlds.csv"
 COLUMNS = ("tld", "unicode", "country", "region", "delegated", "retired", "counted")
@@ -55,6 +58,41 @@ class Cctld:
     def counts_on(self, day: dt.date) -> bool:
         """In the root that day and in use: what the statistics count."""
         return self.counted and self.in_root(day)
+
+
+class NotACctld(ValueError):
+    """A name that is not a ccTLD in the root on the day asked about: what it is instead
+    (``what``) and how that is known (``detail``), for a reply or a one-line CLI error."""
+
+    def __init__(self, name: str, what: str, detail: str, on: dt.date | None = None) -> None:
+        super().__init__(f"{name} {what} ({detail})")
+        self.name = name
+        self.what = what
+        self.detail = detail
+        self.on = on
+        """The day it left (or enters) the root; None for a name cctlds.csv does not list."""
+
+
+def find(table: Iterable[Cctld], name: str, day: dt.date) -> Cctld:
+    """The ccTLD ``name`` names, written as A-label or U-label, any case, with or without its
+    dot, if it is in the root on ``day``. Anything else raises ValueError: a name that is no
+    domain label at all (as ``tld_labels`` says), or NotACctld: not in cctlds.csv (a gTLD
+    such as com, an unassigned code), retired (with its date), not yet delegated.
+
+    Every ccTLD a person names goes through here before anything is looked up or stored, so
+    that IANA is never asked about, and the roster never keyed on, something TLD-OPS does
+    not serve."""
+    a_label, u_label = tld_labels(name)
+    shown = f"{u_label} ({a_label})" if a_label != u_label else a_label
+    row = next((c for c in table if c.tld == a_label), None)
+    if row is None:
+        raise NotACctld(shown, "is not a ccTLD", f"not in rules/{FILE}")
+    if row.retired is not None and row.retired <= day:
+        raise NotACctld(shown, "is a retired ccTLD", f"retired {row.retired.isoformat()}", row.retired)
+    if row.delegated > day:
+        raise NotACctld(shown, "is not yet a ccTLD", f"delegated {row.delegated.isoformat()}",
+                        row.delegated)
+    return row
 
 
 def load(rules_dir: Path) -> list[Cctld]:

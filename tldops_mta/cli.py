@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import __version__, private_state, queue, rules, spool, storage
+from . import __version__, cctlds, private_state, queue, rules, spool, storage
 from . import config as config_mod
 from .queue_states import State
 
@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _action(sub, "invite", help="mail the IANA admin contact of each non-subscribed ccTLD an "
                 "invitation with the request form (at most once per outreach.interval_days)", json=True)
-    p.add_argument("--region", choices=["AF", "AP", "EUR", "NA", "LAC"], help="only this region")
+    p.add_argument("--region", help="only this region: AF, AP, EUR, NA or LAC")
     p.add_argument("--dry-run", action="store_true", help="list who would be invited; send nothing")
     p.set_defaults(func=cmd_invite)
 
@@ -229,6 +229,22 @@ def open_db(cfg: config_mod.Config) -> sqlite3.Connection:
         raise CliError(f"database schema is version {have}, {storage.latest_version()} is "
                        "current: run 'tldops db migrate'")
     return conn
+
+
+def cctld_table(cfg: config_mod.Config) -> list[cctlds.Cctld]:
+    try:
+        return cctlds.load(cfg.rules_dir)
+    except cctlds.CctldsError as e:
+        raise CliError("; ".join(e.problems[:3])) from e
+
+
+def named_cctld(cfg: config_mod.Config, name: str) -> cctlds.Cctld:
+    """The ccTLD an operator named (A-label or U-label), in the root today: else one line
+    saying what it is instead (no ccTLD, retired on a day), before anything is looked up."""
+    try:
+        return cctlds.find(cctld_table(cfg), name, dt.datetime.now(dt.UTC).date())
+    except ValueError as e:
+        raise CliError(str(e)) from e
 
 
 def _print_json(obj: Any) -> None:
@@ -519,15 +535,13 @@ def cmd_list_decide(args: argparse.Namespace) -> int:
 
 def cmd_roster_export(args: argparse.Namespace) -> int:
     """The roster in a format (stdout); personal data, so only for the operator's eyes."""
-    from . import iana, roster, roster_formats
+    from . import roster, roster_formats
 
     cfg = load_config(args)
+    named = named_cctld(cfg, args.tld).tld if args.tld else None
     conn = open_db(cfg)
-    if args.tld:
-        try:
-            tlds = [iana.tld_labels(args.tld)[0]]
-        except ValueError as e:
-            raise CliError(str(e)) from e
+    if named is not None:
+        tlds = [named]
     else:
         tlds = [r[0] for r in conn.execute("SELECT DISTINCT tld FROM roster ORDER BY tld")]
     table = roster_formats.rows({tld: roster.current(conn, tld) for tld in tlds})
@@ -604,13 +618,10 @@ def cmd_iana_show(args: argparse.Namespace) -> int:
 
     cfg = load_config(args)
     logs.setup(cfg["log.level"], stream=sys.stderr)  # stdout is the answer (JSON with --json)
-    try:
-        iana.tld_labels(args.tld)
-    except ValueError as e:
-        raise CliError(str(e)) from e
+    tld = named_cctld(cfg, args.tld).tld
     secure_state(cfg)
     try:
-        c = iana.lookup_blocking(cfg, args.tld, refresh=args.refresh)
+        c = iana.lookup_blocking(cfg, tld, refresh=args.refresh)
     except iana.LookupUnavailable as e:
         raise CliError(f"cannot look up {args.tld} now, try again later: {e.reason}") from e
     except storage.StorageError as e:
@@ -699,18 +710,16 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from . import cctlds, stats
+    from . import stats
 
     cfg = load_config(args)
-    try:
-        table = cctlds.load(cfg.rules_dir)
-    except cctlds.CctldsError as e:
-        raise CliError("; ".join(e.problems[:3])) from e
+    table = cctld_table(cfg)
     conn = open_db(cfg)
     day = args.at or dt.datetime.now(dt.UTC).date()
     if args.subscribed is not None:
         try:
-            subscribed = stats.read_subscribed_file(args.subscribed.read_text(encoding="utf-8"))
+            subscribed = stats.read_subscribed_file(args.subscribed.read_text(encoding="utf-8"),
+                                                    table, day)
         except (OSError, ValueError) as e:
             raise CliError(f"{args.subscribed}: {e}") from e
         source = str(args.subscribed)
@@ -812,13 +821,16 @@ def cmd_person_erase(args: argparse.Namespace) -> int:
 
 
 def cmd_invite(args: argparse.Namespace) -> int:
-    from . import cctlds, logs, outreach
+    from . import logs, outreach
 
+    region = args.region.upper() if args.region else None
+    if region is not None and region not in cctlds.REGIONS:
+        raise CliError(f"{args.region} is not a region: one of {', '.join(cctlds.REGIONS)}")
     cfg = load_config(args)
     logs.setup(cfg["log.level"], stream=sys.stderr)  # stdout is the answer
     open_db(cfg).close()  # a clear error when there is no database yet
     try:
-        done = outreach.run(cfg, region=args.region, dry_run=args.dry_run)
+        done = outreach.run(cfg, region=region, dry_run=args.dry_run)
     except cctlds.CctldsError as e:
         raise CliError("; ".join(e.problems[:3])) from e
     invited = [i for i in done if i.skipped is None]

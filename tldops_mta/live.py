@@ -6,6 +6,7 @@ applies to the next message or command and never half-way through one.
 
 from __future__ import annotations
 
+from . import cctlds
 from .config import Config
 from .recipients import Service, local_parts
 from .rules import Rules
@@ -14,6 +15,7 @@ from .rules import Rules
 class Live:
     def __init__(self, cfg: Config, rules: Rules | None = None) -> None:
         self.rules: Rules = {}
+        self._cctlds: list[cctlds.Cctld] | None = None
         self.apply(cfg, rules)
 
     def apply(self, cfg: Config, rules: Rules | None = None) -> None:
@@ -21,6 +23,7 @@ class Live:
         self.cfg = cfg
         if rules is not None:
             self.rules = rules
+            self._cctlds = None  # read again with the other rules (SIGHUP)
         self.parts: dict[str, Service] = local_parts(cfg.as_dict()["addresses"])
 
     def service_address(self, service: str, tag: str | None = None) -> str:
@@ -28,3 +31,10 @@ class Live:
         local = self.cfg[f"addresses.{service}"]
         domain = self.cfg["server.domain"]
         return f"{local}+{tag}@{domain}" if tag else f"{local}@{domain}"
+
+    def cctld_table(self) -> list[cctlds.Cctld]:
+        """rules/cctlds.csv, read at first use after start or SIGHUP; CctldsError when it
+        cannot be read (then read again at the next use, not kept)."""
+        if self._cctlds is None:
+            self._cctlds = cctlds.load(self.cfg.rules_dir)
+        return self._cctlds

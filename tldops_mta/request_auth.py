@@ -9,6 +9,7 @@ wait and come back; they never decide anything.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sqlite3
 import time
@@ -20,6 +21,7 @@ from . import (
     addresses,
     auto_reply,
     broadcast,
+    cctlds,
     decisions,
     list_desk,
     logs,
@@ -37,7 +39,7 @@ from . import (
 from .auth_decision import Decision, IanaView, MessageView, Verdict, decide
 from .config import Config
 from .dkim_verify import DkimReport, KeyResolver, authentication_results, verify
-from .iana import AdminContact, IanaClient, LookupUnavailable, tld_labels
+from .iana import AdminContact, IanaClient, LookupUnavailable
 from .live import Live
 from .message_facts import REQUIRED_FOR_REQUESTS, MessageFacts
 from .queue_states import Actor, Event, State
@@ -86,15 +88,20 @@ class Authenticator:
         if problem is not None or form is None:
             log.info("request refused", reason=problem)
             return self._refusal(p, facts, [problem or "unreadable"])
-        if not form.ok:
-            log.info("request form refused", problems=len(form.problems))
-            return self._refusal(p, facts, [str(x) for x in _all_problems(form, self.rt)])
-        assert form.tld is not None and sender is not None
         try:
-            a_label, _ = tld_labels(form.tld)
-        except ValueError:
-            return self._refusal(p, facts, [f"'{form.tld[:30]}' is not a top-level domain name. "
-                                            "Write the ccTLD as in 'ccTLD: mt'."])
+            table = self.rt.cctld_table()
+        except cctlds.CctldsError as e:
+            log.error("requests wait: rules/cctlds.csv cannot be read", problems=e.problems[:3])
+            return spool.waiting(p.id, "requests", f"rules/cctlds.csv cannot be read: {e.problems[0]}",
+                                 float(cfg["worker.retry_base"]))
+        # Before DKIM and IANA: a name that is no ccTLD costs no lookup.
+        cctld, tld_problem = _cctld_of(form, table, dt.datetime.fromtimestamp(now, dt.UTC).date())
+        if not form.ok or tld_problem is not None:
+            problems = _all_problems(form, self.rt, cctld, tld_problem)
+            log.info("request form refused", problems=len(problems))
+            return self._refusal(p, facts, [str(x) for x in problems])
+        assert cctld is not None and sender is not None
+        a_label = cctld.tld
 
         report = await verify(p.raw, self.resolver, min_rsa_bits=cfg["dkim.min_rsa_bits"], now=now,
                               offload=self.offload)
@@ -294,17 +301,38 @@ class Authenticator:
         return auto_reply.reply(self.rt, p, facts, kind="refusal", body=body, subject=subject)
 
 
-def _all_problems(form: RequestForm, live: Live) -> list[FormProblem]:
-    """A form with problems, and what the policy says of each SSC in it (an address that is
-    a role mailbox, a number that does not exist), so that one reply lists everything that
-    stands in the way. A line the form already faults is not faulted twice."""
+def _cctld_of(form: RequestForm, table: list[cctlds.Cctld], day: dt.date,
+              ) -> tuple[cctlds.Cctld | None, FormProblem | None]:
+    """The ccTLD the form names (A-label or U-label), or the problem with it at its line:
+    TLD-OPS serves the ccTLDs of rules/cctlds.csv in the root today, nothing else."""
+    if form.tld is None:
+        return None, None  # the form's own problem says so
     try:
-        tld: str | None = tld_labels(form.tld)[0] if form.tld else None
+        return cctlds.find(table, form.tld, day), None
+    except cctlds.NotACctld as e:
+        if e.on is None:
+            return None, FormProblem(
+                form.tld_line, f"'{e.name[:60]}' {e.what}",
+                "TLD-OPS is for country-code top-level domains: name yours as in 'ccTLD: mt' "
+                "(an IDN ccTLD in either form, such as 'ccTLD: \u0431\u0433' or 'ccTLD: xn--90ae').")
+        return None, FormProblem(form.tld_line, f"'{e.name[:60]}' {e.what} ({e.detail})",
+                                 "Name a ccTLD that is in the root zone today.")
     except ValueError:
-        tld = None
+        return None, FormProblem(form.tld_line, f"'{form.tld[:30]}' is not a top-level domain name",
+                                 "Write the ccTLD as in 'ccTLD: mt'.")
+
+
+def _all_problems(form: RequestForm, live: Live, cctld: cctlds.Cctld | None,
+                  tld_problem: FormProblem | None) -> list[FormProblem]:
+    """A form with problems (its ccTLD's among them), and what the policy says of each SSC
+    in it (an address that is a role mailbox, a number that does not exist), so that one
+    reply lists everything that stands in the way. A line the form already faults is not
+    faulted twice."""
     faulted = {x.line for x in form.problems}
-    more = [x for x in policy.entry_problems(form, tld, live.rules) if x.line not in faulted]
-    return sorted([*form.problems, *more], key=lambda x: x.line or 0)
+    named = [tld_problem] if tld_problem is not None and tld_problem.line not in faulted else []
+    more = [x for x in policy.entry_problems(form, cctld.tld if cctld else None, live.rules)
+            if x.line not in faulted]
+    return sorted([*form.problems, *named, *more], key=lambda x: x.line or 0)
 
 
 def _policy_problems(judgement: policy.Judgement, d: Decision) -> list[str]:

@@ -172,6 +172,9 @@ class RequestForm:
     removals: tuple[str, ...]
     remove_all: bool
     problems: tuple[FormProblem, ...]
+    tld_line: int | None = None
+    """Where the ccTLD is named, for the problem that it is no ccTLD TLD-OPS serves (the
+    form does not know which are: request_auth asks rules/cctlds.csv)."""
 
     @property
     def ok(self) -> bool:
@@ -268,7 +271,7 @@ def parse_form(text: str) -> RequestForm:
         problem(action_line, f"'{action_value[:40]}' is not an action",
                 "Write 'Action: subscribe', 'Action: update' or 'Action: remove'.")
         action = None
-    tld_value, _ = singles.get("cctld", ("", None))
+    tld_value, tld_line = singles.get("cctld", ("", None))
     tld = tld_value.lstrip(".") or None
     if tld is None:
         problem(None, "the request does not name its ccTLD", "Add a line such as 'ccTLD: mt'.")
@@ -302,7 +305,7 @@ def parse_form(text: str) -> RequestForm:
             problem(None, f"'{action}' names no SSC",
                     "Add a block 'SSC: primary' with First name, Last name, Phone and Email.")
     return RequestForm(action, tld, tuple(sscs), tuple(addresses), remove_all,
-                       tuple(sorted(problems, key=lambda p: (p.line or 0))))
+                       tuple(sorted(problems, key=lambda p: (p.line or 0))), tld_line)
 
 
 def _read_blocks(blocks: list[_Block], action: str | None,

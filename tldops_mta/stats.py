@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .cctlds import REGIONS, Cctld
+from .cctlds import REGIONS, Cctld, find
 
 
 @dataclass(frozen=True)
@@ -115,15 +115,18 @@ def last_invitations(conn: sqlite3.Connection) -> dict[str, float]:
     return dict(conn.execute("SELECT tld, max(sent_at) FROM invitations GROUP BY tld").fetchall())
 
 
-def read_subscribed_file(text: str) -> set[str]:
-    """One ccTLD per line (A-label or U-label, dot or not); '#' starts a comment."""
-    from .iana import tld_labels
-
+def read_subscribed_file(text: str, cctlds: Iterable[Cctld], day: dt.date) -> set[str]:
+    """One ccTLD per line (A-label or U-label, dot or not); '#' starts a comment. Each must
+    be a ccTLD in the root on ``day``; ValueError names the first line that is not."""
+    table = list(cctlds)
     out = set()
-    for line in text.splitlines():
+    for n, line in enumerate(text.splitlines(), 1):
         word = line.split("#", 1)[0].strip()
         if word:
-            out.add(tld_labels(word)[0])
+            try:
+                out.add(find(table, word, day).tld)
+            except ValueError as e:
+                raise ValueError(f"line {n}: {e}") from e
     return out
 
 
