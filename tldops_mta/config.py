@@ -217,7 +217,16 @@ SCHEMA: tuple[Key, ...] = (
     Key("addresses", "bounces", "bounces", _string(_LOCAL, _LOCAL_DOC),
         "Local part for delivery reports (bounces+TAG@)."),
     Key("addresses", "postmaster", "postmaster", _string(_LOCAL, _LOCAL_DOC),
-        "Local part for the postmaster (RFC 5321 requires it)."),
+        "Local part for the postmaster (RFC 5321 requires it). Its mail goes to "
+        "postmaster.forward_to."),
+    Key("addresses", "abuse", "abuse", _string(_LOCAL, _LOCAL_DOC),
+        "Local part for abuse reports (RFC 2142). Its mail goes to postmaster.forward_to."),
+    Key("postmaster", "forward_to", [], _mailboxes,
+        "The operators' addresses: mail to postmaster@ and abuse@ is forwarded to them (the "
+        "original attached unchanged, as message/rfc822), through the outbox. Our own mail, "
+        "mail from the null sender and automatic answers to our mail are never forwarded "
+        "(no loop). Empty: that mail stays in the spool, and `tldops status` reports it "
+        "unread until `tldops spool read ID`."),
     Key("storage", "state_dir", "state", _path,
         "Runtime directory: the database lives here. Relative paths are from the working "
         "directory."),

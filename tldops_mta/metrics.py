@@ -148,3 +148,6 @@ class _DaemonCollector:
         yield GaugeMetricFamily(f"{PREFIX}_roster_cctlds", "ccTLDs with SSCs on the roster",
                                 value=h.subscribed_cctlds)
         yield GaugeMetricFamily(f"{PREFIX}_roster_sscs", "SSCs on the roster", value=h.sscs)
+        yield GaugeMetricFamily(f"{PREFIX}_postmaster_unread",
+                                "Mail to postmaster@ or abuse@ neither forwarded nor marked read",
+                                value=h.postmaster_unread)

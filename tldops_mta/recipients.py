@@ -22,6 +22,7 @@ class Service(StrEnum):
     HELP = "help"
     BOUNCES = "bounces"
     POSTMASTER = "postmaster"
+    ABUSE = "abuse"
 
 
 TAGGED = frozenset({Service.CONFIRM, Service.DECIDE, Service.BOUNCES})
