@@ -9,9 +9,10 @@ import smtplib
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
-from daemon_proc import DOMAIN, DaemonProc
+from daemon_proc import DOMAIN, DaemonProc, write_config
 from smtp_sink import Received, SmtpSink
 
 OPS = ["ops1@operators.example", "ops2@operators.example"]
@@ -111,6 +112,11 @@ def test_no_forward_can_loop(start_daemon: Callable[..., DaemonProc], sink: Smtp
         ("", bounce, "null sender"),
         # Their vacation robot answers the forward.
         (OPS[0], vacation, "automatic answer to our own mail"),
+        # An answer of ours (help@'s, say) that an alias somewhere sent on to us.
+        ("SRS0=ef=gh=isp.example=jane@isp.example",
+         (f"From: TLD-OPS <postmaster@{DOMAIN}>\r\nTo: jane@isp.example\r\nSubject: Help\r\n"
+          "Auto-Submitted: auto-replied\r\nDate: Wed, 25 Nov 2026 12:03:00 +0000\r\n\r\nThe form.\r\n"
+          ).encode(), "automatic mail in our own name"),
         # Mail in our own envelope (our forward, handed back unchanged).
         (f"bounces+forward@{DOMAIN}", fwd.data, "our own domain"),
     ]
@@ -163,3 +169,11 @@ def test_without_an_operator_postmaster_mail_is_a_problem_until_read(
     assert r.returncode == 0 and r.stdout.strip() == f"{qid} marked read"
     r = tldops(d, "status")
     assert r.returncode == 0 and "problems:   none" in r.stdout, r.stdout
+
+
+def test_an_operator_address_at_our_own_domain_is_refused(tmp_path: Path) -> None:
+    f = write_config(tmp_path / "c.toml", {"postmaster.forward_to": [f"ops@{DOMAIN.upper()}"]})
+    r = subprocess.run([sys.executable, "-m", "tldops_mta", "config", "check", "--config", str(f)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert f"postmaster.forward_to: 'ops@{DOMAIN.upper()}' is at server.domain" in r.stdout + r.stderr

@@ -485,6 +485,11 @@ def validate_values(values: Mapping[str, Any]) -> list[Problem]:
             problems.append(Problem(dotted, f"{value!r} is not allowed; expected {allowed}"))
     if bool(values.get("server.tls_cert")) != bool(values.get("server.tls_key")):
         problems.append(Problem("server.tls_key", "tls_cert and tls_key go together"))
+    domain = "@" + str(values.get("server.domain", "")).lower()
+    ours = [a for a in values.get("postmaster.forward_to") or [] if str(a).lower().endswith(domain)]
+    if ours:
+        problems.append(Problem("postmaster.forward_to", f"{ours[0]!r} is at server.domain: mail "
+                                "there comes back to this daemon; name an operator's own address"))
     return problems
 
 
