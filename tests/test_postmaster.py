@@ -139,21 +139,25 @@ def test_without_an_operator_postmaster_mail_is_a_problem_until_read(
     d = start_daemon()
     qid = send(d, "reporter@isp.example", f"postmaster@{DOMAIN}", original("anyone there?"))
     other = send(d, "jane@nic.example", f"help@{DOMAIN}", original("help", to=f"help@{DOMAIN}"))
-    assert reason(d, qid) == ("postmaster: kept, unread: no operator to forward to"
-                              " (postmaster.forward_to)")
+    # However malformed (two From: lines, which any other service refuses), it is kept for a person.
+    spoofed = send(d, "reporter@isp.example", f"postmaster@{DOMAIN}",
+                   original("look at this", extra="From: ceo@bank.example\r\n"))
+    for q in (qid, spoofed):
+        assert reason(d, q) == ("postmaster: kept, unread: no operator to forward to"
+                                " (postmaster.forward_to)")
     assert forwards(d) == []
 
     r = tldops(d, "status")
     assert r.returncode == 1
-    assert "1 mail(s) to postmaster@/abuse@ unread, the oldest since" in r.stdout
+    assert "2 mail(s) to postmaster@/abuse@ unread, the oldest since" in r.stdout
     assert "tldops spool list --service postmaster" in r.stdout
     js = json.loads(tldops(d, "status", "--json").stdout)
-    assert js["postmaster_unread"] == 1 and js["oldest_postmaster_unread_s"] >= 0
+    assert js["postmaster_unread"] == 2 and js["oldest_postmaster_unread_s"] >= 0
     assert any("postmaster@/abuse@ unread" in p for p in js["problems"])
 
     # spool list --service: only the mail for that service.
     listed = json.loads(tldops(d, "spool", "list", "--service", "postmaster", "--json").stdout)
-    assert [e["queue_id"] for e in listed] == [qid]
+    assert [e["queue_id"] for e in listed] == [spoofed, qid]
     listed = json.loads(tldops(d, "spool", "list", "--service", "help", "--json").stdout)
     assert [e["queue_id"] for e in listed] == [other]
     r = tldops(d, "spool", "list", "--service", "abuse")
@@ -163,10 +167,11 @@ def test_without_an_operator_postmaster_mail_is_a_problem_until_read(
 
     # Marking read: an id that is no kept postmaster mail changes nothing, all or none.
     r = tldops(d, "spool", "read", qid, other)
-    assert r.returncode == 1 and r.stderr.strip() == f"tldops: no mail to postmaster@ or abuse@ with id {other}"
-    assert json.loads(tldops(d, "status", "--json").stdout)["postmaster_unread"] == 1
-    r = tldops(d, "spool", "read", qid)
-    assert r.returncode == 0 and r.stdout.strip() == f"{qid} marked read"
+    assert r.returncode == 1
+    assert r.stderr.strip() == f"tldops: no mail to postmaster@ or abuse@ with id {other}"
+    assert json.loads(tldops(d, "status", "--json").stdout)["postmaster_unread"] == 2
+    r = tldops(d, "spool", "read", qid, spoofed)
+    assert r.returncode == 0 and r.stdout.split("\n")[:2] == [f"{qid} marked read", f"{spoofed} marked read"]
     r = tldops(d, "status")
     assert r.returncode == 0 and "problems:   none" in r.stdout, r.stdout
 

@@ -31,8 +31,6 @@ from .message_facts import MessageFacts
 from .recipients import Service
 from .request_form import body_text
 
-FORWARDED = (Service.POSTMASTER, Service.ABUSE)
-
 
 def why_kept(mail_from: str, header: Message, automatic: bool, domain: str) -> str | None:
     """Why this mail must not be forwarded (a loop it could start), or None. Pure."""
@@ -56,7 +54,7 @@ def why_kept(mail_from: str, header: Message, automatic: bool, domain: str) -> s
 def forward(live: Live, p: spool.Pending, facts: MessageFacts,
             services: frozenset[Service]) -> spool.Outcome:
     """The outcome for a mail to postmaster@ or abuse@: forwarded to the operators, or kept."""
-    service = next(s for s in FORWARDED if s in services)
+    service = Service.POSTMASTER if Service.POSTMASTER in services else Service.ABUSE
     domain = str(live.cfg["server.domain"])
     operators = list(live.cfg["postmaster.forward_to"])
     header = facts.message or BytesHeaderParser(policy=compat32).parsebytes(p.raw)
@@ -90,7 +88,8 @@ def _record(live: Live, p: spool.Pending, facts: MessageFacts, service: Service,
             "received": dt.datetime.fromtimestamp(received_at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
             "subject": facts.subject or "(no subject)"})
         # Labelled as what it carries, at the least (no label there: RED), as any reply.
-        label = tlp.of_message(facts.subject or "", body_text(facts.message or p.raw))
+        label = tlp.of_message(facts.subject or "", "" if facts.message is None
+                               else body_text(facts.message))
         raw = outbox.compose(from_addr=f"TLD-OPS <{address}>", to=", ".join(operators),
                              subject=subject, body=body, domain=domain, tlp=label,
                              extra_headers=[("X-Loop", address)], attached=p.raw)
