@@ -8,6 +8,7 @@ import json
 import smtplib
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -154,6 +155,8 @@ def test_without_an_operator_postmaster_mail_is_a_problem_until_read(
     js = json.loads(tldops(d, "status", "--json").stdout)
     assert js["postmaster_unread"] == 2 and js["oldest_postmaster_unread_s"] >= 0
     assert any("postmaster@/abuse@ unread" in p for p in js["problems"])
+    with urllib.request.urlopen(f"http://{d.wait_for('ready')['metrics']}/metrics", timeout=10) as m:
+        assert "\ntldops_postmaster_unread 2.0\n" in m.read().decode()
 
     # spool list --service: only the mail for that service.
     listed = json.loads(tldops(d, "spool", "list", "--service", "postmaster", "--json").stdout)
