@@ -149,5 +149,6 @@ class _DaemonCollector:
                                 value=h.subscribed_cctlds)
         yield GaugeMetricFamily(f"{PREFIX}_roster_sscs", "SSCs on the roster", value=h.sscs)
         yield GaugeMetricFamily(f"{PREFIX}_postmaster_unread",
-                                "Mail to the postmaster and abuse addresses neither forwarded nor marked read",
+                                "Mail to the postmaster and abuse addresses neither forwarded"
+                                " nor marked read",
                                 value=h.postmaster_unread)
