@@ -285,7 +285,8 @@ def test_work_made_due_while_no_worker_runs_starts_one(start_daemon) -> None:
     d = start_daemon({"worker.max_idle": 1.0})
     two_froms = (b"From: a@nic.example\r\nFrom: b@nic.example\r\nSubject: x\r\n"
                  b"Date: Wed, 25 Nov 2026 12:00:00 +0000\r\n\r\nhello\r\n")
-    qid = queue_id(deliver(d, two_froms))
+    # To help@: postmaster@ keeps even a malformed message for a person, rejecting nothing.
+    qid = queue_id(deliver(d, two_froms, rcpt=f"help@{DOMAIN}"))
     d.wait_processed(qid)
     assert d.query("SELECT status FROM spool WHERE queue_id = ?", (qid,)) == [("rejected",)]
     d.wait_for("worker process exited idle")

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from . import __version__, cctlds, private_state, queue, rules, spool, storage
 from . import config as config_mod
 from .queue_states import State
+from .recipients import Service
 
 T = TypeVar("T")
 
@@ -80,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     ssub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     s = _action(ssub, "list", help="newest messages first", json=True)
     s.add_argument("--status", choices=[st.value for st in spool.Status])
+    s.add_argument("--service", choices=[sv.value for sv in Service],
+                   help="only mail handled for this service address (postmaster, abuse, ...)")
     s.add_argument("--limit", type=int, default=50)
     s.set_defaults(func=cmd_spool_list)
     s = _action(ssub, "show", help="one message: envelope, history and header", json=True)
@@ -89,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = _action(ssub, "retry", help="process a failed or rejected message again")
     s.add_argument("queue_id", metavar="ID")
     s.set_defaults(func=cmd_spool_retry)
+    s = _action(ssub, "read", help="mark mail to postmaster@ or abuse@ that was not forwarded "
+                "as read (tldops status stops reporting it)")
+    s.add_argument("queue_id", metavar="ID", nargs="+")
+    s.set_defaults(func=cmd_spool_read)
 
     p = sub.add_parser("queue", help="requests waiting for, or decided by, the Validator")
     qsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -366,9 +373,11 @@ def cmd_spool_list(args: argparse.Namespace) -> int:
         return (f"{e.queue_id:<19}  {_when(e.received_at)}  {e.status:<10}  {e.attempts:>3}  "
                 f"{e.size:>8}  {what[:60]}")
 
+    which = " and ".join(([f"with status {args.status}"] if args.status else [])
+                         + ([f"for {args.service}@"] if args.service else []))
     return _print_listing(
-        args, spool.listing(conn, args.status, args.limit), lambda e: e.as_dict(), line,
-        empty="spool is empty" if not args.status else f"no messages with status {args.status}",
+        args, spool.listing(conn, args.status, args.limit, args.service), lambda e: e.as_dict(), line,
+        empty=f"no messages {which}" if which else "spool is empty",
         header=(f"{'ID':<19}  {'RECEIVED (UTC)':<19}  {'STATUS':<10}  {'TRY':>3}  {'SIZE':>8}"
                 "  SERVICES / REASON"))
 
@@ -472,6 +481,22 @@ def cmd_spool_retry(args: argparse.Namespace) -> int:
         raise CliError(f"no failed or rejected message {args.queue_id}")
     _wake_daemon(load_config(args))
     print(f"{args.queue_id} queued for processing again")
+    return EXIT_OK
+
+
+def cmd_spool_read(args: argparse.Namespace) -> int:
+    """Postmaster mail a person has read (no operator to forward it to, or kept from a loop)."""
+    import getpass
+
+    from . import postmaster_desk
+
+    conn = open_db(load_config(args))
+    try:
+        storage.commit_one(conn, postmaster_desk.mark_read(args.queue_id, time.time(), getpass.getuser()))
+    except postmaster_desk.NotMarkable as e:
+        raise CliError(str(e)) from e
+    for queue_id in args.queue_id:
+        print(f"{queue_id} marked read")
     return EXIT_OK
 
 

@@ -217,7 +217,16 @@ SCHEMA: tuple[Key, ...] = (
     Key("addresses", "bounces", "bounces", _string(_LOCAL, _LOCAL_DOC),
         "Local part for delivery reports (bounces+TAG@)."),
     Key("addresses", "postmaster", "postmaster", _string(_LOCAL, _LOCAL_DOC),
-        "Local part for the postmaster (RFC 5321 requires it)."),
+        "Local part for the postmaster (RFC 5321 requires it). Its mail goes to "
+        "postmaster.forward_to."),
+    Key("addresses", "abuse", "abuse", _string(_LOCAL, _LOCAL_DOC),
+        "Local part for abuse reports (RFC 2142). Its mail goes to postmaster.forward_to."),
+    Key("postmaster", "forward_to", [], _mailboxes,
+        "The operators' addresses: mail to postmaster@ and abuse@ is forwarded to them (the "
+        "original attached unchanged, as message/rfc822), through the outbox. Our own mail, "
+        "mail from the null sender and automatic answers to our mail are never forwarded "
+        "(no loop). Empty: that mail stays in the spool, and `tldops status` reports it "
+        "unread until `tldops spool read ID`."),
     Key("storage", "state_dir", "state", _path,
         "Runtime directory: the database lives here. Relative paths are from the working "
         "directory."),
@@ -476,6 +485,11 @@ def validate_values(values: Mapping[str, Any]) -> list[Problem]:
             problems.append(Problem(dotted, f"{value!r} is not allowed; expected {allowed}"))
     if bool(values.get("server.tls_cert")) != bool(values.get("server.tls_key")):
         problems.append(Problem("server.tls_key", "tls_cert and tls_key go together"))
+    domain = "@" + str(values.get("server.domain", "")).lower()
+    ours = [a for a in values.get("postmaster.forward_to") or [] if str(a).lower().endswith(domain)]
+    if ours:
+        problems.append(Problem("postmaster.forward_to", f"{ours[0]!r} is at server.domain: mail "
+                                "there comes back to this daemon; name an operator's own address"))
     return problems
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from . import spool
+from . import postmaster_desk, spool
 from .bounce_desk import BounceDesk
 from .decision_desk import DecisionDesk
 from .help_desk import handle_help
@@ -20,10 +20,9 @@ from .recipients import Service, classify
 from .request_auth import Authenticator
 from .update_desk import UpdateDesk
 from .who_desk import WhoDesk
-from .worker import classify_only
 
 ORDER = (Service.CONFIRM, Service.DECIDE, Service.REQUESTS, Service.UPDATE, Service.WHO,
-         Service.LIST, Service.HELP, Service.BOUNCES, Service.POSTMASTER)
+         Service.LIST, Service.HELP, Service.BOUNCES, Service.POSTMASTER, Service.ABUSE)
 
 
 class Dispatcher:
@@ -67,4 +66,4 @@ class Dispatcher:
             return await self.list.handle(p, facts)
         if first is Service.HELP:
             return await handle_help(self.rt, p, facts)
-        return await classify_only(p, facts, services)
+        return postmaster_desk.forward(self.rt, p, facts, services)

@@ -39,6 +39,9 @@ class Health:
     """When the newest broadcast with nothing left queued had its last delivery done."""
     subscribed_cctlds: int = 0
     sscs: int = 0
+    postmaster_unread: int = 0
+    """Mail to postmaster@ or abuse@ neither forwarded nor marked read."""
+    oldest_postmaster_unread_s: float | None = None
 
     @property
     def spool_waiting(self) -> int:
@@ -65,6 +68,10 @@ class Health:
             out.append(f"the oldest unprocessed message waits since {age_text(self.oldest_waiting_s)}")
         if self.oldest_queued_mail_s is not None and self.oldest_queued_mail_s > 3600:
             out.append(f"outgoing mail waits since {age_text(self.oldest_queued_mail_s)} (smarthost?)")
+        if self.postmaster_unread and self.oldest_postmaster_unread_s is not None:
+            out.append(f"{self.postmaster_unread} mail(s) to postmaster@/abuse@ unread, the oldest "
+                       f"since {age_text(self.oldest_postmaster_unread_s)} (tldops spool list "
+                       "--service postmaster, or abuse; then tldops spool read ID)")
         return out
 
     def status_line(self) -> str:
@@ -110,6 +117,9 @@ def read(conn: sqlite3.Connection, now: float | None = None) -> Health:
             " HAVING sum(d.status = 'queued') = 0 ORDER BY b.claimed_at DESC, b.id DESC LIMIT 1"
         ).fetchone()
         tlds, sscs = conn.execute("SELECT count(DISTINCT tld), count(*) FROM roster").fetchone()
+        unread, oldest_unread = conn.execute(
+            "SELECT count(*), min(received_at) FROM postmaster_mail"
+            " WHERE outbox_id IS NULL AND read_at IS NULL").fetchone()
         version = storage.schema_version(conn)
     finally:
         conn.execute("COMMIT")
@@ -122,7 +132,8 @@ def read(conn: sqlite3.Connection, now: float | None = None) -> Health:
         last_broadcast_period=None if last is None else last[1],
         last_broadcast_undelivered=undelivered,
         last_broadcast_completed_at=None if completed is None else completed[0],
-        subscribed_cctlds=tlds, sscs=sscs)
+        subscribed_cctlds=tlds, sscs=sscs, postmaster_unread=unread,
+        oldest_postmaster_unread_s=None if oldest_unread is None else max(0.0, now - oldest_unread))
 
 
 def age_text(seconds: float) -> str:

@@ -148,3 +148,7 @@ class _DaemonCollector:
         yield GaugeMetricFamily(f"{PREFIX}_roster_cctlds", "ccTLDs with SSCs on the roster",
                                 value=h.subscribed_cctlds)
         yield GaugeMetricFamily(f"{PREFIX}_roster_sscs", "SSCs on the roster", value=h.sscs)
+        yield GaugeMetricFamily(f"{PREFIX}_postmaster_unread",
+                                "Mail to the postmaster and abuse addresses neither forwarded"
+                                " nor marked read",
+                                value=h.postmaster_unread)

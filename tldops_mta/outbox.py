@@ -13,6 +13,7 @@ import asyncio
 import datetime as dt
 import os
 import re
+import secrets
 import sqlite3
 import ssl
 import time
@@ -51,10 +52,13 @@ class Due:
 
 def compose(*, from_addr: str, to: str, subject: str, body: str, domain: str, tlp: Tlp,
             reply_to: str | None = None, in_reply_to: str | None = None,
-            auto: str = "auto-generated") -> bytes:
+            auto: str = "auto-generated", extra_headers: Sequence[tuple[str, str]] = (),
+            attached: bytes | None = None) -> bytes:
     """An RFC 5322 message in CRLF form. ``auto`` is the RFC 3834 Auto-Submitted value, so
     that other robots (and we ourselves) never answer it. ``tlp`` heads the Subject: every
-    mail the daemon writes is labelled (tlp.py says which label).
+    mail the daemon writes is labelled (tlp.py says which label). ``attached``, a whole
+    message as received, follows the text as a message/rfc822 part, octet for octet (a
+    forward: see postmaster_desk).
 
     Written out directly rather than through email.message.EmailMessage, which took about
     0.8 ms a message (a Validator mail is composed for every request). Every value is
@@ -68,6 +72,7 @@ def compose(*, from_addr: str, to: str, subject: str, body: str, domain: str, tl
         headers.append(("Reply-To", reply_to))
     if in_reply_to:
         headers += [("In-Reply-To", in_reply_to), ("References", in_reply_to)]
+    headers += extra_headers
     text = body.replace("\r\n", "\n").replace("\r", "\n")
     if not text.endswith("\n"):
         text += "\n"
@@ -77,14 +82,37 @@ def compose(*, from_addr: str, to: str, subject: str, body: str, domain: str, tl
     # (quoprimime encodes one octet per character: give it the UTF-8 octets as latin-1.)
     encoded = text if plain else quoprimime.body_encode(
         text.encode("utf-8").decode("latin-1"), maxlinelen=76, eol="\n")
-    headers += [("Content-Type", 'text/plain; charset="utf-8"'),
-                ("Content-Transfer-Encoding", "7bit" if plain else "quoted-printable"),
-                ("MIME-Version", "1.0")]
+    text_part = [("Content-Type", 'text/plain; charset="utf-8"'),
+                 ("Content-Transfer-Encoding", "7bit" if plain else "quoted-printable")]
+    boundary = _boundary(attached) if attached is not None else ""
+    headers += ([("Content-Type", f'multipart/mixed; boundary="{boundary}"')] if attached is not None
+                else text_part) + [("MIME-Version", "1.0")]
     for name, value in headers:
         if "\n" in value or "\r" in value or len(value) > 990:
             raise ValueError(f"the {name} value would break the header: {value[:60]!r}")
     head = "".join(f"{name}: {value}\r\n" for name, value in headers)
-    return (head + "\r\n" + encoded.replace("\n", "\r\n")).encode("utf-8")
+    if attached is None:
+        return (head + "\r\n" + encoded.replace("\n", "\r\n")).encode("utf-8")
+    # RFC 2046 5.2.1: a message/rfc822 part is 7bit or 8bit, never re-encoded, so the
+    # original travels exactly as it came (SMTP intake allows only CRLF lines of <= 998).
+    # The CRLF before a boundary belongs to the boundary: one more keeps the original's last.
+    inner = attached + b"\r\n"
+    part_head = "".join(f"{n}: {v}\r\n" for n, v in text_part)
+    rfc822 = ("Content-Type: message/rfc822\r\nContent-Disposition: attachment;"
+              ' filename="original.eml"\r\n'
+              f"Content-Transfer-Encoding: {'7bit' if attached.isascii() else '8bit'}\r\n")
+    dash = f"--{boundary}\r\n".encode()
+    return (head.encode("utf-8") + b"\r\n" + dash + part_head.encode() + b"\r\n"
+            + encoded.replace("\n", "\r\n").encode("utf-8") + dash + rfc822.encode() + b"\r\n"
+            + inner + f"--{boundary}--\r\n".encode())
+
+
+def _boundary(attached: bytes) -> str:
+    """A multipart boundary that occurs nowhere in the attached message."""
+    while True:
+        b = "=_tldops_" + secrets.token_hex(12)
+        if b.encode() not in attached:
+            return b
 
 
 _LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")

@@ -22,10 +22,14 @@ class Service(StrEnum):
     HELP = "help"
     BOUNCES = "bounces"
     POSTMASTER = "postmaster"
+    ABUSE = "abuse"
 
 
 TAGGED = frozenset({Service.CONFIRM, Service.DECIDE, Service.BOUNCES})
 """Services whose address carries a token or tag after '+' (and only these)."""
+
+FOR_A_PERSON = frozenset({Service.POSTMASTER, Service.ABUSE})
+"""Services whose mail goes to the operators as it came (postmaster_desk)."""
 
 _TAG = re.compile(r"[A-Za-z0-9_=.-]{1,200}")
 

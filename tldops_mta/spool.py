@@ -294,15 +294,13 @@ def _entry(r: tuple[Any, ...]) -> Entry:
                  json.loads(r[11]) if r[11] else None, r[12], r[13], r[14])
 
 
-def listing(conn: sqlite3.Connection, status: str | None = None, limit: int = 100) -> list[Entry]:
-    if status:
-        rows = conn.execute(
-            f"SELECT {_ENTRY_COLUMNS} FROM spool WHERE status = ? ORDER BY id DESC LIMIT ?",  # noqa: S608
-            (status, limit)).fetchall()
-    else:
-        rows = conn.execute(
-            f"SELECT {_ENTRY_COLUMNS} FROM spool ORDER BY id DESC LIMIT ?",  # noqa: S608
-            (limit,)).fetchall()
+def listing(conn: sqlite3.Connection, status: str | None = None, limit: int = 100,
+            service: str | None = None) -> list[Entry]:
+    """Newest first; only ``status``, and only mail handled for ``service``, when given."""
+    rows = conn.execute(
+        f"SELECT {_ENTRY_COLUMNS} FROM spool WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL"  # noqa: S608
+        " OR EXISTS (SELECT 1 FROM json_each(spool.services) WHERE value = ?2))"
+        " ORDER BY id DESC LIMIT ?3", (status or None, service or None, limit)).fetchall()
     return [_entry(r) for r in rows]
 
 

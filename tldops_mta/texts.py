@@ -33,6 +33,8 @@ FIELDS: dict[str, frozenset[str]] = {
     "list_moderation": frozenset({"id", "author", "subject", "tlp", "post"}),
     "list_rejected": frozenset({"subject", "reason", "help"}),
     "bouncing": frozenset({"address", "tlds", "failures", "days"}),
+    "postmaster_forward": frozenset({"address", "sender", "client", "received", "queue_id",
+                                     "subject"}),
     "redelegation": frozenset({"tld", "old", "new", "roster"}),
     "reconfirm": frozenset({"tld", "roster", "confirm_address", "requests", "help"}),
     "who_confirmation": frozenset({"confirm_address"}),

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from . import logs, message_facts, metrics, spool
 from .due_loop import DueLoop
 from .live import Live
-from .recipients import Service, classify
+from .recipients import FOR_A_PERSON, Service, classify
 from .retry import backoff
 from .storage import Reader, Writer
 
@@ -100,13 +100,15 @@ class Worker(DueLoop):
         cfg = self.rt.cfg
         try:
             facts = message_facts.read(p.raw)
-            problem = facts.problem()
-            if problem is not None:
-                self.log.info("message rejected", queue_id=p.queue_id, reason=problem)
-                return spool.Outcome(p.id, spool.Status.REJECTED, problem)
             services = frozenset(
                 r.service for r in (classify(a, cfg["server.domain"], self.rt.parts)
                                     for a in p.rcpt_to) if r is not None)
+            problem = facts.problem()
+            # Mail only for postmaster@/abuse@ goes to a person as it came, however malformed
+            # (a broken header is often what it reports): nothing here reads it.
+            if problem is not None and not (services and services <= FOR_A_PERSON):
+                self.log.info("message rejected", queue_id=p.queue_id, reason=problem)
+                return spool.Outcome(p.id, spool.Status.REJECTED, problem)
             if not services:
                 return spool.Outcome(p.id, spool.Status.REJECTED, "no service address among recipients")
             outcome = await self.handler(p, facts, services)
