@@ -29,7 +29,7 @@ Algorithm = Literal["rsa-sha256", "rsa-sha1", "ed25519-sha256"]
 
 DEFAULT_HEADERS = ("from", "to", "subject", "date", "message-id",
                    "from", "to", "subject", "date")
-"""Over-signed, as DESIGN.md asks: a second From/To/Subject/Date cannot be added unnoticed."""
+"""Over-signed, as a careful sender signs: a second From/To/Subject/Date cannot be added unnoticed."""
 
 
 @dataclass(frozen=True)

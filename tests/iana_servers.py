@@ -19,7 +19,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 RDAP_FIXTURES = HERE / "fixtures" / "rdap"
-WHOIS_MT = HERE.parent.parent / "shared" / "fixtures" / "iana-whois" / "mt.txt"
+WHOIS_MT = HERE / "fixtures" / "iana-whois" / "mt.txt"
 
 POLL = 0.02
 """How often serve_forever looks for shutdown(): its default (0.5 s) would add a second per test."""

@@ -1,4 +1,4 @@
-"""Every attack of the design notes, sent over SMTP to the running daemon: none is verified.
+"""Every attack of docs/security.md, sent over SMTP to the running daemon: none is verified.
 
 Each case ends either refused (no request at all) or needing confirmation, with the token
 going to the address IANA lists, never to one taken from the message.

@@ -26,6 +26,7 @@ from auth_env import ATTACKER, now_date
 from test_workflow import JANE, JOHN, MARY, Flow, flow, subscribed
 
 from tldops_mta import roster_formats
+from tldops_mta.broadcast_schedule import Schedule, latest_monthly, latest_weekly
 from tldops_mta.policy import RosterEntry
 
 
@@ -99,23 +100,41 @@ def test_broadcast_content_is_signed_once_and_sent_to_each_ssc_with_its_own_retu
         assert "3 SSCs:" in status and "[TLP:AMBER]" in status
 
 
-def test_a_missed_period_is_caught_up_once_and_never_again_after_restarts(tmp_path: Path) -> None:
-    # The catch-up window reaches back past the month's first Monday, so the daemon finds
-    # this month's broadcast missed: it must send it once, and only once.
-    with broadcasting(tmp_path, **{"broadcast.enabled": True, "broadcast.catch_up": 31 * 86400.0,
-                                   "broadcast.weekly_if_changed": False}) as f:
+def test_a_change_waits_for_the_period_and_a_missed_one_is_caught_up_once(tmp_path: Path) -> None:
+    # A week of catch-up: whatever the weekday today, this week's period has begun within it.
+    week = 7 * 86400.0
+    with broadcasting(tmp_path, **{"broadcast.enabled": True, "broadcast.catch_up": week}) as f:
         subscribed(f, JANE, JOHN)
+        f.restart()
+        wake_the_worker(f)
+        f.d.wait_for("no roster broadcast due")  # the clock looked after the change: nothing now
+        assert f.d.query("SELECT count(*) FROM broadcasts") == [(0,)]
+
+        # As if the roster had been made before this week's period and the daemon been down
+        # when it began: back up, it sends that period once (the monthly, if it began too).
+        f.d.stop()
+        f.d.execute("UPDATE roster SET since = since - ?", (week + 3600,))
+        f.d.execute("UPDATE roster_changes SET at = at - ?", (week + 3600,))
+        f.d.start()
         queued = f.d.wait_for("roster broadcast queued")
-        assert queued["period"].startswith("monthly-") and queued["recipients"] == 2
-        for s in (JANE, JOHN):
-            f.sink.wait_for(lambda r, a=s[4]: a in r.rcpt_tos and b"TLD-OPS roster" in r.data)
+        cal = Schedule(catch_up=week)  # the defaults: Mondays at 09:00 UTC
+        now = time.time()
+        monthly = latest_monthly(now, cal)
+        missed = monthly if now - monthly.starts_at <= week else latest_weekly(now, cal)
+        assert (queued["period"], queued["recipients"]) == (missed.key, 2)
+        for ssc in (JANE, JOHN):
+            f.sink.wait_for(lambda r, a=ssc[4]: a in r.rcpt_tos and b"TLD-OPS roster" in r.data)
         for _ in range(2):
             f.restart()
-            f.env.processed(f.env.send(b"From: x@y.example\r\nSubject: hi\r\n\r\nhi\r\n",
-                                       mail_from="x@y.example", rcpts=("postmaster@tld-ops.localhost",)))
+            wake_the_worker(f)
             f.d.wait_for("no roster broadcast due")  # the clock looked, after the restart
         assert f.d.query("SELECT count(*) FROM broadcasts") == [(1,)]
         assert [len(broadcast_to(f, s[4])) for s in (JANE, JOHN)] == [1, 1]
+
+
+def wake_the_worker(f: Flow) -> None:
+    f.env.processed(f.env.send(b"From: x@y.example\r\nSubject: hi\r\n\r\nhi\r\n",
+                               mail_from="x@y.example", rcpts=("postmaster@tld-ops.localhost",)))
 
 
 def test_a_restart_in_the_middle_of_sending_resumes_without_duplicates(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """DKIM verification against a real DNS server on loopback, with keys made at test time.
 
-Each attack from DESIGN.md that DKIM can answer has a test here that fails if the defence goes:
+Each attack of docs/security.md that DKIM can answer has a test here that fails if the defence goes:
 a signature that verifies but must not count, a DNS failure that must stay temporary, a header
 that must not crash the verifier.
 """

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email
 import json
+import re
 import smtplib
 import sqlite3
 import subprocess
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from auth_env import now_date
+from auth_env import form, now_date
 from crash_safety import quiet, wait_until
 from daemon_proc import DOMAIN, DaemonProc
 from smtp_checks import deliver, spool_count
@@ -189,7 +190,7 @@ def test_person_export_then_erase_leaves_no_trace_but_the_audit(tmp_path: Path) 
         assert [p["tlp"] for p in found["list_posts"]] == ["TLP:RED"]
         mine = [(r["tld"], r["first_name"], r["phone"]) for r in found["roster"]]
         assert mine == [("mt", "Jane", "+35621334455")]
-        assert found["mail_sent"] and all(m["status"] for m in found["mail_sent"])
+        assert found["outbox_deliveries"] and all(m["status"] for m in found["outbox_deliveries"])
         changes = found["roster_changes"]
         assert changes and all(e["email"] == jane for c in changes for e in c["after"])  # only hers
         text = f.tldops("person", "export", jane)
@@ -218,6 +219,36 @@ def test_person_export_then_erase_leaves_no_trace_but_the_audit(tmp_path: Path) 
         # What reads the roster goes on: John is shown, Jane is not.
         shown = f.tldops("roster", "show")
         assert shown.returncode == 0 and "John" in shown.stdout and "Jane" not in shown.stdout
+
+
+ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+
+
+def test_export_lists_exactly_what_erase_then_changes(tmp_path: Path) -> None:
+    # Jane is on no roster yet: a request waiting for the Validator names her, and the
+    # spooled request message and the Validator's mail mention her.
+    with flow(tmp_path) as f:
+        assert f.submit(form(sscs=(JANE, JOHN)))[0] == "done"
+        wait_until("every mail delivered", lambda: quiet(f.d))
+        jane = JANE[4]
+        found = json.loads(f.tldops("person", "export", jane, "--json").stdout)
+        listed = {kind: [row["id"] for row in rows] for kind, rows in found.items()
+                  if kind != "address" and rows}
+        [request] = found["requests"]
+        assert request["as"] == ["in_change"] and ISO_UTC.fullmatch(request["created_at"])
+        [message] = found["spool_messages"]
+        assert message["as"] == ["in_message"] and ISO_UTC.fullmatch(message["received_at"])
+        assert found["outbox_messages"]  # the Validator's mail shows her entry
+        assert "roster" not in listed and "outbox_deliveries" not in listed  # nothing to her yet
+
+        r = f.tldops("person", "erase", jane, "--reason", "asked", "--json")
+        assert r.returncode == 0, r.stderr
+        erased = json.loads(r.stdout)
+        assert erased["ids"] == listed
+        assert erased["counts"] == {kind: len(ids) for kind, ids in listed.items()}
+        assert json.loads(f.d.query("SELECT counts FROM erasures")[0][0]) == erased["counts"]
+        after = json.loads(f.tldops("person", "export", jane, "--json").stdout)
+        assert not any(rows for kind, rows in after.items() if kind != "address")
 
 
 def test_erase_is_refused_while_mail_naming_the_person_waits(tmp_path: Path) -> None:

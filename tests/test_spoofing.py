@@ -1,7 +1,7 @@
 """The spoofing catalogue: header-ambiguity and DKIM cases from the published research, each sent
 over SMTP to the running daemon, none of which may end verified.
 
-test_auth_attacks.py holds the attack list of DESIGN.md; the cases here are the ones it lacks,
+test_auth_attacks.py holds the attack list of docs/security.md; the cases here are the ones it lacks,
 each named after where it comes from:
 
 - "Composition Kills" (Chen, Paxson, Jiang; USENIX Security 2020) and its tool espoofer, whose

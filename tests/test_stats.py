@@ -20,7 +20,7 @@ from test_workflow import JANE, JOHN, flow
 from tldops_mta import cctlds, stats
 
 REPO = Path(__file__).resolve().parent.parent
-REPORT = REPO.parent / "shared" / "seed" / "SECIR-final-report-v1.0.txt"
+REPORT = Path(__file__).resolve().parent / "fixtures" / "secir" / "SECIR-final-report-v1.0.txt"
 SUBSCRIBED_2015 = Path(__file__).resolve().parent / "fixtures" / "report_2015_subscribed.txt"
 DAY = dt.date(2015, 6, 17)
 CODES = {"Africa": "AF", "Asia-Pacific": "AP", "Europe": "EUR", "North America": "NA",

@@ -37,11 +37,11 @@ def due_period(conn: sqlite3.Connection, cfg: Config, now: float) -> Period | No
     if not cfg["broadcast.enabled"]:
         return None
     claimed = {r[0] for r in conn.execute("SELECT period FROM broadcasts")}
-    changed = conn.execute("SELECT max(at) FROM roster_changes").fetchone()[0]
+    roster_since = conn.execute("SELECT min(since) FROM roster").fetchone()[0]
     last = conn.execute("SELECT max(claimed_at) FROM broadcasts").fetchone()[0]
-    if changed is not None and not conn.execute("SELECT 1 FROM roster LIMIT 1").fetchone():
-        changed = None  # the roster was emptied: nobody to send to
-    return due(now, schedule(cfg), claimed, changed, last)
+    changed = conn.execute("SELECT min(at) FROM roster_changes WHERE ? IS NULL OR at > ?",
+                           (last, last)).fetchone()[0]
+    return due(now, schedule(cfg), claimed, roster_since, changed)
 
 
 def next_due_at(conn: sqlite3.Connection, cfg: Config, now: float | None = None) -> float | None:

@@ -1,11 +1,15 @@
 """When the roster is broadcast: periods of a calendar, and which one is due. Pure.
 
 Monthly on the first given weekday of the month (default Monday) at the given hour (UTC),
-and, if the roster changed since the last broadcast, weekly on that weekday. A period is
-named by a key ("monthly-2026-12", "weekly-2026-W49") that the broadcast claims once in
-SQLite, so each is sent exactly once. A daemon that was down when a period began sends it
-when it comes back, once, if that is within ``catch_up`` seconds of its start; older ones
-are skipped (the next period comes anyway), and only the latest is ever caught up.
+and weekly on that weekday at that hour if the roster changed after the last broadcast and
+before that moment. A period is named by a key ("monthly-2026-12", "weekly-2026-W49") that
+the broadcast claims once in SQLite, so each is sent exactly once. Whether a period is due
+is judged as at its start, never at ``now``: a change on a Tuesday waits for the next
+Monday. A running daemon sends a period at its start; one that was down then sends it when
+it comes back, once, if that is within ``catch_up`` seconds of its start; older ones are
+skipped (the next period comes anyway), and only the latest is ever caught up. When the
+monthly and the weekly fall on the same moment, the monthly goes and the weekly has nothing
+left to send.
 """
 
 from __future__ import annotations
@@ -78,22 +82,24 @@ def next_weekly(now: float, s: Schedule) -> Period:
     return _weekly(_utc(p.starts_at).date() - dt.timedelta(days=s.weekday) + dt.timedelta(days=7), s)
 
 
-def due(now: float, s: Schedule, claimed: Container[str], roster_changed_at: float | None,
-        last_broadcast_at: float | None) -> Period | None:
-    """The period to broadcast now, if any. ``roster_changed_at``: the last change to the
-    roster (None: it never changed, so it is empty); ``last_broadcast_at``: when the last
-    broadcast was claimed (None: never)."""
-    if roster_changed_at is None:
-        return None  # nobody to send to
+def due(now: float, s: Schedule, claimed: Container[str], roster_since: float | None,
+        changed_since_broadcast: float | None) -> Period | None:
+    """The period to broadcast now, if any: the latest one that was due at its start and is
+    neither claimed nor older than ``catch_up``. ``roster_since``: when the longest-standing
+    entry of the roster joined (None: the roster is empty, nobody to send to);
+    ``changed_since_broadcast``: the first roster change after the last broadcast (None:
+    none since, or no broadcast and no change ever)."""
+    if roster_since is None:
+        return None
     monthly = latest_monthly(now, s)
-    if monthly.key not in claimed and now - monthly.starts_at <= s.catch_up:
+    if monthly.key not in claimed and now - monthly.starts_at <= s.catch_up \
+            and roster_since < monthly.starts_at:
         return monthly
     if not s.weekly_if_changed:
         return None
     weekly = latest_weekly(now, s)
-    changed = last_broadcast_at is None or roster_changed_at > last_broadcast_at
-    if weekly.key not in claimed and changed and now - weekly.starts_at <= s.catch_up \
-            and (last_broadcast_at is None or last_broadcast_at < weekly.starts_at):
+    if weekly.key not in claimed and now - weekly.starts_at <= s.catch_up \
+            and changed_since_broadcast is not None and changed_since_broadcast < weekly.starts_at:
         return weekly
     return None
 

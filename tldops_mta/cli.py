@@ -831,13 +831,15 @@ def cmd_person_erase(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     conn = open_db(cfg)
     try:
-        counts = storage.commit_one(conn, lambda c: persons.erase(
+        erased = storage.commit_one(conn, lambda c: persons.erase(
             c, args.address, by=f"cli:{getpass.getuser()}", reason=" ".join(args.reason.split()),
             now=time.time()))
     except persons.EraseRefused as e:
         raise CliError(str(e)) from e
-    if args.json:
-        _print_json({"erased": bool(counts), "counts": counts})
+    counts = erased.counts()
+    if args.json:  # the ids per kind: what `person export` listed beforehand
+        _print_json({"erased": bool(counts), "counts": counts,
+                     "ids": {k: v for k, v in erased.ids.items() if v}})
     elif counts:
         print("erased: " + ", ".join(f"{n} {table}" for table, n in sorted(counts.items())))
     else:

@@ -343,10 +343,11 @@ SCHEMA: tuple[Key, ...] = (
     Key("broadcast", "weekday", "monday", _one_of("monday", "tuesday", "wednesday", "thursday",
                                                   "friday", "saturday", "sunday"),
         "The day of the broadcasts: monthly on the first such day of the month, and weekly on "
-        "it when the roster changed since the last broadcast."),
+        "it when the roster changed between the last broadcast and that day's hour."),
     Key("broadcast", "hour", 9, _int_range(0, 23), "The hour (UTC) of the broadcasts."),
     Key("broadcast", "weekly_if_changed", True, _bool,
-        "Also broadcast weekly when the roster changed since the last broadcast."),
+        "Also broadcast weekly (on `weekday` at `hour`) when the roster changed between the "
+        "last broadcast and that moment; a change is never broadcast at once."),
     Key("broadcast", "catch_up", 3 * 86400.0, _float_range(0, 31 * 86400),
         "A daemon that was down when a broadcast was due sends it when it comes back, once, "
         "if that is within this many seconds of the due time (else the next one is awaited)."),

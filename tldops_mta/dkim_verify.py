@@ -1,7 +1,7 @@
 """Strict DKIM verification: which signatures a request may rely on, and why the others not.
 
 dkimpy does the cryptography. What it lacks for an authentication that decides roster changes is
-added here (DESIGN.md, "dkimpy 1.1.8" and "Attacks the authentication must withstand"):
+added here (the rules and the attacks they answer: docs/security.md):
 
 - every signature is checked, not only the first: an attacker can put a broken one on top;
 - keys are fetched first, concurrently, with dnspython's async resolver, and dkimpy only sees the

@@ -82,7 +82,7 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
     def after_outcomes() -> None:
         deliverer.wake()  # outcomes may have queued mail
         clock.wake()  # and made requests whose reminders and expiry the clock must time
-        broadcaster.wake()  # or changed the roster, which a weekly broadcast may be due for
+        broadcaster.wake()  # or changed the roster (broadcast at the next period, never at once)
         mailman_loop.wake()  # and the Mailman list must follow
 
     worker.on_outcomes = after_outcomes

@@ -1,4 +1,4 @@
-"""Traffic Light Protocol labels (TLP 2.0) as the SECIR report and DESIGN.md want them used.
+"""Traffic Light Protocol labels (TLP 2.0) as the SECIR report wants them used (docs/security.md).
 
 Pure functions over text. No label means RED; a reply inherits the label of what it
 answers; when labels meet, the stricter wins; nothing relaxes a label. The old spellings are

@@ -2,10 +2,10 @@
 
 Written into each target's corpus directory when a run starts (tests/fuzz/run keeps corpora
 out of the repository). IANA answers come from tests/fixtures/rdap and
-../shared/fixtures/iana-whois; address values from the attack table of
+tests/fixtures/iana-whois; address values from the attack table of
 tests/test_addresses.py; forms from examples/ and docs/requests.md; messages and SMTP
 sessions are built around those forms, with real DKIM signatures (tests/dkim_sign.py) and the
-header and smuggling attacks of DESIGN.md.
+header and smuggling attacks of docs/security.md.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import test_addresses
 from fuzz import targets
 
 REPO = targets.REPO
-SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"
+FIXTURES = REPO / "tests" / "fixtures"
 ADMIN = "admin@nic.org.mt"
 REQUESTS = "requests@tld-ops.localhost"
 
@@ -110,13 +110,13 @@ def message_seeds() -> list[bytes]:
 # -- IANA answers -----------------------------------------------------------------------------
 
 def rdap_seeds() -> list[bytes]:
-    out = [p.read_bytes() for p in sorted((REPO / "tests" / "fixtures" / "rdap").glob("*.json"))]
+    out = [p.read_bytes() for p in sorted((FIXTURES / "rdap").glob("*.json"))]
     out.append(b'{"errorCode": 404, "title": "Not Found", "description": ["no such TLD"]}')
     return out
 
 
 def whois_seeds() -> list[bytes]:
-    out = [p.read_bytes() for p in sorted((SHARED_FIXTURES / "iana-whois").glob("*.txt"))]
+    out = [p.read_bytes() for p in sorted((FIXTURES / "iana-whois").glob("*.txt"))]
     if out:
         out.append(out[0].replace(b"domain:       MT", b"domain:       XN--90AE"))
         out.append(out[0].replace(b"\n", b"\r\n"))
