@@ -131,10 +131,12 @@ def settings_for(dns: DnsServer, rdap: RdapServer, whois: WhoisServer, **extra: 
 
 
 @contextlib.contextmanager
-def auth_daemon(workdir: Path, **settings: Any) -> Iterator[AuthEnv]:
-    """Loopback DNS, RDAP and WHOIS servers and a daemon pointed at them; all stopped after."""
+def auth_daemon(workdir: Path, *, command: list[str] | None = None, cwd: Path | None = None,
+                **settings: Any) -> Iterator[AuthEnv]:
+    """Loopback DNS, RDAP and WHOIS servers and a daemon pointed at them; all stopped after.
+    ``command`` and ``cwd``: another tldops to run, from another directory (DaemonProc)."""
     dns, rdap, whois = DnsServer().start(), RdapServer(), WhoisServer()
-    d = DaemonProc(workdir, settings_for(dns, rdap, whois, **settings))
+    d = DaemonProc(workdir, settings_for(dns, rdap, whois, **settings), command=command, cwd=cwd)
     try:
         d.start()
         yield AuthEnv(d, dns, rdap, whois)

@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import select
-import shutil
 import signal
 import socket
 import sqlite3
@@ -73,17 +72,19 @@ class DaemonProc:
     """A running ``tldops serve`` with its log lines collected as they arrive."""
 
     def __init__(self, workdir: Path, settings: dict[str, Any] | None = None,
-                 env: dict[str, str] | None = None, wrapper: list[str] | None = None) -> None:
+                 env: dict[str, str] | None = None, wrapper: list[str] | None = None,
+                 command: list[str] | None = None, cwd: Path | None = None) -> None:
+        """``settings`` are dotted configuration keys (None leaves a key at its default);
+        ``command`` is the tldops command to run (default: this Python's ``-m tldops_mta``),
+        ``cwd`` its working directory (default ``workdir``, where its configuration is)."""
         self.workdir = workdir
         self.wrapper = wrapper or []
         """Run the daemon under this (systemd-socket-activate ...), which execs it."""
-        self.state_dir = workdir / "state"
-        # The rules as shipped (texts, policy), in a copy a test may change and SIGHUP.
-        if not (workdir / "rules").exists():
-            shutil.copytree(SHIPPED_RULES, workdir / "rules")
+        self.command = command or [sys.executable, "-m", "tldops_mta"]
+        self.cwd = cwd or workdir
         base = {
             "server.listen": ["127.0.0.1:0"],
-            "storage.state_dir": str(self.state_dir),
+            "storage.state_dir": str(workdir / "state"),
             "rules.dir": str(workdir / "rules"),
             "log.level": "debug",
             # The broadcast has its own tests; elsewhere its calendar (the real clock) must
@@ -102,7 +103,13 @@ class DaemonProc:
             "metrics.listen": "127.0.0.1:0",
         }
         base.update(settings or {})
+        base = {k: v for k, v in base.items() if v is not None}
+        if base.get("rules.dir") == str(workdir / "rules"):
+            # The operator's rules directory, empty: the shipped rules apply until a test puts
+            # a file there (it then replaces the shipped one of that name) and sends SIGHUP.
+            (workdir / "rules").mkdir(exist_ok=True)
         self.settings = base
+        self.state_dir = self.cwd / str(base.get("storage.state_dir", "state"))
         self.config_path = write_config(workdir / "tldops.toml", base)
         self.env = env
         self.lines: list[dict[str, Any]] = []
@@ -120,8 +127,8 @@ class DaemonProc:
         env = dict(os.environ)
         env.update(self.env or {})
         self.proc = subprocess.Popen(
-            [*self.wrapper, sys.executable, "-m", "tldops_mta", "serve", "--config", str(self.config_path)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=self.workdir, env=env)
+            [*self.wrapper, *self.command, "serve", "--config", str(self.config_path)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=self.cwd, env=env)
         threading.Thread(target=self._pump, args=(self.proc,), daemon=True).start()
         if wait_ready:
             self.wait_ready(timeout)

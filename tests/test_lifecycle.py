@@ -97,7 +97,7 @@ def test_sighup_with_bad_rules_keeps_the_running_config(start_daemon) -> None:
     write_config(d.config_path, {**d.settings, "server.max_recipients": 5})
     rules_dir = d.workdir / "rules"
     rules_dir.mkdir(exist_ok=True)
-    (rules_dir / "broken.toml").write_text("this is = = not toml")
+    (rules_dir / "roster.toml").write_text("this is = = not toml")
     mark = d.mark()
     d.signal(signal.SIGHUP)
     d.wait_for("reload refused, keeping the running configuration", after=mark)

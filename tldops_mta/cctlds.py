@@ -1,6 +1,7 @@
-"""The ccTLDs of the root zone, with their country and region: ``rules/cctlds.csv``.
+"""The ccTLDs of the root zone, with their country and region: ``cctlds.csv`` of the rules.
 
-Data, not code: an operator adds a newly delegated ccTLD (or retires one) by editing a line.
+Data, not code: an operator adds a newly delegated ccTLD (or retires one) by editing a line
+of a copy in ``rules.dir``, before a release ships it.
 Each ccTLD carries the dates it entered and left the root, so that statistics can be asked
 for any day (``tldops stats --at 2015-06-17`` counts the root as it was then). Regions are
 the five of the SECIR report (its Tables 1 and 2 and Appendix A): AF, AP, EUR, NA, LAC.
@@ -14,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import rules
 from .iana import tld_labels
 
 FILE = "cctlds.csv"
@@ -23,10 +25,8 @@ REGIONS = {"AF": "Africa", "AP": "Asia-Pacific", "EUR": "Europe", "NA": "North A
 """In the report's order."""
 
 
-class CctldsError(Exception):
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("; ".join(problems))
-        self.problems = problems
+class CctldsError(rules.RulesError):
+    """A problem of cctlds.csv: one of the policy files' problems."""
 
 
 @dataclass(frozen=True)
@@ -95,14 +95,15 @@ def find(table: Iterable[Cctld], name: str, day: dt.date) -> Cctld:
     return row
 
 
-def load(rules_dir: Path) -> list[Cctld]:
-    """Every row of ``rules_dir/cctlds.csv``; CctldsError names each bad line."""
-    path = rules_dir / FILE
+def load(override: Path | None) -> list[Cctld]:
+    """Every row of the cctlds.csv in force (the operator's ``rules.dir`` one, else the
+    shipped one); CctldsError names each bad line, or why the file cannot be read."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise CctldsError([f"{path}: {e.strerror or e}"]) from e
-    return parse(text, str(path))
+        f = rules.in_force(override)[FILE]
+        text = f.text()
+    except rules.RulesError as e:
+        raise CctldsError(e.problems) from e
+    return parse(text, f.label)
 
 
 def parse(text: str, name: str = FILE) -> list[Cctld]:

@@ -311,13 +311,6 @@ def cmd_config_check(args: argparse.Namespace) -> int:
             rules.load(cfg.rules_dir)
         except rules.RulesError as e:
             problems += [f"rules: {p}" for p in e.problems]
-        from . import cctlds
-
-        if (cfg.rules_dir / cctlds.FILE).exists():
-            try:
-                cctlds.load(cfg.rules_dir)
-            except cctlds.CctldsError as e:
-                problems += [f"rules: {p}" for p in e.problems]
     if args.json:
         _print_json({"ok": not problems, "problems": problems,
                      "source": str(args.config) if args.config else None})
@@ -705,8 +698,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     h = health.read(open_db(cfg))
     pid = running_pid(cfg.state_dir)
     problems = ([] if pid is not None else ["the daemon is not running"]) + h.problems
+    try:
+        policy: dict[str, str] | None = rules.sources(cfg.rules_dir)
+    except rules.RulesError as e:
+        policy = None
+        problems += [f"rules: {p}" for p in e.problems]
     if args.json:
-        _print_json({**h.as_dict(), "running": pid is not None, "pid": pid, "problems": problems})
+        _print_json({**h.as_dict(), "running": pid is not None, "pid": pid, "rules": policy,
+                     "problems": problems})
         return EXIT_ERROR if problems else EXIT_OK
 
     def counts(d: dict[str, int]) -> str:
@@ -728,6 +727,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                 else f"{h.last_broadcast_undelivered} deliveries still queued")
         print(f"broadcast:  {h.last_broadcast_period} queued {_when(h.last_broadcast_at)} UTC; {done}")
     print(f"roster:     {h.sscs} SSCs of {h.subscribed_cctlds} ccTLDs")
+    print("rules:      " + ("; ".join(f"{name} {origin}" for name, origin in policy.items())
+                            if policy is not None else "cannot be read (see problems)"))
     print("problems:   " + ("none" if not problems else problems[0]))
     for p in problems[1:]:
         print("            " + p)

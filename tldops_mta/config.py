@@ -407,8 +407,10 @@ SCHEMA: tuple[Key, ...] = (
         "once in this many days."),
     Key("outreach", "home_url", "", _string(r"(https://\S+)?", "an https:// URL, or \"\""),
         "The TLD-OPS home page, named in invitations (empty: not named)."),
-    Key("rules", "dir", "rules", _path,
-        "Directory of policy files, re-read on SIGHUP."),
+    Key("rules", "dir", "", _path_or_empty,
+        "The operator's policy directory: each of roster.toml, replies.toml and cctlds.csv in it "
+        "replaces the shipped one, the others stay shipped; \"\" uses the shipped files. A "
+        "directory that does not exist or cannot be read refuses start. Re-read on SIGHUP."),
 )
 
 SECTIONS: tuple[str, ...] = tuple(dict.fromkeys(k.section for k in SCHEMA))
@@ -470,8 +472,9 @@ class Config:
         return self.state_dir / str(self["storage.database"])
 
     @property
-    def rules_dir(self) -> Path:
-        return Path(str(self["rules.dir"]))
+    def rules_dir(self) -> Path | None:
+        """The operator's policy directory, or None: the shipped policy files only."""
+        return Path(str(self["rules.dir"])) if self["rules.dir"] else None
 
 
 def validate_values(values: Mapping[str, Any]) -> list[Problem]:

@@ -43,7 +43,8 @@ class Daemon:
         self.config_path = config_path
         self.overrides = dict(overrides)
         self.cfg = config_mod.load(config_path, self.overrides)
-        self.rules = rules.load(self.cfg.rules_dir)
+        self.rules = rules.load(self.cfg.rules_dir)  # a rules.dir that cannot be read: no start
+        self.rule_sources = rules.sources(self.cfg.rules_dir)
         self.log = logs.get("daemon")
         self._stop = asyncio.Event()
         self.inherited = inherited_sockets()
@@ -102,7 +103,8 @@ class Daemon:
         pid_file = write_pid_file(cfg.state_dir)
         self.log.info("ready", listening=listening, database=str(cfg.database_path),
                       migrations_applied=applied, requeued=requeued, domain=cfg["server.domain"],
-                      pid=os.getpid(), systemd_sockets=bool(inherited), metrics=metrics_at)
+                      pid=os.getpid(), systemd_sockets=bool(inherited), metrics=metrics_at,
+                      rules=self.rule_sources)
         if self.notifier.enabled:
             # A worker that keeps failing: systemd's start timeout. SIGTERM still stops us.
             waits = [asyncio.create_task(e.wait()) for e in (worker.ready, self._stop)]
@@ -184,6 +186,7 @@ class Daemon:
         try:
             cfg = config_mod.load(self.config_path, self.overrides)
             new_rules = rules.load(cfg.rules_dir)
+            new_sources = rules.sources(cfg.rules_dir)
         except (config_mod.ConfigError, rules.RulesError) as e:
             self.log.error("reload refused, keeping the running configuration",
                            problems=getattr(e, "problems", [str(e)]).__str__())
@@ -191,13 +194,13 @@ class Daemon:
         changed = [k for k, v in cfg.as_dict().items() if v != self.cfg.as_dict()[k]]
         if cfg["server.listen"] != self.cfg["server.listen"]:
             self.log.warning("listen addresses change only on restart")
-        self.cfg, self.rules = cfg, new_rules
+        self.cfg, self.rules, self.rule_sources = cfg, new_rules, new_sources
         rt.reconfigure(cfg)
         worker.gap = cfg["worker.linger"]
         worker.max_idle = cfg["worker.max_idle"]
         appender.cfg = cfg  # commit_timeout now; its storage settings at its next start
         worker.signal(signal.SIGHUP)
-        self.log.info("reloaded", changed_sections=changed, rules=sorted(new_rules))
+        self.log.info("reloaded", changed_sections=changed, rules=new_sources)
 
 
 def _fmt(addr: Any) -> str:

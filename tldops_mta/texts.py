@@ -55,7 +55,7 @@ def check(rules: Mapping[str, Mapping[str, Any]]) -> list[str]:
     never fills (a typo would otherwise reach the recipients as '{tdl}')."""
     table = rules.get("replies")
     if table is None:
-        return []  # no rules directory at all: the labelled fallback texts are used
+        return []  # no replies table given (the shipped one is always loaded): labelled fallback texts
     out: list[str] = []
     for name, fields in FIELDS.items():
         t = table.get(name)
