@@ -94,8 +94,16 @@ def test_an_idn_cctld_is_accepted_as_u_label_or_a_label(f: Flow, name: str) -> N
 
 def test_without_a_readable_cctlds_csv_a_request_waits_then_goes_on(tmp_path: Path) -> None:
     with flow(tmp_path) as fl:
+        # A worker that started with the table readable (it checks every policy file at start,
+        # and refuses to start without them) and has not read its rows yet: a help question.
+        help_qid = fl.env.send(b"From: " + ADMIN.encode() + b"\r\nSubject: help\r\n\r\nhelp\r\n",
+                               rcpts=("help@tld-ops.localhost",))
+        fl.d.wait_for("message processed", lambda r: r.get("queue_id") == help_qid)
+        # Then something in the table's place that cannot be read as a file (the tests run as
+        # root, whom no mode stops); the shipped table must not stand in for the operator's.
         table = fl.workdir / "rules" / "cctlds.csv"
         aside = table.rename(table.with_suffix(".aside"))
+        table.mkdir()
         qid = fl.env.send(fl.env.signed(request(ADMIN)))
         first = fl.d.wait_for("requests wait: rules/cctlds.csv cannot be read",
                               lambda r: r.get("queue_id") == qid)
@@ -108,6 +116,7 @@ def test_without_a_readable_cctlds_csv_a_request_waits_then_goes_on(tmp_path: Pa
         assert waits and all(r.startswith("waiting: rules/cctlds.csv cannot be read") for r in waits), waits
         assert fl.env.requests_for(qid) == [] and not asked_iana(fl, "mt")
         mark = fl.d.mark()
+        table.rmdir()
         aside.rename(table)  # read again at the next try: no SIGHUP needed
         fl.d.wait_for("message processed", lambda r: r.get("queue_id") == qid and r.get("status") == "done",
                       after=mark, timeout=20)
