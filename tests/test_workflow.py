@@ -232,7 +232,7 @@ def test_removal_of_one_ssc_warns_the_validator_and_tells_the_removed(f: Flow) -
     assert f.submit(form("remove", sscs=(), removals=("John.Roe@nic.org.mt",)))[0] == "done"
     text = _text(f.mail_to(VALIDATOR, "Request #2: remove .mt"))
     assert "- secondary John Roe" in text
-    assert "the ccTLD would have 1 SSC(s); 2 are expected" in text
+    assert "the ccTLD would have 1 SSC; 2 are expected" in text
     assert f.tldops("queue", "approve", "2").returncode == 0
     assert [r[4] for r in f.roster()] == ["jane.doe@nic.org.mt"]
     f.mail_to("john.roe@nic.org.mt", "no longer")

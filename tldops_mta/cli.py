@@ -13,9 +13,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import __version__, queue, rules, spool, storage
+from . import __version__, logs, queue, rules, spool, storage
 from . import config as config_mod
 from .queue_states import State
+from .texts import counted
 
 T = TypeVar("T")
 
@@ -540,7 +541,8 @@ def cmd_broadcast_now(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({"period": period, "recipients": count})
     else:
-        print(f"{period}: roster queued to {count} SSCs (the daemon sends it; see 'broadcast status')")
+        print(f"{period}: roster queued to {counted(count or 0, 'SSC')} "
+              "(the daemon sends it; see 'broadcast status')")
     return EXIT_OK
 
 
@@ -549,9 +551,11 @@ def cmd_broadcast_status(args: argparse.Namespace) -> int:
 
     return _print_listing(
         args, broadcast.status(open_db(load_config(args))), lambda r: r,
-        lambda r: f"{r['period']:<36} {_when(r['claimed_at'])}  {r['recipients']:>5} SSCs: {r['sent']} sent,"
-                  f" {r['queued']} queued, {r['failed']} failed  [{r['tlp']}]",
-        empty="no broadcast yet")
+        lambda r: f"{r['period']:<36}  {_when(r['claimed_at'])}  {r['recipients']:>5}  {r['sent']:>5}  "
+                  f"{r['queued']:>6}  {r['failed']:>6}  {r['tlp']}",
+        empty="no broadcast yet",
+        header=(f"{'PERIOD':<36}  {'QUEUED AT (UTC)':<19}  {'SSCS':>5}  {'SENT':>5}  {'QUEUED':>6}  "
+                f"{'FAILED':>6}  TLP"))
 
 
 def cmd_broadcast_preview(args: argparse.Namespace) -> int:
@@ -560,7 +564,7 @@ def cmd_broadcast_preview(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     built = broadcast.build(open_db(cfg), cfg, time.time(), "preview")
     sys.stdout.write(built.raw.decode("utf-8", "replace").replace("\r\n", "\n"))
-    print(f"\n(to {len(built.recipients)} SSCs; nothing was sent)", file=sys.stderr)
+    print(f"\n(to {counted(len(built.recipients), 'SSC')}; nothing was sent)", file=sys.stderr)
     return EXIT_OK
 
 
@@ -589,10 +593,9 @@ def _wake_daemon(cfg: config_mod.Config) -> None:
 
 
 def cmd_iana_show(args: argparse.Namespace) -> int:
-    from . import iana, logs
+    from . import iana
 
     cfg = load_config(args)
-    logs.setup(cfg["log.level"], stream=sys.stderr)  # stdout is the answer (JSON with --json)
     try:
         iana.tld_labels(args.tld)
     except ValueError as e:
@@ -624,6 +627,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
+    if func not in (cmd_serve, cmd_worker):
+        # stdout is the command's answer; what goes wrong on the way (a failed lookup) is
+        # logged on stderr, and nothing below a warning: the daemons log, commands answer.
+        logs.setup("warning", stream=sys.stderr)
     try:
         return func(args)
     except config_mod.ConfigError as e:
@@ -641,10 +648,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:  # a port in use, an unreadable certificate, a read-only state dir
         print(f"tldops: {e}", file=sys.stderr)
         return EXIT_ERROR
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -670,7 +673,8 @@ def cmd_status(args: argparse.Namespace) -> int:
           f"database {cfg.database_path}, schema {h.schema_version}")
     print(f"spool:      {h.spool_waiting} waiting{age(h.oldest_waiting_s)}; {counts(h.spool)}")
     print(f"queue:      {h.queue_open} open; {counts(h.queue)}")
-    print(f"outbox:     {h.outbox_queued} queued{age(h.oldest_queued_mail_s)}; {counts(h.outbox)}")
+    sent_or_failed = {k: n for k, n in h.outbox.items() if k != "queued"}  # queued: said first
+    print(f"outbox:     {h.outbox_queued} queued{age(h.oldest_queued_mail_s)}; {counts(sent_or_failed)}")
     if h.last_broadcast_at is None:
         print("broadcast:  none yet")
     else:
@@ -678,7 +682,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 if h.last_broadcast_undelivered == 0 and h.last_broadcast_completed_at
                 else f"{h.last_broadcast_undelivered} deliveries still queued")
         print(f"broadcast:  {h.last_broadcast_period} queued {_when(h.last_broadcast_at)} UTC; {done}")
-    print(f"roster:     {h.sscs} SSCs of {h.subscribed_cctlds} ccTLDs")
+    print(f"roster:     {counted(h.sscs, 'SSC')} of {counted(h.subscribed_cctlds, 'ccTLD')}")
     print("problems:   " + ("none" if not problems else problems[0]))
     for p in problems[1:]:
         print("            " + p)
@@ -796,15 +800,21 @@ def cmd_person_erase(args: argparse.Namespace) -> int:
 
 
 def cmd_invite(args: argparse.Namespace) -> int:
-    from . import cctlds, logs, outreach
+    from . import cctlds, outreach
 
     cfg = load_config(args)
-    logs.setup(cfg["log.level"], stream=sys.stderr)  # stdout is the answer
     open_db(cfg).close()  # a clear error when there is no database yet
     try:
         done = outreach.run(cfg, region=args.region, dry_run=args.dry_run)
     except cctlds.CctldsError as e:
         raise CliError("; ".join(e.problems[:3])) from e
+    except outreach.IanaUnreachable as e:  # each lookup's whole reason is in the log above
+        sent = sum(i.skipped is None for i in e.done) if not args.dry_run else 0
+        if sent:
+            _wake_daemon(cfg)
+        raise CliError(f"stopped: IANA could not be asked for {counted(len(e.tlds), 'ccTLD')} in a row "
+                       f"({', '.join('.' + t for t in e.tlds)}), the last time: {e.reason}; "
+                       f"{counted(sent, 'invitation')} sent; try again when IANA can be reached") from e
     invited = [i for i in done if i.skipped is None]
     if invited and not args.dry_run:
         _wake_daemon(cfg)

@@ -22,6 +22,8 @@ import sqlite3
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .texts import counted
+
 ERASED = "[erased]"
 
 
@@ -140,7 +142,7 @@ def erase(conn: sqlite3.Connection, address: str, *, by: str, reason: str, now: 
         " WHERE s.status IN ('received', 'processing') AND instr(lower(CAST(m.raw AS TEXT)), ?) > 0",
         (a,)).fetchone()[0]
     if busy:
-        raise EraseRefused(f"{busy} message(s) naming this address are still being processed; "
+        raise EraseRefused(f"mail naming this address is still being processed ({counted(busy, 'message')}); "
                            "try again once the spool has no waiting mail (tldops status)")
 
     # Their name and phone number, as the roster and its history know them: scrubbed too.

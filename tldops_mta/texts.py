@@ -87,3 +87,9 @@ def render(rules: Mapping[str, Mapping[str, Any]], name: str,
         return _PLACEHOLDER.sub(lambda m: filled.get(m.group(1), m.group(0)), text)
 
     return " ".join(fill(str(t["subject"])).split()), fill(str(t["body"]).lstrip("\n"))
+
+
+def counted(n: int, noun: str, nouns: str | None = None) -> str:
+    """``1 ccTLD``, ``3 ccTLDs``: a count with its noun in the number it needs; ``nouns`` for
+    the plurals that are not the noun plus s."""
+    return f"{n} {noun if n == 1 else nouns or noun + 's'}"
