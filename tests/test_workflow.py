@@ -339,6 +339,9 @@ def test_a_decision_from_a_non_validator_is_ignored(f: Flow) -> None:
 
 def test_a_forged_validator_decision_without_dkim_does_not_count_and_the_validator_is_told(f: Flow) -> None:
     assert f.submit(form())[0] == "done"
+    asked = " ".join(_text(f.mail_to(VALIDATOR, "Request #1:")).split())  # the rule configured: DKIM only
+    assert "counts only from your Validator address, with a valid DKIM signature of your domain" in asked
+    assert "confirmation" not in asked
     status, reason = f.decide(f.decide_address(), "approve", sign=False)
     assert status == "rejected" and "no valid DKIM signature of validators.example" in reason
     assert f.state() == "awaiting-validator"
@@ -348,6 +351,8 @@ def test_a_forged_validator_decision_without_dkim_does_not_count_and_the_validat
 def test_where_configured_an_unsigned_decision_counts_after_a_token_confirmation(tmp_path: Path) -> None:
     with flow(tmp_path, **{"validation.decision_auth": "dkim-or-confirmation"}) as f:
         assert f.submit(form())[0] == "done"
+        asked = " ".join(_text(f.mail_to(VALIDATOR, "Request #1:")).split())  # says so
+        assert "without one, you are first mailed a one-time confirmation, and it counts" in asked
         status, reason = f.decide(f.decide_address(), "approve", sign=False)
         assert (status, reason) == ("done", "decision without DKIM: confirmation asked")
         assert f.state() == "awaiting-validator"

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from . import __version__, logs, queue, rules, spool, storage
 from . import config as config_mod
 from .queue_states import State
-from .texts import counted
+from .texts import counted, missing
 
 T = TypeVar("T")
 
@@ -42,6 +42,14 @@ def _action(subs: Any, name: str, help: str, *, json: bool = False) -> argparse.
     if json:
         p.add_argument("--json", action="store_true", help="print JSON for scripts")
     return p
+
+
+def _day(text: str) -> dt.date:
+    """A day as the operator writes it; argparse reports the error with the command's usage."""
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a day: write it as YYYY-MM-DD") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _action(sub, "stats", help="subscribed and non-subscribed ccTLDs per region, ASCII and "
                 "IDN apart, as in the SECIR report's Tables 1 and 2 and Appendix A", json=True)
-    p.add_argument("--at", metavar="DATE", type=dt.date.fromisoformat,
+    p.add_argument("--at", metavar="DATE", type=_day,
                    help="as on this day (YYYY-MM-DD): the root zone and the roster of then")
     p.add_argument("--subscribed", metavar="FILE", type=Path,
                    help="count these ccTLDs as subscribed (one per line) instead of the roster's")
@@ -336,9 +344,13 @@ def cmd_spool_list(args: argparse.Namespace) -> int:
     conn = open_db(load_config(args))
 
     def line(e: spool.Entry) -> str:
-        what = ",".join(e.services or []) or (e.reason or "")
-        return (f"{e.queue_id:<19}  {_when(e.received_at)}  {e.status:<10}  {e.attempts:>3}  "
-                f"{e.size:>8}  {what[:60]}")
+        # Why it waits, was rejected or failed, in full (the last column may wrap); for a
+        # message processed or in processing, the services it went to.
+        services = ",".join(e.services or [])
+        why = e.reason if e.reason and e.status not in (spool.Status.DONE, spool.Status.PROCESSING) else ""
+        what = f"{services}: {why}" if services and why else services or why
+        return (f"{e.queue_id:<19}  {_when(e.received_at)}  {e.shown_status:<10}  {e.attempts:>3}  "
+                f"{e.size:>8}  {what}")
 
     return _print_listing(
         args, spool.listing(conn, args.status, args.limit), lambda e: e.as_dict(), line,
@@ -354,7 +366,7 @@ def cmd_spool_show(args: argparse.Namespace) -> int:
     conn = open_db(load_config(args))
     found = spool.show(conn, args.queue_id)
     if found is None:
-        raise CliError(f"no message {args.queue_id} in the spool")
+        raise CliError(missing("message", args.queue_id))
     entry, raw = found
     if args.raw:
         sys.stdout.buffer.write(raw)
@@ -398,7 +410,7 @@ def cmd_queue_list(args: argparse.Namespace) -> int:
 def cmd_queue_show(args: argparse.Namespace) -> int:
     item = queue.show(open_db(load_config(args)), args.item_id)
     if item is None:
-        raise CliError(f"no request {args.item_id} in the queue")
+        raise CliError(missing("request", args.item_id))
     if args.json:
         _print_json(item.as_dict())
         return EXIT_OK
@@ -441,9 +453,12 @@ def cmd_spool_retry(args: argparse.Namespace) -> int:
     ok = storage.commit_one(conn, spool.retry(args.queue_id, time.time()))
     if not ok:
         found = spool.show(conn, args.queue_id)
-        if found is not None and not found[1]:
+        if found is None:
+            raise CliError(missing("message", args.queue_id))
+        if not found[1]:
             raise CliError(f"{args.queue_id}: {PURGED}; it cannot be processed again")
-        raise CliError(f"no failed or rejected message {args.queue_id}")
+        raise CliError(f"message {args.queue_id} is {found[0].shown_status}: only a failed or rejected "
+                       "message is processed again")
     _wake_daemon(load_config(args))
     print(f"{args.queue_id} queued for processing again")
     return EXIT_OK
@@ -465,12 +480,13 @@ def cmd_queue_decide(args: argparse.Namespace) -> int:
     reason = " ".join(args.reason) or None
     result = storage.commit_one(conn, lambda c: decisions.act(live, c, args.item_id, Event(args.event),
                                                            by, reason))
-    if result.ok:
-        _wake_daemon(cfg)
+    woke = result.ok and _wake_daemon(cfg)
     if args.json:
         _print_json({"ok": result.ok, "message": result.message, "state": result.state})
+    elif result.ok:
+        print(result.message + ("" if woke else MAIL_WAITS))
     else:
-        print(result.message, file=sys.stdout if result.ok else sys.stderr)
+        print(f"tldops: {result.message}", file=sys.stderr)
     return EXIT_OK if result.ok else EXIT_ERROR
 
 
@@ -498,12 +514,13 @@ def cmd_list_decide(args: argparse.Namespace) -> int:
     by, reason = f"cli:{getpass.getuser()}", " ".join(args.reason) or None
     result = storage.commit_one(conn, lambda c: list_desk.decide(live, c, args.item_id, args.release,
                                                               by, reason))
-    if result.ok:
-        _wake_daemon(cfg)
+    woke = result.ok and _wake_daemon(cfg)
     if args.json:
         _print_json({"ok": result.ok, "message": result.message})
+    elif result.ok:
+        print(result.message + ("" if woke else MAIL_WAITS))
     else:
-        print(result.message, file=sys.stdout if result.ok else sys.stderr)
+        print(f"tldops: {result.message}", file=sys.stderr)
     return EXIT_OK if result.ok else EXIT_ERROR
 
 
@@ -585,11 +602,15 @@ def cmd_dkim_keygen(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _wake_daemon(cfg: config_mod.Config) -> None:
-    """The daemon takes up what this command queued now, not at its next look (if it runs)."""
+def _wake_daemon(cfg: config_mod.Config) -> bool:
+    """The daemon takes up what this command queued now, not at its next look; False when
+    no daemon runs (then nothing is sent until one does)."""
     from .daemon import wake
 
-    wake(cfg.state_dir)
+    return wake(cfg.state_dir)
+
+
+MAIL_WAITS = "; the daemon is not running: the mail this makes goes out when it next runs"
 
 
 def cmd_iana_show(args: argparse.Namespace) -> int:
