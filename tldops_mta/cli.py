@@ -348,6 +348,7 @@ def cmd_spool_list(args: argparse.Namespace) -> int:
         # message processed or in processing, the services it went to.
         services = ",".join(e.services or [])
         why = e.reason if e.reason and e.status not in (spool.Status.DONE, spool.Status.PROCESSING) else ""
+        why = why.removeprefix(f"{spool.WAITING}: ")  # said in the status column
         what = f"{services}: {why}" if services and why else services or why
         return (f"{e.queue_id:<19}  {_when(e.received_at)}  {e.shown_status:<10}  {e.attempts:>3}  "
                 f"{e.size:>8}  {what}")
