@@ -176,7 +176,7 @@ def test_spool_list_show_retry(daemon: DaemonProc) -> None:
     # The worker finds re-queued mail on its own (it polls when idle).
     daemon.wait_for("message processed", lambda e: e.get("queue_id") == bad, after=mark)
     assert daemon.query("SELECT status, attempts FROM spool WHERE queue_id = ?", (bad,)) == [
-        ("rejected", 1)]
+        ("rejected", 2)]  # the operator's retry was one more attempt
 
 
 @pytest.mark.parametrize("cmd", [["spool", "list"], ["config", "show"]])

@@ -73,18 +73,21 @@ def test_sighup_applies_a_valid_config(start_daemon) -> None:
     c.close()
 
 
-@pytest.mark.parametrize("bad", [
-    "[server]\nmax_recipients = 0\n",
-    "[server\nmax_recipients = 3\n",
-    "[nonsense]\nx = 1\n",
+@pytest.mark.parametrize(("bad", "said"), [
+    ("[server]\nmax_recipients = 0\n", "server.max_recipients: 0 is not allowed; expected an integer"),
+    ("[server\nmax_recipients = 3\n", "not valid TOML"),
+    ("[nonsense]\nx = 1\n", "nonsense: unknown section"),
 ])
-def test_sighup_with_a_bad_config_keeps_the_running_one(start_daemon, bad: str) -> None:
+def test_sighup_with_a_bad_config_keeps_the_running_one(start_daemon, bad: str, said: str) -> None:
     d = start_daemon({"server.max_recipients": 1})
     d.config_path.write_text(bad)
     mark = d.mark()
     d.signal(signal.SIGHUP)
     refused = d.wait_for("reload refused, keeping the running configuration", after=mark)
     assert refused["level"] == "error"
+    # The problems in words, as 'config check' says them: no Python list or object repr.
+    assert said in refused["problems"] and not refused["problems"].startswith("["), refused["problems"]
+    assert "Problem(" not in refused["problems"]
     assert d.alive
     c = open_session(d.connect())
     c.cmd("MAIL FROM:<admin@nic.example>")

@@ -483,7 +483,7 @@ def test_a_rejected_first_post_is_told_to_its_author_and_never_distributed(tmp_p
         assert list_outbox(f) == 0 and f.d.query("SELECT count(*) FROM list_posts") == [(0,)]
         # A rejected author is no released one: their next post is held again.
         held_one(f, "Second try")
-        assert decide(f, "reject", 999, "no such")[1]["message"] == "there is no held post #999"
+        assert decide(f, "reject", 999, "no such")[1]["message"] == "no held post 999"
 
 
 def test_a_held_post_sent_again_waits_once_and_an_erased_authors_post_cannot_be_released(

@@ -34,6 +34,7 @@ from dkim_sign import dns_name
 from smtp_sink import SmtpSink
 
 from tldops_mta import health
+from tldops_mta.texts import counted
 
 VALIDATOR = f"validator@{DOMAIN}"  # the configured default: its mail stays in the local outbox
 KEY_NAME = dns_name("sel", "nic.org.mt")
@@ -387,7 +388,7 @@ def test_smarthost_refusing_for_good_is_recorded_never_retried_never_dropped(
         problems = health.read(conn).problems
     finally:
         conn.close()
-    assert f"{len(queued)} outgoing mail(s) failed for good" in " ".join(problems), problems
+    assert f"{counted(len(queued), 'outgoing mail')} failed for good" in " ".join(problems), problems
 
     # The smarthost accepts again, and the deliverer sends the next mail: a failed delivery
     # would be due before it (next_attempt_at 0), so none was tried again.

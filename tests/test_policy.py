@@ -86,7 +86,7 @@ def test_a_fourth_ssc_is_refused_and_fewer_than_two_is_a_warning() -> None:
         "the ccTLD would have 3 SSCs; at most 2 are allowed. Name fewer SSCs, or replace one."]
     j = run(form("remove", extra="Remove: john.roe@nic.org.mt\n"), (JANE, JOHN))
     assert j.problems == () and j.roster == (JANE,)
-    assert j.warnings == ("the ccTLD would have 1 SSC(s); 2 are expected",)
+    assert j.warnings == ("the ccTLD would have 1 SSC; 2 are expected",)
 
 
 def test_an_update_replaces_exactly_the_sscs_it_names() -> None:

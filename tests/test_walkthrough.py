@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email
 import json
+import re
 import smtplib
 import socket
 import subprocess
@@ -18,6 +19,7 @@ import pytest
 from daemon_proc import DaemonProc
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+DOCS = EXAMPLES.parent / "docs"
 
 
 @pytest.fixture
@@ -77,6 +79,11 @@ def test_the_walkthrough_works_as_written(tmp_path: Path, demo_iana: int) -> Non
             {"cctld": "mt", "cctld_unicode": "mt", "role": "secondary", "first_name": "John",
              "last_name": "Roe", "phone": "+35621334456", "email": "john.roe@nic.org.mt"}]
         outgoing_when(d, "Welcome")
+        # 6. every mail the walkthrough lists, and no other
+        listed = [m.group(1) for m in re.finditer(r"^(\d{8}-\d{8}-\S+\.eml) +step \d",
+                                                  (DOCS / "walkthrough.md").read_text(), re.MULTILINE)]
+        d.wait_count("mail delivered", len(listed))
+        assert sorted(p.name for p in (d.state_dir / "outgoing").glob("*.eml")) == listed
     finally:
         d.stop()
 

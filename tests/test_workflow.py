@@ -232,7 +232,7 @@ def test_removal_of_one_ssc_warns_the_validator_and_tells_the_removed(f: Flow) -
     assert f.submit(form("remove", sscs=(), removals=("John.Roe@nic.org.mt",)))[0] == "done"
     text = _text(f.mail_to(VALIDATOR, "Request #2: remove .mt"))
     assert "- secondary John Roe" in text
-    assert "the ccTLD would have 1 SSC(s); 2 are expected" in text
+    assert "the ccTLD would have 1 SSC; 2 are expected" in text
     assert f.tldops("queue", "approve", "2").returncode == 0
     assert [r[4] for r in f.roster()] == ["jane.doe@nic.org.mt"]
     f.mail_to("john.roe@nic.org.mt", "no longer")
@@ -339,6 +339,9 @@ def test_a_decision_from_a_non_validator_is_ignored(f: Flow) -> None:
 
 def test_a_forged_validator_decision_without_dkim_does_not_count_and_the_validator_is_told(f: Flow) -> None:
     assert f.submit(form())[0] == "done"
+    asked = " ".join(_text(f.mail_to(VALIDATOR, "Request #1:")).split())  # the rule configured: DKIM only
+    assert "counts only from your Validator address, with a valid DKIM signature of your domain" in asked
+    assert "confirmation" not in asked
     status, reason = f.decide(f.decide_address(), "approve", sign=False)
     assert status == "rejected" and "no valid DKIM signature of validators.example" in reason
     assert f.state() == "awaiting-validator"
@@ -348,6 +351,8 @@ def test_a_forged_validator_decision_without_dkim_does_not_count_and_the_validat
 def test_where_configured_an_unsigned_decision_counts_after_a_token_confirmation(tmp_path: Path) -> None:
     with flow(tmp_path, **{"validation.decision_auth": "dkim-or-confirmation"}) as f:
         assert f.submit(form())[0] == "done"
+        asked = " ".join(_text(f.mail_to(VALIDATOR, "Request #1:")).split())  # says so
+        assert "without one, you are first mailed a one-time confirmation, and it counts" in asked
         status, reason = f.decide(f.decide_address(), "approve", sign=False)
         assert (status, reason) == ("done", "decision without DKIM: confirmation asked")
         assert f.state() == "awaiting-validator"

@@ -1,3 +1,5 @@
+"""``python -m tldops_mta``: the ``tldops`` command (both call cli.main, the one entry point)."""
+
 import sys
 
 from .cli import main

@@ -24,6 +24,7 @@ from .broadcast_schedule import WEEKDAYS, Period, Schedule, due, next_check
 from .config import Config
 from .due_loop import DueLoop
 from .storage import Reader, Writer
+from .texts import counted
 from .tlp import Tlp
 
 
@@ -76,7 +77,8 @@ def build(conn: sqlite3.Connection, cfg: Config, now: float, period: str, to: st
     msg = EmailMessage()
     msg["From"] = f"TLD-OPS <{cfg['addresses.postmaster']}@{domain}>"
     msg["To"] = f"TLD-OPS Security and Stability Contacts <{to or cfg['addresses.who'] + '@' + domain}>"
-    msg["Subject"] = f"[{label.label}] TLD-OPS roster {day}: {ccs} ccTLDs, {sscs} contacts"
+    msg["Subject"] = (f"[{label.label}] TLD-OPS roster {day}: {counted(ccs, 'ccTLD')}, "
+                      f"{counted(sscs, 'contact')}")
     msg["Date"] = format_datetime(dt.datetime.fromtimestamp(now, dt.UTC))
     msg["Message-ID"] = make_msgid(idstring=period, domain=domain)
     msg["Auto-Submitted"] = "auto-generated"

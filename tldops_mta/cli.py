@@ -13,10 +13,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import __version__, cctlds, private_state, queue, rules, spool, storage
+from . import __version__, cctlds, logs, private_state, queue, rules, spool, storage
 from . import config as config_mod
 from .queue_states import State
 from .recipients import Service
+from .texts import counted, missing
 
 T = TypeVar("T")
 
@@ -42,6 +43,14 @@ def _action(subs: Any, name: str, help: str, *, json: bool = False) -> argparse.
     if json:
         p.add_argument("--json", action="store_true", help="print JSON for scripts")
     return p
+
+
+def _day(text: str) -> dt.date:
+    """A day as the operator writes it; argparse reports the error with the command's usage."""
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a day: write it as YYYY-MM-DD") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _action(sub, "stats", help="subscribed and non-subscribed ccTLDs per region, ASCII and "
                 "IDN apart, as in the SECIR report's Tables 1 and 2 and Appendix A", json=True)
-    p.add_argument("--at", metavar="DATE", type=dt.date.fromisoformat,
+    p.add_argument("--at", metavar="DATE", type=_day,
                    help="as on this day (YYYY-MM-DD): the root zone and the roster of then")
     p.add_argument("--subscribed", metavar="FILE", type=Path,
                    help="count these ccTLDs as subscribed (one per line) instead of the roster's")
@@ -362,9 +371,14 @@ def cmd_spool_list(args: argparse.Namespace) -> int:
     conn = open_db(load_config(args))
 
     def line(e: spool.Entry) -> str:
-        what = ",".join(e.services or []) or (e.reason or "")
-        return (f"{e.queue_id:<19}  {_when(e.received_at)}  {e.status:<10}  {e.attempts:>3}  "
-                f"{e.size:>8}  {what[:60]}")
+        # Why it waits, was rejected or failed, in full (the last column may wrap); for a
+        # message processed or in processing, the services it went to.
+        services = ",".join(e.services or [])
+        why = e.reason if e.reason and e.status not in (spool.Status.DONE, spool.Status.PROCESSING) else ""
+        why = why.removeprefix(f"{spool.WAITING}: ")  # said in the status column
+        what = f"{services}: {why}" if services and why else services or why
+        return (f"{e.queue_id:<19}  {_when(e.received_at)}  {e.shown_status:<10}  {e.attempts:>3}  "
+                f"{e.size:>8}  {what}")
 
     which = " and ".join(([f"with status {args.status}"] if args.status else [])
                          + ([f"for {args.service}@"] if args.service else []))
@@ -382,7 +396,7 @@ def cmd_spool_show(args: argparse.Namespace) -> int:
     conn = open_db(load_config(args))
     found = spool.show(conn, args.queue_id)
     if found is None:
-        raise CliError(f"no message {args.queue_id} in the spool")
+        raise CliError(missing("message", args.queue_id))
     entry, raw = found
     if args.raw:
         sys.stdout.buffer.write(raw)
@@ -426,7 +440,7 @@ def cmd_queue_list(args: argparse.Namespace) -> int:
 def cmd_queue_show(args: argparse.Namespace) -> int:
     item = queue.show(open_db(load_config(args)), args.item_id)
     if item is None:
-        raise CliError(f"no request {args.item_id} in the queue")
+        raise CliError(missing("request", args.item_id))
     if args.json:
         _print_json(item.as_dict())
         return EXIT_OK
@@ -469,9 +483,12 @@ def cmd_spool_retry(args: argparse.Namespace) -> int:
     ok = storage.commit_one(conn, spool.retry(args.queue_id, time.time()))
     if not ok:
         found = spool.show(conn, args.queue_id)
-        if found is not None and not found[1]:
+        if found is None:
+            raise CliError(missing("message", args.queue_id))
+        if not found[1]:
             raise CliError(f"{args.queue_id}: {PURGED}; it cannot be processed again")
-        raise CliError(f"no failed or rejected message {args.queue_id}")
+        raise CliError(f"message {args.queue_id} is {found[0].shown_status}: only a failed or rejected "
+                       "message is processed again")
     _wake_daemon(load_config(args))
     print(f"{args.queue_id} queued for processing again")
     return EXIT_OK
@@ -509,12 +526,13 @@ def cmd_queue_decide(args: argparse.Namespace) -> int:
     reason = " ".join(args.reason) or None
     result = storage.commit_one(conn, lambda c: decisions.act(live, c, args.item_id, Event(args.event),
                                                            by, reason))
-    if result.ok:
-        _wake_daemon(cfg)
+    woke = result.ok and _wake_daemon(cfg)
     if args.json:
         _print_json({"ok": result.ok, "message": result.message, "state": result.state})
+    elif result.ok:
+        print(result.message + ("" if woke else MAIL_WAITS))
     else:
-        print(result.message, file=sys.stdout if result.ok else sys.stderr)
+        print(f"tldops: {result.message}", file=sys.stderr)
     return EXIT_OK if result.ok else EXIT_ERROR
 
 
@@ -542,12 +560,13 @@ def cmd_list_decide(args: argparse.Namespace) -> int:
     by, reason = f"cli:{getpass.getuser()}", " ".join(args.reason) or None
     result = storage.commit_one(conn, lambda c: list_desk.decide(live, c, args.item_id, args.release,
                                                               by, reason))
-    if result.ok:
-        _wake_daemon(cfg)
+    woke = result.ok and _wake_daemon(cfg)
     if args.json:
         _print_json({"ok": result.ok, "message": result.message})
+    elif result.ok:
+        print(result.message + ("" if woke else MAIL_WAITS))
     else:
-        print(result.message, file=sys.stdout if result.ok else sys.stderr)
+        print(f"tldops: {result.message}", file=sys.stderr)
     return EXIT_OK if result.ok else EXIT_ERROR
 
 
@@ -583,7 +602,8 @@ def cmd_broadcast_now(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({"period": period, "recipients": count})
     else:
-        print(f"{period}: roster queued to {count} SSCs (the daemon sends it; see 'broadcast status')")
+        print(f"{period}: roster queued to {counted(count or 0, 'SSC')} "
+              "(the daemon sends it; see 'broadcast status')")
     return EXIT_OK
 
 
@@ -592,9 +612,11 @@ def cmd_broadcast_status(args: argparse.Namespace) -> int:
 
     return _print_listing(
         args, broadcast.status(open_db(load_config(args))), lambda r: r,
-        lambda r: f"{r['period']:<36} {_when(r['claimed_at'])}  {r['recipients']:>5} SSCs: {r['sent']} sent,"
-                  f" {r['queued']} queued, {r['failed']} failed  [{r['tlp']}]",
-        empty="no broadcast yet")
+        lambda r: f"{r['period']:<36}  {_when(r['claimed_at'])}  {r['recipients']:>5}  {r['sent']:>5}  "
+                  f"{r['queued']:>6}  {r['failed']:>6}  {r['tlp']}",
+        empty="no broadcast yet",
+        header=(f"{'PERIOD':<36}  {'QUEUED AT (UTC)':<19}  {'SSCS':>5}  {'SENT':>5}  {'QUEUED':>6}  "
+                f"{'FAILED':>6}  TLP"))
 
 
 def cmd_broadcast_preview(args: argparse.Namespace) -> int:
@@ -603,7 +625,7 @@ def cmd_broadcast_preview(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     built = broadcast.build(open_db(cfg), cfg, time.time(), "preview")
     sys.stdout.write(built.raw.decode("utf-8", "replace").replace("\r\n", "\n"))
-    print(f"\n(to {len(built.recipients)} SSCs; nothing was sent)", file=sys.stderr)
+    print(f"\n(to {counted(len(built.recipients), 'SSC')}; nothing was sent)", file=sys.stderr)
     return EXIT_OK
 
 
@@ -624,18 +646,21 @@ def cmd_dkim_keygen(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _wake_daemon(cfg: config_mod.Config) -> None:
-    """The daemon takes up what this command queued now, not at its next look (if it runs)."""
+def _wake_daemon(cfg: config_mod.Config) -> bool:
+    """The daemon takes up what this command queued now, not at its next look; False when
+    no daemon runs (then nothing is sent until one does)."""
     from .daemon import wake
 
-    wake(cfg.state_dir)
+    return wake(cfg.state_dir)
+
+
+MAIL_WAITS = "; the daemon is not running: the mail this makes goes out when it next runs"
 
 
 def cmd_iana_show(args: argparse.Namespace) -> int:
-    from . import iana, logs
+    from . import iana
 
     cfg = load_config(args)
-    logs.setup(cfg["log.level"], stream=sys.stderr)  # stdout is the answer (JSON with --json)
     tld = named_cctld(cfg, args.tld).tld
     secure_state(cfg)
     try:
@@ -666,6 +691,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
+    if func not in (cmd_serve, cmd_worker):
+        # stdout is the command's answer; what goes wrong on the way (a failed lookup) is
+        # logged on stderr, and nothing below a warning: the daemons log, commands answer.
+        logs.setup("warning", stream=sys.stderr)
     try:
         return func(args)
     except config_mod.ConfigError as e:
@@ -683,10 +712,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:  # a port in use, an unreadable certificate, a read-only state dir
         print(f"tldops: {e}", file=sys.stderr)
         return EXIT_ERROR
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -718,7 +743,8 @@ def cmd_status(args: argparse.Namespace) -> int:
           f"database {cfg.database_path}, schema {h.schema_version}")
     print(f"spool:      {h.spool_waiting} waiting{age(h.oldest_waiting_s)}; {counts(h.spool)}")
     print(f"queue:      {h.queue_open} open; {counts(h.queue)}")
-    print(f"outbox:     {h.outbox_queued} queued{age(h.oldest_queued_mail_s)}; {counts(h.outbox)}")
+    sent_or_failed = {k: n for k, n in h.outbox.items() if k != "queued"}  # queued: said first
+    print(f"outbox:     {h.outbox_queued} queued{age(h.oldest_queued_mail_s)}; {counts(sent_or_failed)}")
     if h.last_broadcast_at is None:
         print("broadcast:  none yet")
     else:
@@ -726,7 +752,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 if h.last_broadcast_undelivered == 0 and h.last_broadcast_completed_at
                 else f"{h.last_broadcast_undelivered} deliveries still queued")
         print(f"broadcast:  {h.last_broadcast_period} queued {_when(h.last_broadcast_at)} UTC; {done}")
-    print(f"roster:     {h.sscs} SSCs of {h.subscribed_cctlds} ccTLDs")
+    print(f"roster:     {counted(h.sscs, 'SSC')} of {counted(h.subscribed_cctlds, 'ccTLD')}")
     print("rules:      " + ("; ".join(f"{name} {origin}" for name, origin in policy.items())
                             if policy is not None else "cannot be read (see problems)"))
     print("problems:   " + ("none" if not problems else problems[0]))
@@ -849,18 +875,24 @@ def cmd_person_erase(args: argparse.Namespace) -> int:
 
 
 def cmd_invite(args: argparse.Namespace) -> int:
-    from . import logs, outreach
+    from . import outreach
 
     region = args.region.upper() if args.region else None
     if region is not None and region not in cctlds.REGIONS:
         raise CliError(f"{args.region} is not a region: one of {', '.join(cctlds.REGIONS)}")
     cfg = load_config(args)
-    logs.setup(cfg["log.level"], stream=sys.stderr)  # stdout is the answer
     open_db(cfg).close()  # a clear error when there is no database yet
     try:
         done = outreach.run(cfg, region=region, dry_run=args.dry_run)
     except cctlds.CctldsError as e:
         raise CliError("; ".join(e.problems[:3])) from e
+    except outreach.IanaUnreachable as e:  # each lookup's whole reason is in the log above
+        sent = sum(i.skipped is None for i in e.done) if not args.dry_run else 0
+        if sent:
+            _wake_daemon(cfg)
+        raise CliError(f"stopped: IANA could not be asked for {counted(len(e.tlds), 'ccTLD')} in a row "
+                       f"({', '.join('.' + t for t in e.tlds)}), the last time: {e.reason}; "
+                       f"{counted(sent, 'invitation')} sent; try again when IANA can be reached") from e
     invited = [i for i in done if i.skipped is None]
     if invited and not args.dry_run:
         _wake_daemon(cfg)

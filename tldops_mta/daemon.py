@@ -189,7 +189,7 @@ class Daemon:
             new_sources = rules.sources(cfg.rules_dir)
         except (config_mod.ConfigError, rules.RulesError) as e:
             self.log.error("reload refused, keeping the running configuration",
-                           problems=getattr(e, "problems", [str(e)]).__str__())
+                           problems=str(e))  # each problem in words, "; " between
             return
         changed = [k for k, v in cfg.as_dict().items() if v != self.cfg.as_dict()[k]]
         if cfg["server.listen"] != self.cfg["server.listen"]:

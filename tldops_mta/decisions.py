@@ -22,6 +22,7 @@ from .live import Live
 from .policy import RosterEntry
 from .queue_states import FINAL, Actor, Event, State, move
 from .request_form import RequestForm, SscEntry
+from .texts import missing
 from .tlp import Tlp, for_reply
 
 PURPOSE_DECIDE = "decide"
@@ -113,7 +114,7 @@ def act(live: Live, conn: sqlite3.Connection, request_id: int, event: Event, by:
     now = time.time() if now is None else now
     r = load(conn, request_id)
     if r is None:
-        return Result(False, f"there is no request #{request_id}")
+        return Result(False, missing("request", request_id))
     if event is Event.DENY and r.state is State.APPROVED:
         event = Event.REVERSE  # "deny" on a self-administered approval takes it back
     m = move(r.state, event, by.actor)
@@ -178,11 +179,13 @@ def ask_validators(live: Live, conn: sqlite3.Connection, request_id: int, *, now
     assert r is not None
     expires = time.strftime("%Y-%m-%d %H:%M UTC",
                             time.gmtime(r.updated_at + float(live.cfg["validation.expire_after"])))
+    rule = decision_rule(str(live.cfg["validation.decision_auth"]))
     sent = 0
     for validator in live.cfg["validation.validators"]:
         decide_address = mailing.one_time_address(live, conn, PURPOSE_DECIDE, to=validator.lower(), now=now,
                                                   ttl=DECIDE_TOKEN_TTL, request_id=r.id, service="decide")
-        values: dict[str, object] = {**_summary(live, conn, r), "decide_address": decide_address}
+        values: dict[str, object] = {**_summary(live, conn, r), "decide_address": decide_address,
+                                     "decision_rule": rule}
         if template == "validator":
             values["expires"] = expires
             values["reminder"] = ("This is a reminder: the request has waited since "
@@ -193,6 +196,17 @@ def ask_validators(live: Live, conn: sqlite3.Connection, request_id: int, *, now
     if reminder:
         conn.execute("UPDATE requests SET reminded_at = ? WHERE id = ?", (now, r.id))
     return sent
+
+
+def decision_rule(decision_auth: str) -> str:
+    """What makes a Validator's reply by mail count, as ``validation.decision_auth`` is set
+    (decision_desk applies it): the mail tells the rule in force, not a fixed one."""
+    if decision_auth == "dkim-or-confirmation":
+        return ("Your reply counts only from your Validator address. With a valid DKIM signature of\n"
+                "your domain it counts at once; without one, you are first mailed a one-time\n"
+                "confirmation, and it counts when you answer that.")
+    return ("Your reply counts only from your Validator address, with a valid DKIM signature of\n"
+            "your domain.")
 
 
 def acknowledge(live: Live, conn: sqlite3.Connection, request_id: int, *, now: float,

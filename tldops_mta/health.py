@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import storage
+from .texts import counted
 
 SPOOL_STATUSES = ("received", "processing", "done", "rejected", "failed")
 OUTBOX_STATUSES = ("queued", "sent", "failed")
@@ -60,10 +61,10 @@ class Health:
         """What an operator should look at, in words; empty when all is well."""
         out = []
         if self.spool.get("failed", 0):
-            out.append(f"{self.spool['failed']} message(s) failed processing "
+            out.append(f"{counted(self.spool['failed'], 'message')} failed processing "
                        "(tldops spool list --status failed)")
         if self.outbox.get("failed", 0):
-            out.append(f"{self.outbox['failed']} outgoing mail(s) failed for good")
+            out.append(f"{counted(self.outbox['failed'], 'outgoing mail')} failed for good")
         if self.oldest_waiting_s is not None and self.oldest_waiting_s > 600:
             out.append(f"the oldest unprocessed message waits since {age_text(self.oldest_waiting_s)}")
         if self.oldest_queued_mail_s is not None and self.oldest_queued_mail_s > 3600:

@@ -335,7 +335,7 @@ def decide(live: Live, conn: sqlite3.Connection, held_id: int, release: bool, by
     row = conn.execute("SELECT spool_id, state, decided_by, author, subject, tlp, original_message_id, raw"
                        " FROM list_held WHERE id = ?", (held_id,)).fetchone()
     if row is None:
-        return Decided(False, f"there is no held post #{held_id}")
+        return Decided(False, texts.missing("held post", held_id))
     spool_id, state, decided_by, author, subject, label, original_id, raw = row
     if state != "held":
         return Decided(False, f"post #{held_id} was already {state} by {decided_by}")

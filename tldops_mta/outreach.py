@@ -23,6 +23,10 @@ from .tlp import Tlp
 
 DAY = 86400.0
 
+FAILURES_IN_A_ROW = 3
+"""IANA lookups that may fail one after the other before a run stops: past that, IANA is
+down or out of reach from here, and asking for each of some 300 ccTLDs only takes long."""
+
 
 @dataclass(frozen=True)
 class Invite:
@@ -37,6 +41,14 @@ class Invite:
     def as_dict(self) -> dict[str, object]:
         return {"tld": self.tld, "cctld": self.shown, "country": self.country, "region": self.region,
                 "admin": self.admin, "invited": self.skipped is None, "skipped": self.skipped}
+
+
+class IanaUnreachable(Exception):
+    """Lookups for several ccTLDs in a row failed: the run stopped (what it did so far is kept)."""
+
+    def __init__(self, tlds: list[str], reason: str, done: list[Invite]) -> None:
+        super().__init__(reason)
+        self.tlds, self.reason, self.done = tlds, reason, done
 
 
 def candidates(table: list[cctlds.Cctld], subscribed: set[str], day: dt.date, region: str | None
@@ -70,6 +82,7 @@ async def _run(live: Live, table: list[cctlds.Cctld], region: str | None, dry_ru
         last = await reader.run(stats.last_invitations)
         iana = IanaClient(cfg, writer, reader)
         out: list[Invite] = []
+        failed: list[str] = []
         for c in candidates(table, subscribed, day, region):
             base = Invite(c.tld, c.shown, c.country, c.region)
             why = too_soon(last.get(c.tld), now, interval)
@@ -79,8 +92,12 @@ async def _run(live: Live, table: list[cctlds.Cctld], region: str | None, dry_ru
             try:
                 contact = await iana.admin_contact(c.tld)
             except LookupUnavailable as e:
-                out.append(_with(base, skipped=f"IANA lookup unavailable now ({e.reason[:80]})"))
+                failed.append(c.tld)
+                if len(failed) == FAILURES_IN_A_ROW:
+                    raise IanaUnreachable(failed, e.reason, out) from e
+                out.append(_with(base, skipped=f"IANA lookup unavailable now ({e.reason})"))
                 continue
+            failed = []
             if contact.status != "ok" or not contact.email:
                 out.append(_with(base, skipped=f"IANA lists no administrative contact ({contact.status})"))
                 continue

@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from .texts import counted
+
 ERASED = "[erased]"
 
 
@@ -295,7 +297,7 @@ def erase(conn: sqlite3.Connection, address: str, *, by: str, reason: str, now: 
         " WHERE s.status IN ('received', 'processing') AND instr(lower(CAST(m.raw AS TEXT)), ?) > 0",
         (a,)).fetchone()[0]
     if busy:
-        raise EraseRefused(f"{busy} message(s) naming this address are still being processed; "
+        raise EraseRefused(f"mail naming this address is still being processed ({counted(busy, 'message')}); "
                            "try again once the spool has no waiting mail (tldops status)")
     found = find(conn, a)
     ids = found.ids

@@ -18,6 +18,7 @@ import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
 from .request_form import FormProblem, RequestForm, SscEntry
+from .texts import counted
 
 DEFAULTS: dict[str, Any] = {
     "ssc": {"max_per_cctld": 3, "min_per_cctld": 2},
@@ -123,7 +124,7 @@ def judge(form: RequestForm, tld: str, current: Sequence[RosterEntry],
                                     f"{high} are allowed", "Name fewer SSCs, or replace one.",
                                     private=True))
     elif 0 < len(roster) < low:
-        warnings.append(f"the ccTLD would have {len(roster)} SSC(s); {low} are expected")
+        warnings.append(f"the ccTLD would have {counted(len(roster), 'SSC')}; {low} are expected")
     emails = [r.email.lower() for r in roster]
     if len(set(emails)) != len(emails):
         problems.append(FormProblem(None, "the same address would hold two roles",

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from .iana import tld_labels
 from .policy import RosterEntry
 from .roster import ROLE_ORDER
+from .texts import counted
 
 CSV_FIELDS = ("cctld", "cctld_unicode", "role", "first_name", "last_name", "phone", "email")
 
@@ -55,7 +56,8 @@ def text(table: Sequence[Row], made_at: float, label: str) -> str:
     short lines (name and role; phone and address)."""
     tlds, sscs = counts(table)
     made = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(made_at))
-    out = [f"[{label}] TLD-OPS roster, {made}", f"{tlds} ccTLDs, {sscs} Security and Stability Contacts", ""]
+    out = [f"[{label}] TLD-OPS roster, {made}",
+           f"{counted(tlds, 'ccTLD')}, {counted(sscs, 'Security and Stability Contact')}", ""]
     current = None
     for r in table:
         if r.tld != current:

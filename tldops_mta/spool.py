@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import Any
 
 from .storage import Grouped
+from .texts import counted
 
 
 class Status(StrEnum):
@@ -82,11 +83,16 @@ class Outcome:
     log line after the commit ties the message to what it became."""
 
 
+WAITING = "waiting"
+"""What a person reads for a message deferred by ``waiting``: stored as received (the worker
+takes it up again), its reason says for which lookup."""
+
+
 def waiting(spool_id: int, service: str, reason: str, retry_after: float) -> Outcome:
     """A deferral: the message waits for a lookup (DNS, IANA) to work again, without using
     up an attempt. The wait counts from now, after the lookups: timed from before them,
     lookups that time out would use it up and the retry would follow at once."""
-    return Outcome(spool_id, Status.RECEIVED, f"waiting: {reason}"[:1000], (service,),
+    return Outcome(spool_id, Status.RECEIVED, f"{WAITING}: {reason}"[:1000], (service,),
                    retry_at=time.time() + retry_after, counts_attempt=False)
 
 
@@ -111,6 +117,14 @@ class Entry:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+    @property
+    def shown_status(self) -> str:
+        """The status as ``spool list`` shows it: ``waiting`` for a message deferred until a
+        lookup works again, instead of the ``received`` it is stored as."""
+        if self.status == Status.RECEIVED and (self.reason or "").startswith(f"{WAITING}: "):
+            return WAITING
+        return self.status
 
 
 def new_queue_id(now: float | None = None) -> str:
@@ -257,13 +271,14 @@ def finish(outcomes: Iterable[Outcome], now: float, retry_at: float, owner: str,
 
 
 def requeue(conn: sqlite3.Connection, spool_id: int, now: float, reason: str,
-            raw: bytes | None = None) -> None:
+            raw: bytes | None = None, *, keep_attempts: bool = False) -> None:
     """Back to 'received' for the worker, with an event saying why (an operator's retry, a
-    list post released or confirmed); ``raw`` puts back octets the retention purge took."""
+    list post released or confirmed); ``raw`` puts back octets the retention purge took.
+    ``keep_attempts``: the attempts so far still count (the next one adds to them)."""
     if raw is not None:
         conn.execute("INSERT OR IGNORE INTO spool_messages (id, raw) VALUES (?, ?)", (spool_id, raw))
-    conn.execute("UPDATE spool SET status = 'received', attempts = 0, next_attempt_at = 0,"
-                 " updated_at = ? WHERE id = ?", (now, spool_id))
+    conn.execute("UPDATE spool SET status = 'received', attempts = CASE WHEN ? THEN attempts ELSE 0 END,"
+                 " next_attempt_at = 0, updated_at = ? WHERE id = ?", (keep_attempts, now, spool_id))
     conn.execute("INSERT INTO spool_events (spool_id, at, status, reason) VALUES (?,?,?,?)",
                  (spool_id, now, Status.RECEIVED.value, reason))
 
@@ -274,10 +289,12 @@ def retry(queue_id: str, now: float) -> Callable[[sqlite3.Connection], bool]:
     def job(conn: sqlite3.Connection) -> bool:
         # A message whose octets the retention purge removed cannot be processed again.
         row = conn.execute(
-            "SELECT id FROM spool WHERE queue_id = ? AND status IN ('failed', 'rejected')"
+            "SELECT id, attempts FROM spool WHERE queue_id = ? AND status IN ('failed', 'rejected')"
             " AND EXISTS (SELECT 1 FROM spool_messages m WHERE m.id = spool.id)", (queue_id,)).fetchone()
         if row:
-            requeue(conn, row[0], now, "requeued by operator")
+            # Counted on, not from zero: the attempts column says how often it was processed.
+            requeue(conn, row[0], now, f"requeued by operator after {counted(row[1], 'attempt')}",
+                    keep_attempts=True)
         return row is not None
 
     return job

@@ -19,9 +19,9 @@ FIELDS: dict[str, frozenset[str]] = {
     "confirmation": frozenset({"tld", "admin", "requester", "subject", "date", "why", "request",
                                "confirm_address", "expires"}),
     "validator": frozenset({"id", "tld", "action", "requester", "evidence", "diff", "warnings",
-                            "decide_address", "expires", "reminder"}),
+                            "decide_address", "decision_rule", "expires", "reminder"}),
     "applied": frozenset({"id", "tld", "action", "requester", "evidence", "diff", "warnings",
-                          "decide_address"}),
+                          "decide_address", "decision_rule"}),
     "escalation": frozenset({"id", "tld", "action", "requester", "evidence", "diff", "warnings",
                              "reason", "validator"}),
     "received": frozenset({"id", "tld", "action", "diff", "withdraw_address"}),
@@ -89,3 +89,14 @@ def render(rules: Mapping[str, Mapping[str, Any]], name: str,
         return _PLACEHOLDER.sub(lambda m: filled.get(m.group(1), m.group(0)), text)
 
     return " ".join(fill(str(t["subject"])).split()), fill(str(t["body"]).lstrip("\n"))
+
+
+def counted(n: int, noun: str, nouns: str | None = None) -> str:
+    """``1 ccTLD``, ``3 ccTLDs``: a count with its noun in the number it needs; ``nouns`` for
+    the plurals that are not the noun plus s."""
+    return f"{n} {noun if n == 1 else nouns or noun + 's'}"
+
+
+def missing(what: str, ident: object) -> str:
+    """``no request 99``: how every command and desk says that what it was given does not exist."""
+    return f"no {what} {ident}"
