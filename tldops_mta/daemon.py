@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import config as config_mod
-from . import health, logs, mailman, metrics, rules, spool, storage, work_due
+from . import config_files, health, logs, mailman, metrics, rules, spool, storage, work_due
 from .children import AppenderProcess, WorkerProcess
 from .smtp_server import Runtime
 from .systemd_notify import Notifier, take_environment
@@ -43,6 +43,9 @@ class Daemon:
         self.config_path = config_path
         self.overrides = dict(overrides)
         self.cfg = config_mod.load(config_path, self.overrides)
+        files = config_files.problems(self.cfg)
+        if files:
+            raise config_mod.ConfigError(files)  # before anything starts
         self.rules = rules.load(self.cfg.rules_dir)
         self.log = logs.get("daemon")
         self._stop = asyncio.Event()
@@ -179,6 +182,9 @@ class Daemon:
     def _reload(self, rt: Runtime, worker: WorkerProcess, appender: AppenderProcess) -> None:
         try:
             cfg = config_mod.load(self.config_path, self.overrides)
+            files = config_files.problems(cfg)
+            if files:
+                raise config_mod.ConfigError(files)
             new_rules = rules.load(cfg.rules_dir)
         except (config_mod.ConfigError, rules.RulesError) as e:
             self.log.error("reload refused, keeping the running configuration",
