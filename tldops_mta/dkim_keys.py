@@ -77,7 +77,7 @@ def read_key(data: bytes) -> OwnKey:
         return _ed25519(key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
                                           serialization.NoEncryption()))
     if not isinstance(key, rsa.RSAPrivateKey):
-        raise KeyFileError(f"a {type(key).__name__.removeprefix('_')} key; DKIM signs with RSA or Ed25519")
+        raise KeyFileError("neither an RSA nor an Ed25519 key, the two DKIM signs with")
     if key.key_size < MIN_RSA_BITS:
         raise KeyFileError(f"an RSA key of {key.key_size} bits; at least {MIN_RSA_BITS} (2048 advised)")
     pkcs1 = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
@@ -153,20 +153,20 @@ def record_problem(record: bytes, key: OwnKey) -> str | None:
     try:
         tags: dict[bytes, bytes] = dkim.util.parse_tag_value(record)
     except Exception:  # dkimpy's InvalidTagValueList, and others from odd input
-        return "the record is not a DKIM key record (its tags do not parse)"
+        return "it is not a DKIM key record (its tags do not parse)"
     if tags.get(b"v", b"DKIM1").strip() != b"DKIM1":
-        return "the record is not a DKIM key record (v= is not DKIM1)"
+        return "it is not a DKIM key record (v= is not DKIM1)"
     p = re.sub(rb"\s+", b"", tags.get(b"p", b""))
     if not p:
-        return "the record has no key (p= is empty: revoked)"
+        return "it has no key (p= is empty: revoked)"
     want = dict(_tags(key.record))
     kind = tags.get(b"k", b"rsa").strip().decode("ascii", "replace")
     if kind != want["k"]:
-        return f"the record is for k={kind}, dkim.key is k={want['k']}"
+        return f"it is for k={kind}, the key is k={want['k']}"
     if p.decode("ascii", "replace") != want["p"] and not _same_rsa_key(p, want["p"]):
-        return "the record publishes another key than dkim.key"
+        return "it publishes another key"
     if b"y" in {f.strip() for f in tags.get(b"t", b"").split(b":")}:
-        return "the record is in testing mode (t=y): receivers treat our mail as unsigned"
+        return "it is in testing mode (t=y): receivers treat our mail as unsigned"
     return None
 
 
