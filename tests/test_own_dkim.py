@@ -298,3 +298,16 @@ def test_the_flows_check_the_daemon_key_published_in_dns(dns_server: DnsServer) 
     assert own_dkim.assert_signed([good], dns_server) == 1
     with pytest.raises(AssertionError, match="does not verify"):
         own_dkim.assert_signed([good.replace(b"\r\n\r\nb", b"\r\n\r\nc")], dns_server)
+
+
+def test_the_fast_rsa_signature_is_dkimpys_to_the_octet() -> None:
+    import hashlib
+
+    from dkim.crypto import RSASSA_PKCS1_v1_5_sign, parse_pem_private_key
+
+    for n in range(3):
+        private = parse_pem_private_key(rsa_key(2048, n).private)
+        for text in (b"", b"a header hash", bytes(range(256))):
+            digest = hashlib.sha256(text)
+            fast = dkim_keys.fast_rsassa_pkcs1_v1_5_sign(digest, private)
+            assert fast == RSASSA_PKCS1_v1_5_sign(digest, private)

@@ -156,8 +156,10 @@ def flow(workdir: Path, rules_edit: tuple[str, str, str] | None = None, **settin
             if own:
                 own_dkim.publish(env.dns)
             yield Flow(env, sink, workdir)
-            # What was sent, and what the outbox holds (signed before it was stored).
-            stored = env.d.query("SELECT raw FROM outbox_messages WHERE length(raw) > 0")
+            # What was sent, and what the outbox holds (signed before it was stored), and the
+            # broadcast's post to a Mailman list (which goes by LMTP, not through the outbox).
+            stored = env.d.query("SELECT raw FROM outbox_messages WHERE length(raw) > 0"
+                                 " UNION ALL SELECT raw FROM mailman_posts WHERE length(raw) > 0")
             own_dkim.assert_signed([*(r.data for r in sink.received), *(bytes(r[0]) for r in stored)],
                                    env.dns)
     finally:

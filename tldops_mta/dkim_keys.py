@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import dkim  # type: ignore[import-untyped]
+import dkim.crypto  # type: ignore[import-untyped]
+import dkim.util  # type: ignore[import-untyped]
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 if TYPE_CHECKING:
     from .config import Config
@@ -105,7 +110,18 @@ def _ed25519(seed: bytes) -> OwnKey:
 
 
 def read_key_file(path: Path) -> OwnKey:
-    """The key in ``path``; KeyFileError (its reason) when it cannot be read or used."""
+    """The key in ``path``; KeyFileError (its reason) when it cannot be read or used. Read
+    again only when the file changed: loading an RSA key (OpenSSL checks it) takes tens of
+    milliseconds, more than signing."""
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise KeyFileError(f"cannot read {path}: {e.strerror}") from e
+    return _read_key_file(path, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_key_file(path: Path, _inode: int, _mtime_ns: int, _size: int) -> OwnKey:
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -129,8 +145,6 @@ def header_list(raw: bytes) -> list[bytes]:
 
 def sign(raw: bytes, *, domain: str, selector: str, key: OwnKey) -> bytes:
     """``raw`` with a DKIM-Signature on top (relaxed/simple), over ``header_list(raw)``."""
-    import dkim  # type: ignore[import-untyped]
-
     header = dkim.sign(raw, selector.encode(), domain.encode(), key.private,
                        signature_algorithm=key.algorithm, include_headers=header_list(raw))
     return bytes(header) + raw
@@ -146,10 +160,31 @@ def sign_outgoing(cfg: Config, raw: bytes) -> bytes:
                 key=read_key_file(path))
 
 
+@functools.lru_cache(maxsize=4)
+def _openssl_key(n: int, e: int, d: int, p: int, q: int, dmp1: int, dmq1: int,
+                 iqmp: int) -> rsa.RSAPrivateKey:
+    # Checked when the key file was read (read_key): not again at each signature.
+    return rsa.RSAPrivateNumbers(p, q, d, dmp1, dmq1, iqmp, rsa.RSAPublicNumbers(e, n)).private_key(
+        unsafe_skip_rsa_key_validation=True)
+
+
+def fast_rsassa_pkcs1_v1_5_sign(hash: Any, private_key: dict[str, int]) -> bytes:
+    """dkimpy's ``RSASSA_PKCS1_v1_5_sign`` (RFC 8017 8.2.1) by OpenSSL: the same octets (the
+    scheme is deterministic) in a tenth of the time of dkimpy's arithmetic, about 6 ms a mail."""
+    if str(hash.name).lower() != "sha256":
+        return bytes(dkim.crypto.RSASSA_PKCS1_v1_5_sign(hash, private_key))
+    k = private_key
+    key = _openssl_key(k["modulus"], k["publicExponent"], k["privateExponent"], k["prime1"], k["prime2"],
+                       k["exponent1"], k["exponent2"], k["coefficient"])
+    return key.sign(hash.digest(), padding.PKCS1v15(), Prehashed(hashes.SHA256()))
+
+
+# dkimpy's gen_header calls the name in its module: this process signs with the faster one.
+dkim.RSASSA_PKCS1_v1_5_sign = fast_rsassa_pkcs1_v1_5_sign
+
+
 def record_problem(record: bytes, key: OwnKey) -> str | None:
     """None when the published TXT ``record`` publishes ``key``; else what is wrong, briefly."""
-    import dkim.util  # type: ignore[import-untyped]
-
     try:
         tags: dict[bytes, bytes] = dkim.util.parse_tag_value(record)
     except Exception:  # dkimpy's InvalidTagValueList, and others from odd input
