@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import smtplib
 import subprocess
 import sys
 from collections.abc import Callable
@@ -311,3 +312,28 @@ def test_the_fast_rsa_signature_is_dkimpys_to_the_octet() -> None:
             digest = hashlib.sha256(text)
             fast = dkim_keys.fast_rsassa_pkcs1_v1_5_sign(digest, private)
             assert fast == RSASSA_PKCS1_v1_5_sign(digest, private)
+
+
+def test_a_reload_naming_a_missing_key_is_refused_and_no_mail_goes_out_unsigned(
+        start_daemon: Callable[..., Any], tmp_path: Path, dns_server: DnsServer) -> None:
+    import shutil
+    import signal
+
+    own_dkim.publish(dns_server)
+    d = start_daemon({**own_dkim.key_settings(tmp_path / "keys"), "worker.retry_base": 0.2})
+    gone = tmp_path / "gone.key"
+    write_config(d.config_path, {**d.settings, "dkim.key": str(gone)})
+    mark = d.mark()
+    d.signal(signal.SIGHUP)
+    refused = d.wait_for("reload refused, keeping the running configuration", after=mark)
+    assert "dkim.key" in str(refused["problems"]) and "gone.key" in str(refused["problems"])
+    # A worker started later reads the file: the mail it writes waits for the key (it is
+    # never sent unsigned), and goes, signed, once the key is there.
+    with smtplib.SMTP(d.host, d.port, timeout=10) as s:
+        s.sendmail("jane@nic.example", [f"help@{DOMAIN}"],
+                   b"From: jane@nic.example\r\nSubject: help\r\n\r\nhow?\r\n")
+    d.wait_for("outcome not recorded, will retry", lambda r: "gone.key" in r.get("reason", ""), after=mark)
+    assert d.query("SELECT count(*) FROM outbox_messages") == [(0,)]
+    shutil.copy(tmp_path / "keys" / "daemon-dkim.key", gone)
+    d.wait_for("mail delivered", after=mark)
+    assert own_dkim.assert_signed(own_dkim.outgoing_files(d.state_dir), dns_server) == 1
