@@ -284,9 +284,10 @@ SCHEMA: tuple[Key, ...] = (
         "From domain's organisational domain (public suffix list)."),
     Key("dkim", "key", "", _path_or_empty,
         "Private key that signs every mail the daemon sends, once, when it is written (`tldops "
-        "dkim keygen` makes one: RSA-2048 PEM or Ed25519); by server.domain, over From, To, "
-        "Subject, Date, Message-ID and the other fields a reader sees, From and those five "
-        "over-signed. Publish it (docs/deploy.md) and compare with `tldops dkim check`. Empty: "
+        "dkim keygen` makes one: RSA-2048 PEM or Ed25519); by server.domain, over From, To, the "
+        "labelled Subject, Date, Message-ID and the other fields a reader sees, those named once "
+        "more than present (over-signed: a second From cannot be added). Publish it "
+        "(docs/deploy.md) and compare with `tldops dkim check`. Empty: "
         "broadcast.dkim_key, its old name; both empty: mail goes out unsigned. Both set to "
         "different values: refused.", file="dkim-key"),
     Key("dkim", "selector", "tldops", _string(r"[a-z0-9][a-z0-9-]{0,62}", "a DNS label"),
