@@ -7,8 +7,10 @@ import smtplib
 import tomllib
 from pathlib import Path
 
+import own_dkim
 import pytest
 from daemon_proc import DOMAIN, DaemonProc
+from dns_server import DnsServer
 
 from tldops_mta.request_form import parse_form
 
@@ -35,8 +37,10 @@ def help_mails(d: DaemonProc) -> list[tuple[str, str]]:
         " ON m.id = d.message_id WHERE m.purpose = 'help'")]
 
 
-def test_help_sends_the_form_once_a_day(start_daemon) -> None:
-    d = start_daemon()  # the texts as shipped in rules/replies.toml
+def test_help_sends_the_form_once_a_day(start_daemon, tmp_path: Path, dns_server: DnsServer) -> None:
+    own_dkim.publish(dns_server)
+    # The texts as shipped in rules/replies.toml; the answer signed with the daemon's key.
+    d = start_daemon(own_dkim.key_settings(tmp_path / "keys"))
     ask(d, "jane@nic.example")
     d.wait_for("mail delivered")
     files = list((d.state_dir / "outgoing").glob("*.eml"))
@@ -48,6 +52,7 @@ def test_help_sends_the_form_once_a_day(start_daemon) -> None:
     # The form in it is one the daemon reads without a single problem.
     form = parse_form(body)
     assert form.ok and form.action == "subscribe", form.problems
+    assert own_dkim.assert_signed(own_dkim.outgoing_files(d.state_dir), dns_server) == 1
     # Asking again the same day: no second mail (no backscatter to forged senders).
     ask(d, "jane@nic.example")
     assert help_mails(d) == [("", "jane@nic.example")]

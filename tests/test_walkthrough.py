@@ -15,8 +15,10 @@ from collections.abc import Iterator
 from email.message import Message
 from pathlib import Path
 
+import own_dkim
 import pytest
 from daemon_proc import DaemonProc
+from dns_server import DnsServer
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 DOCS = EXAMPLES.parent / "docs"
@@ -50,10 +52,12 @@ def send(d: DaemonProc, sender: str, to: str, body: str) -> None:
                                   f"Date: Wed, 25 Nov 2026 12:00:00 +0000\r\n\r\n{body}").encode())
 
 
-def test_the_walkthrough_works_as_written(tmp_path: Path, demo_iana: int) -> None:
+def test_the_walkthrough_works_as_written(tmp_path: Path, demo_iana: int, dns_server: DnsServer) -> None:
     demo = tomllib.loads((EXAMPLES / "demo.toml").read_text())
     settings = {f"{section}.{key}": value for section, table in demo.items() for key, value in table.items()}
     settings["iana.rdap_url"] = f"http://127.0.0.1:{demo_iana}/"
+    settings.update(own_dkim.key_settings(tmp_path / "keys"))  # every mail it writes is checked
+    own_dkim.publish(dns_server)
     d = DaemonProc(tmp_path, settings).start()
     try:
         # 2. the request, From the address the stand-in IANA gives for .mt, unsigned
@@ -84,6 +88,9 @@ def test_the_walkthrough_works_as_written(tmp_path: Path, demo_iana: int) -> Non
                                                   (DOCS / "walkthrough.md").read_text(), re.MULTILINE)]
         d.wait_count("mail delivered", len(listed))
         assert sorted(p.name for p in (d.state_dir / "outgoing").glob("*.eml")) == listed
+        # The confirmation request, the Validator's mail and its confirmation, the welcomes,
+        # the outcome: each signed with the daemon's key as it was written.
+        assert own_dkim.assert_signed(own_dkim.outgoing_files(d.state_dir), dns_server) >= 6
     finally:
         d.stop()
 

@@ -22,6 +22,7 @@ from email.utils import make_msgid
 from pathlib import Path
 from typing import Any
 
+import own_dkim
 import pytest
 from auth_env import ADMIN, ATTACKER, SELECTOR, AuthEnv, auth_daemon, form, now_date, request
 from daemon_proc import DOMAIN, SHIPPED_RULES
@@ -142,13 +143,25 @@ def flow(workdir: Path, rules_edit: tuple[str, str, str] | None = None, **settin
         text = path.read_text("utf-8")
         assert rules_edit[1] in text
         path.write_text(text.replace(rules_edit[1], rules_edit[2]), "utf-8")
+    # The daemon's own DKIM key, unless the test brings one (the broadcast's and the list's
+    # tests publish what `tldops dkim keygen` printed): every mail it sent is checked at the end.
+    own = {} if "dkim.key" in settings or "broadcast.dkim_key" in settings else \
+        own_dkim.key_settings(workdir / "keys")
     sink = SmtpSink()
     try:
         with auth_daemon(workdir, **{
                 "outbox.smarthost": f"127.0.0.1:{sink.port}", "outbox.smarthost_tls": "none",
                 "validation.validators": [VALIDATOR, OTHER_VALIDATOR],
-                "validation.committee": COMMITTEE, "worker.retry_base": 0.2, **settings}) as env:
+                "validation.committee": COMMITTEE, "worker.retry_base": 0.2, **own, **settings}) as env:
+            if own:
+                own_dkim.publish(env.dns)
             yield Flow(env, sink, workdir)
+            # What was sent, and what the outbox holds (signed before it was stored), and the
+            # broadcast's post to a Mailman list (which goes by LMTP, not through the outbox).
+            stored = env.d.query("SELECT raw FROM outbox_messages WHERE length(raw) > 0"
+                                 " UNION ALL SELECT raw FROM mailman_posts WHERE length(raw) > 0")
+            own_dkim.assert_signed([*(r.data for r in sink.received), *(bytes(r[0]) for r in stored)],
+                                   env.dns)
     finally:
         sink.stop()
 

@@ -52,7 +52,7 @@ def reply(live: Live, p: spool.Pending, facts: MessageFacts, *, kind: str, subje
                      (kind, to.lower(), now))
         raw = outbox.compose(from_addr=from_addr, to=to, body=body, domain=domain, tlp=label,
                              subject=subject, in_reply_to=in_reply_to, auto="auto-replied")
-        outbox.enqueue(raw, "", [to], kind, ref=queue_id)(conn)
+        outbox.enqueue(raw, "", [to], kind, ref=queue_id, cfg=cfg)(conn)
 
     return job
 

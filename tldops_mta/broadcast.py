@@ -1,4 +1,4 @@
-"""The roster broadcast: claim a period, build the mail once, sign it once, queue it to all.
+"""The roster broadcast: claim a period, build the mail once, queue it (signed once) to all.
 
 Exactly once per period: the claim (a row in ``broadcasts``, unique per period) and the
 mail with one delivery per SSC are written in one transaction. A crash before the commit
@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
-from pathlib import Path
 from typing import Any
 
 from . import logs, mailman, outbox
@@ -61,12 +60,12 @@ class Built:
 
 
 def build(conn: sqlite3.Connection, cfg: Config, now: float, period: str, to: str | None = None) -> Built:
-    """The broadcast mail: the roster as text, with CSV and vCard attached, labelled and
-    (when a key is configured) DKIM-signed. Built once, whatever the number of SSCs.
+    """The broadcast mail: the roster as text, with CSV and vCard attached, labelled. Built
+    once, whatever the number of SSCs, and signed once where it is queued (outbox.enqueue).
     ``to``: the To header (the Mailman list's address when it is posted there)."""
     # Imported here: the SMTP process imports this module (work_due) only to ask when the
-    # next period is, and must stay small (the formats pull in vobject, signing cryptography).
-    from . import dkim_keys, roster, roster_formats
+    # next period is, and must stay small (the formats pull in vobject).
+    from . import roster, roster_formats
 
     tlds = [r[0] for r in conn.execute("SELECT DISTINCT tld FROM roster ORDER BY tld")]
     table = roster_formats.rows({tld: roster.current(conn, tld) for tld in tlds})
@@ -90,9 +89,6 @@ def build(conn: sqlite3.Connection, cfg: Config, now: float, period: str, to: st
     msg.add_attachment(roster_formats.to_vcard(table).encode(), maintype="text", subtype="vcard",
                        filename="tld-ops-roster.vcf")
     raw = msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
-    if cfg["broadcast.dkim_key"]:
-        raw = dkim_keys.sign(raw, domain=domain, selector=str(cfg["broadcast.dkim_selector"]),
-                             key_file=Path(cfg["broadcast.dkim_key"]))
     recipients = list(dict.fromkeys(r.entry.email.lower() for r in table))
     return Built(raw, recipients, label)
 
@@ -107,15 +103,17 @@ def claim_and_queue(conn: sqlite3.Connection, cfg: Config, period: str, kind: st
     bounces = str(cfg["addresses.bounces"])
     if mailman.enabled(cfg):
         # One post to the list (Mailman delivers it to its members, the roster's SSCs).
+        from . import dkim_keys  # the post skips the outbox: signed as outbox.enqueue signs
+
         built = build(conn, cfg, now, period, to=str(cfg["mailman.list"]))
-        mailman.queue_post(conn, period, built.raw, f"{bounces}@{domain}", now)
+        mailman.queue_post(conn, period, dkim_keys.sign_outgoing(cfg, built.raw), f"{bounces}@{domain}", now)
         conn.execute("INSERT INTO broadcasts (period, kind, claimed_at, outbox_message_id, recipients, tlp)"
                      " VALUES (?,?,?,NULL,?,?)", (period, kind, now, len(built.recipients),
                                                   built.label.label))
         return len(built.recipients)
     built = build(conn, cfg, now, period)
     message_id = outbox.enqueue(built.raw, f"{bounces}@{domain}", built.recipients, "broadcast",
-                                ref=period)(conn)
+                                ref=period, cfg=cfg)(conn)
     conn.execute("UPDATE outbox_deliveries SET mail_from = ? || '+b' || id || '@' || ?"
                  " WHERE message_id = ?", (bounces, domain, message_id))
     conn.execute("INSERT INTO broadcasts (period, kind, claimed_at, outbox_message_id, recipients, tlp)"
@@ -131,7 +129,8 @@ PURPOSE_WHO = "who"
 def send_one(conn: sqlite3.Connection, cfg: Config, to: str, now: float) -> None:
     """The broadcast's mail, built now for one SSC (a who@ query), through the outbox."""
     built = build(conn, cfg, now, f"who-{int(now)}")
-    outbox.enqueue(built.raw, f"{cfg['addresses.bounces']}+who@{cfg['server.domain']}", [to], "who")(conn)
+    outbox.enqueue(built.raw, f"{cfg['addresses.bounces']}+who@{cfg['server.domain']}", [to], "who",
+                   cfg=cfg)(conn)
 
 
 def status(conn: sqlite3.Connection, limit: int = 20) -> list[dict[str, Any]]:

@@ -196,12 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
                 "broadcast, roster; exit 1 when something needs a look", json=True)
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("dkim", help="the daemon's own DKIM key (for the broadcast)")
+    p = sub.add_parser("dkim", help="the daemon's own DKIM key, which signs every mail it sends")
     ksub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     k = _action(ksub, "keygen", help="make a key pair; print the DNS TXT record to publish")
     k.add_argument("--type", choices=["rsa", "ed25519"], default="rsa", help="RSA-2048 or Ed25519")
     k.add_argument("--out", type=Path, required=True, help="file for the private key (created 0600)")
     k.set_defaults(func=cmd_dkim_keygen)
+    k = _action(ksub, "check", help="look the published TXT record up in DNS and compare it with "
+                "dkim.key; exit 1 when it is missing or differs", json=True)
+    k.set_defaults(func=cmd_dkim_check)
 
     p = sub.add_parser("iana", help="IANA administrative contacts of ccTLDs")
     isub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -316,18 +319,25 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     except config_mod.ConfigError as e:
         problems += [str(p) for p in e.problems]
     if cfg is not None:
+        from . import config_files
+
+        problems += [str(p) for p in config_files.problems(cfg)]
         try:
             rules.load(cfg.rules_dir)
         except rules.RulesError as e:
             problems += [f"rules: {p}" for p in e.problems]
+    notes = ["no dkim.key: the mail the daemon sends goes out without a DKIM signature"
+             ] if cfg is not None and cfg.dkim_key is None else []
     if args.json:
-        _print_json({"ok": not problems, "problems": problems,
+        _print_json({"ok": not problems, "problems": problems, "notes": notes,
                      "source": str(args.config) if args.config else None})
     elif problems:
         for p in problems:
             print(p, file=sys.stderr)
     else:
         print(f"configuration OK ({args.config or 'built-in defaults'})")
+        for note in notes:
+            print(f"note: {note}")
     return EXIT_ERROR if problems else EXIT_OK
 
 
@@ -639,10 +649,50 @@ def cmd_dkim_keygen(args: argparse.Namespace) -> int:
     fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(private)
-    selector = cfg["broadcast.dkim_selector"]
-    print(f"private key written to {args.out}; set broadcast.dkim_key to it. Publish:")
+    selector = cfg.dkim_selector
+    print(f"private key written to {args.out}; set dkim.key to it. Publish:")
     chunks = " ".join(f'"{record[i:i + 250]}"' for i in range(0, len(record), 250))  # 255 a string
     print(f'{selector}._domainkey.{cfg["server.domain"]}. IN TXT ( {chunks} )')
+    return EXIT_OK
+
+
+def cmd_dkim_check(args: argparse.Namespace) -> int:
+    """The record DNS publishes for the daemon's key, against the key (the resolver the
+    daemon uses: dns.nameservers, else /etc/resolv.conf)."""
+    import asyncio
+
+    from . import dkim_keys
+    from .dkim_verify import KeyRecordError, KeyResolver, KeyTemporaryError
+
+    cfg = load_config(args)
+    path = cfg.dkim_key
+    if path is None:
+        raise CliError("no DKIM key configured (dkim.key): the mail the daemon sends goes out unsigned")
+    try:
+        key = dkim_keys.read_key_file(path)
+    except dkim_keys.KeyFileError as e:
+        raise CliError(f"dkim.key: {e}") from e
+    name = f"{cfg.dkim_selector}._domainkey.{cfg['server.domain']}"
+    problem: str | None
+    try:
+        record = asyncio.run(KeyResolver.from_config(cfg).fetch(name))
+    except KeyTemporaryError as e:
+        raise CliError(f"cannot look up the TXT record at {name} now: {e}") from e
+    except KeyRecordError as e:
+        record, problem = None, str(e)
+    else:
+        problem = (f"no TXT record at {name}: publish the key there" if record is None
+                   else dkim_keys.record_problem(record, key))
+        if problem is not None and record is not None:
+            problem = f"the TXT record at {name} does not match {path}: {problem}"
+    if args.json:
+        _print_json({"ok": problem is None, "name": name, "key": str(path), "problem": problem,
+                     "published": None if record is None else record.decode("ascii", "replace"),
+                     "expected": key.record})
+        return EXIT_ERROR if problem else EXIT_OK
+    if problem is not None:
+        raise CliError(problem)
+    print(f"the TXT record at {name} publishes {path}")
     return EXIT_OK
 
 

@@ -25,6 +25,11 @@ class Key:
     default: Any
     check: Check
     doc: str
+    file: str = ""
+    """The kind of file the key names (a kind of config_files.KINDS), "" for none: ``config
+    check`` and ``serve`` check that the file is there and holds that kind of content."""
+    under_state: bool = False
+    """A relative path is from storage.state_dir, not from the working directory."""
 
     @property
     def dotted(self) -> str:
@@ -196,8 +201,9 @@ SCHEMA: tuple[Key, ...] = (
     Key("server", "max_commands", 1000, _int_range(5, 1_000_000),
         "Commands in one connection. More get 421 4.7.0 and the connection is closed."),
     Key("server", "tls_cert", "", _path_or_empty,
-        "PEM certificate chain for STARTTLS. Empty: no STARTTLS."),
-    Key("server", "tls_key", "", _path_or_empty, "PEM private key for tls_cert."),
+        "PEM certificate chain for STARTTLS. Empty: no STARTTLS.", file="tls-cert"),
+    Key("server", "tls_key", "", _path_or_empty, "PEM private key for tls_cert (unencrypted).",
+        file="tls-key"),
     Key("server", "shutdown_grace", 10.0, _float_range(0, 600),
         "On SIGTERM, seconds to let transactions in DATA finish before closing."),
     Key("addresses", "requests", "requests", _string(_LOCAL, _LOCAL_DOC),
@@ -285,6 +291,17 @@ SCHEMA: tuple[Key, ...] = (
     Key("dkim", "alignment", "strict", _one_of("strict", "relaxed"),
         "strict: a signature counts only if d= is the From domain. relaxed: d= may be the "
         "From domain's organisational domain (public suffix list)."),
+    Key("dkim", "key", "", _path_or_empty,
+        "Private key that signs every mail the daemon sends, once, when it is written (`tldops "
+        "dkim keygen` makes one: RSA-2048 PEM or Ed25519); by server.domain, over From, To, the "
+        "labelled Subject, Date, Message-ID and the other fields a reader sees, those named once "
+        "more than present (over-signed: a second From cannot be added). Publish it "
+        "(docs/deploy.md) and compare with `tldops dkim check`. Empty: "
+        "broadcast.dkim_key, its old name; both empty: mail goes out unsigned. Both set to "
+        "different values: refused.", file="dkim-key"),
+    Key("dkim", "selector", "tldops", _string(r"[a-z0-9][a-z0-9-]{0,62}", "a DNS label"),
+        "Selector of dkim.key: its TXT record is SELECTOR._domainkey.DOMAIN. Left at \"tldops\": "
+        "broadcast.dkim_selector, its old name. Both changed to different values: refused."),
     Key("iana", "rdap_url", "https://rdap.iana.org/",
         _string(r"https?://[^\s]+/", "an http(s) URL ending in /"),
         "Base URL of IANA's RDAP service; domain/TLD is appended."),
@@ -319,7 +336,7 @@ SCHEMA: tuple[Key, ...] = (
         "Login for the smarthost (after TLS). Empty: no login."),
     Key("outbox", "smarthost_password_file", "", _path_or_empty,
         "File holding the smarthost password (its first line), so no secret sits in the "
-        "configuration."),
+        "configuration.", file="password"),
     Key("validation", "validators", ["validator@tld-ops.localhost"], _mailboxes,
         "The Validators' addresses: each waiting request is mailed to them, and only their "
         "DKIM-signed replies to decide+TOKEN@ count. The default is a placeholder that "
@@ -352,10 +369,10 @@ SCHEMA: tuple[Key, ...] = (
         "A daemon that was down when a broadcast was due sends it when it comes back, once, "
         "if that is within this many seconds of the due time (else the next one is awaited)."),
     Key("broadcast", "dkim_key", "", _path_or_empty,
-        "Private key the broadcast and the list's copies of posts are DKIM-signed with (`tldops "
-        "dkim keygen` makes one: RSA-2048 PEM or Ed25519). Empty: unsigned."),
+        "Old name of dkim.key, which signs every mail (the broadcast too); read when dkim.key "
+        "is empty.", file="dkim-key"),
     Key("broadcast", "dkim_selector", "tldops", _string(r"[a-z0-9][a-z0-9-]{0,62}", "a DNS label"),
-        "Selector of that key: its TXT record is SELECTOR._domainkey.DOMAIN."),
+        "Old name of dkim.selector; read when dkim.selector is left at \"tldops\"."),
     Key("broadcast", "tlp", "AMBER", _one_of("RED", "AMBER+STRICT", "AMBER", "GREEN", "CLEAR"),
         "The TLP label of the roster, in the Subject ([TLP:AMBER] ...) of every mail that "
         "carries roster data. A reply is never labelled less strictly than what it answers "
@@ -392,7 +409,8 @@ SCHEMA: tuple[Key, ...] = (
     Key("mailman", "user", "restadmin", _string(r"\S+", "a user name"),
         "User of the Mailman REST API."),
     Key("mailman", "password_file", "", _string(r".*", "a path, or \"\""),
-        "File holding the REST API password (first line; relative to state_dir unless absolute)."),
+        "File holding the REST API password (first line; relative to state_dir unless absolute).",
+        file="password", under_state=True),
     Key("mailman", "list", "", _string(r"|[^\s@]+@[^\s@]+", "LIST@DOMAIN, or \"\""),
         "The Mailman list (its posting address) whose members are the roster's SSCs."),
     Key("mailman", "lmtp", "127.0.0.1:8024",
@@ -476,6 +494,24 @@ class Config:
         """The operator's policy directory, or None: the shipped policy files only."""
         return Path(str(self["rules.dir"])) if self["rules.dir"] else None
 
+    def file_path(self, dotted: str) -> Path | None:
+        """The file a path key names, as the daemon opens it; None when the key is empty."""
+        value = str(self[dotted])
+        if not value:
+            return None
+        path = Path(value)
+        return self.state_dir / path if _BY_DOTTED[dotted].under_state and not path.is_absolute() else path
+
+    @property
+    def dkim_key(self) -> Path | None:
+        """The daemon's signing key: dkim.key, else its old name broadcast.dkim_key."""
+        return self.file_path("dkim.key") or self.file_path("broadcast.dkim_key")
+
+    @property
+    def dkim_selector(self) -> str:
+        """dkim.selector, else (left at its default) its old name broadcast.dkim_selector."""
+        return str(_aliased(self._values, "dkim.selector", "broadcast.dkim_selector"))
+
 
 def validate_values(values: Mapping[str, Any]) -> list[Problem]:
     problems: list[Problem] = []
@@ -494,7 +530,26 @@ def validate_values(values: Mapping[str, Any]) -> list[Problem]:
     if ours:
         problems.append(Problem("postmaster.forward_to", f"{ours[0]!r} is at server.domain: mail "
                                 "there comes back to this daemon; name an operator's own address"))
+    for new, old in ALIASES.items():
+        if new in values and old in values and _aliased(values, new, old) is None:
+            problems.append(Problem(new, f"{values[new]!r} and {old} = {values[old]!r} (its old name) "
+                                         "differ; set only " + new))
     return problems
+
+
+ALIASES = {"dkim.key": "broadcast.dkim_key", "dkim.selector": "broadcast.dkim_selector"}
+"""New name -> old name. The old one counts when the new one is left at its default; both
+set (neither at its default) to different values is a problem."""
+
+
+def _aliased(values: Mapping[str, Any], new: str, old: str) -> Any:
+    """The value in force of a key with an old name; None when the two disagree."""
+    default = _BY_DOTTED[new].default
+    if values[new] == default:
+        return values[old]
+    if values[old] != _BY_DOTTED[old].default and values[old] != values[new]:
+        return None
+    return values[new]
 
 
 def flatten(doc: Mapping[str, Any]) -> tuple[dict[str, Any], list[Problem]]:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import config as config_mod
-from . import health, logs, mailman, metrics, private_state, rules, spool, storage, work_due
+from . import config_files, health, logs, mailman, metrics, private_state, rules, spool, storage, work_due
 from .children import AppenderProcess, WorkerProcess
 from .smtp_server import Runtime
 from .systemd_notify import Notifier, take_environment
@@ -43,6 +43,9 @@ class Daemon:
         self.config_path = config_path
         self.overrides = dict(overrides)
         self.cfg = config_mod.load(config_path, self.overrides)
+        files = config_files.problems(self.cfg)
+        if files:
+            raise config_mod.ConfigError(files)  # before anything starts
         self.rules = rules.load(self.cfg.rules_dir)  # a rules.dir that cannot be read: no start
         self.rule_sources = rules.sources(self.cfg.rules_dir)
         self.log = logs.get("daemon")
@@ -185,6 +188,9 @@ class Daemon:
     def _reload(self, rt: Runtime, worker: WorkerProcess, appender: AppenderProcess) -> None:
         try:
             cfg = config_mod.load(self.config_path, self.overrides)
+            files = config_files.problems(cfg)
+            if files:
+                raise config_mod.ConfigError(files)
             new_rules = rules.load(cfg.rules_dir)
             new_sources = rules.sources(cfg.rules_dir)
         except (config_mod.ConfigError, rules.RulesError) as e:

@@ -29,8 +29,9 @@ The copy every SSC gets (the author too, so they see what the others saw):
   quarantine or reject, From becomes ``"Name via TLD-OPS" <list@DOMAIN>`` with Reply-To the
   author: the copy would otherwise fail DMARC at every SSC whose server enforces it. A DNS
   failure on that lookup makes the post wait, as key lookups do;
-- one DKIM signature by the list's domain (``broadcast.dkim_key``), made once, and one outbox
-  message with a delivery per SSC, each with its own return path (``bounces+b<delivery>@``).
+- one DKIM signature by the list's domain (the daemon's ``dkim.key``, as on all its mail),
+  made once where the copy is queued (outbox.enqueue), and one outbox message with a delivery
+  per SSC, each with its own return path (``bounces+b<delivery>@``).
 
 Nothing is archived: the report's TLP rules forbid public archives, and the ``list_posts``
 row keeps only what threading and de-duplication need (Message-IDs, author, label).
@@ -55,7 +56,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from email.header import decode_header, make_header
 from email.utils import formataddr, make_msgid
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import addresses, auto_reply, logs, mailing, outbox, spool, texts, tlp, who_desk
@@ -77,11 +77,6 @@ KEPT = frozenset({"from", "to", "cc", "subject", "date", "reply-to", "in-reply-t
                   "content-disposition"})
 """Header fields of the post that the copy carries (From, Subject and Reply-To may be changed)."""
 
-SIGNED = [b"from", b"reply-to", b"to", b"cc", b"subject", b"date", b"message-id", b"in-reply-to",
-          b"references", b"mime-version", b"content-type", b"content-transfer-encoding",
-          b"list-id", b"list-post", b"list-help", b"list-unsubscribe", b"precedence"]
-"""What the list's signature covers: all a reader sees, and the list's own fields."""
-
 STRICT_DMARC = frozenset({"quarantine", "reject"})
 MAX_REFERENCES = 50
 """Message-IDs of References looked up for a label to inherit: a thread's latest posts."""
@@ -93,7 +88,7 @@ _FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e]*):")
 
 @dataclass(frozen=True)
 class Post:
-    """The copy to distribute, built and signed once."""
+    """The copy to distribute, built once (and signed once, when it is queued)."""
 
     raw: bytes
     message_id: str
@@ -196,10 +191,8 @@ def answered_labels(conn: sqlite3.Connection, ids: Iterable[str]) -> list[tlp.Tl
 
 def build(live: Live, raw: bytes, subject: str, label: tlp.Tlp, author: addresses.Mailbox,
           rewrite_from: bool) -> Post:
-    """The copy of ``raw`` that every SSC gets (see the module's docstring), DKIM-signed
-    when a key is configured."""
-    from . import dkim_keys  # signing pulls in cryptography: only the worker needs it
-
+    """The copy of ``raw`` that every SSC gets (see the module's docstring), unsigned: it is
+    signed where it is queued, as every mail the daemon sends."""
     cfg = live.cfg
     domain = str(cfg["server.domain"])
     name = str(cfg["list.name"])
@@ -229,9 +222,6 @@ def build(live: Live, raw: bytes, subject: str, label: tlp.Tlp, author: addresse
             f"List-Unsubscribe: <mailto:{live.service_address('help')}?subject=removal>".encode(),
             b"Precedence: list"]
     copy = (b"\n".join(out) + b"\n\n" + body).replace(b"\n", b"\r\n")
-    if cfg["broadcast.dkim_key"]:
-        copy = dkim_keys.sign(copy, domain=domain, selector=str(cfg["broadcast.dkim_selector"]),
-                              key_file=Path(cfg["broadcast.dkim_key"]), headers=SIGNED)
     return Post(copy, message_id, label, rewrite_from)
 
 
@@ -252,7 +242,8 @@ def distribute(live: Live, post: Post, original_id: str, author: str, spool_id: 
         if cur.rowcount == 0:
             return 0
         rcpts = [r[0] for r in conn.execute("SELECT DISTINCT lower(email) FROM roster ORDER BY 1")]
-        message_id = outbox.enqueue(post.raw, f"{bounces}@{domain}", rcpts, "list", ref=queue_id)(conn)
+        message_id = outbox.enqueue(post.raw, f"{bounces}@{domain}", rcpts, "list", ref=queue_id,
+                                    cfg=cfg)(conn)
         # VERP as the broadcast's: a bounce names the delivery, so the SSC it is about.
         conn.execute("UPDATE outbox_deliveries SET mail_from = ? || '+b' || id || '@' || ?"
                      " WHERE message_id = ?", (bounces, domain, message_id))

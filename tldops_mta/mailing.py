@@ -38,4 +38,4 @@ def send(live: Live, conn: sqlite3.Connection, template: str, to: Sequence[str],
         raw = outbox.compose(from_addr=f"TLD-OPS <{sender}>", to=rcpt, subject=subject, body=body,
                              domain=str(live.cfg["server.domain"]), tlp=tlp, reply_to=reply_to,
                              auto=auto, in_reply_to=in_reply_to)
-        outbox.enqueue(raw, bounces, [rcpt], purpose, ref=ref)(conn)
+        outbox.enqueue(raw, bounces, [rcpt], purpose, ref=ref, cfg=live.cfg)(conn)

@@ -20,7 +20,6 @@ import smtplib
 import sqlite3
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from . import logs
@@ -64,12 +63,9 @@ def unarmed(conn: sqlite3.Connection, cfg: Config) -> bool:
 
 
 def _password(cfg: Config) -> str:
-    name = str(cfg["mailman.password_file"])
-    if not name:
+    path = cfg.file_path("mailman.password_file")
+    if path is None:
         return ""
-    path = Path(name)
-    if not path.is_absolute():
-        path = Path(cfg["storage.state_dir"]) / path
     lines = path.read_text("utf-8").splitlines()
     return lines[0].strip() if lines else ""
 

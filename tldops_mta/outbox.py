@@ -159,8 +159,16 @@ def _subject(subject: str) -> str:
 
 
 def enqueue(raw: bytes, mail_from: str, rcpts: Sequence[str], purpose: str,
-            ref: str | None = None) -> Callable[[sqlite3.Connection], int]:
-    """A writer job that queues ``raw`` for each recipient; returns the outbox message id."""
+            ref: str | None = None, *, cfg: Config) -> Callable[[sqlite3.Connection], int]:
+    """A writer job that queues ``raw`` for each recipient; returns the outbox message id.
+
+    Every mail the daemon sends comes through here: it is DKIM-signed here, once, with the
+    daemon's key (``cfg``'s ``dkim.key``), before its octets are stored, so each delivery
+    and each retry sends the same signed octets."""
+    if cfg.dkim_key is not None:
+        from . import dkim_keys  # signing pulls in dkimpy: the SMTP process never signs
+
+        raw = dkim_keys.sign_outgoing(cfg, raw)
 
     def job(conn: sqlite3.Connection) -> int:
         now = time.time()

@@ -93,7 +93,8 @@ def _record(live: Live, p: spool.Pending, facts: MessageFacts, service: Service,
         raw = outbox.compose(from_addr=f"TLD-OPS <{address}>", to=", ".join(operators),
                              subject=subject, body=body, domain=domain, tlp=label,
                              extra_headers=[("X-Loop", address)], attached=p.raw)
-        mid = outbox.enqueue(raw, bounces, operators, "postmaster-forward", ref=p.queue_id)(conn)
+        mid = outbox.enqueue(raw, bounces, operators, "postmaster-forward", ref=p.queue_id,
+                             cfg=live.cfg)(conn)
         conn.execute("UPDATE postmaster_mail SET outbox_id = ? WHERE spool_id = ?", (mid, p.id))
 
     return job

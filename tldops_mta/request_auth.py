@@ -237,7 +237,7 @@ class Authenticator:
             request_id = ids["request"] = request(conn)
             tokens.issue(token, PURPOSE_CONFIRM, request_id, admin, now=now, ttl=ttl)(conn)
             outbox.enqueue(raw, self.rt.service_address("bounces", f"r{request_id}"), [admin],
-                           "confirmation", ref=f"request-{request_id}")(conn)
+                           "confirmation", ref=f"request-{request_id}", cfg=cfg)(conn)
 
         return job
 
