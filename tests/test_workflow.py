@@ -345,6 +345,27 @@ def test_a_forged_validator_decision_without_dkim_does_not_count_and_the_validat
     assert "did not count" in _text(f.mail_to(VALIDATOR, "Request #1 (.mt)"))
 
 
+def test_a_decision_counts_only_from_the_validator_its_address_was_mailed_to(tmp_path: Path) -> None:
+    with flow(tmp_path, **{"validation.decision_auth": "dkim-or-confirmation"}) as f:
+        assert f.submit(form())[0] == "done"
+        mine = f.decide_address(VALIDATOR)
+        f.decide_address(OTHER_VALIDATOR)
+        queued = f.d.query("SELECT count(*) FROM outbox_messages")[0][0]
+        # The other Validator, DKIM-signed or not (which would ask them to confirm), with
+        # VALIDATOR's token: refused, told why, and nothing else happens.
+        for sign in (True, False):
+            status, reason = f.decide(mine, "approve", sender=OTHER_VALIDATOR, sign=sign)
+            assert status == "rejected" and "sent to another Validator" in reason, reason
+        told = [f.mail_to(OTHER_VALIDATOR, "Request #1 (.mt)", n) for n in (1, 2)]
+        assert all("sent to another Validator" in _text(m) for m in told)
+        assert f.d.query("SELECT count(*) FROM outbox_messages")[0][0] == queued + 2
+        assert f.state() == "awaiting-validator" and f.roster() == [] and len(f.events()) == 1
+        assert f.mails_to(OTHER_VALIDATOR, "Please confirm") == []
+        # The token is still its owner's.
+        assert f.decide(mine, "approve") == ("done", "request #1 approved")
+        assert f.events()[-1] == ("approve", "approved", "validator", "dkim")
+
+
 def test_where_configured_an_unsigned_decision_counts_after_a_token_confirmation(tmp_path: Path) -> None:
     with flow(tmp_path, **{"validation.decision_auth": "dkim-or-confirmation"}) as f:
         assert f.submit(form())[0] == "done"
