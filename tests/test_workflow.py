@@ -22,6 +22,7 @@ from email.utils import make_msgid
 from pathlib import Path
 from typing import Any
 
+import log_privacy
 import pytest
 from auth_env import ADMIN, ATTACKER, SELECTOR, AuthEnv, auth_daemon, form, now_date, request
 from daemon_proc import DOMAIN, SHIPPED_RULES
@@ -46,6 +47,8 @@ class Flow:
         self.workdir = workdir
         self.validator_key = rsa_key(2048, 2)
         env.publish(SELECTOR, "validators.example", self.validator_key)
+        self.cli_lines: list[str] = []
+        """What every ``tldops`` command printed (its log records are checked too)."""
 
     # -- sending --------------------------------------------------------------------------
 
@@ -81,9 +84,16 @@ class Flow:
         return self.env.processed(self.env.send(raw, mail_from=sender, rcpts=(address,)))
 
     def tldops(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "tldops_mta", *args, "--config",
+        done = subprocess.run([sys.executable, "-m", "tldops_mta", *args, "--config",
                                str(self.d.config_path)], capture_output=True, text=True,
                               timeout=60, cwd=self.workdir)
+        self.cli_lines += (done.stdout + done.stderr).splitlines()
+        return done
+
+    def personal_data_logged(self) -> list[str]:
+        """Log lines at info or above, the daemon's and the CLI's, that name an SSC."""
+        lines = log_privacy.shown(self.d.output()) + log_privacy.shown(self.cli_lines, records_only=True)
+        return log_privacy.leaks(lines, log_privacy.people((JANE, JOHN, MARY), self.d.db_path))
 
     # -- looking --------------------------------------------------------------------------
 
@@ -148,9 +158,12 @@ def flow(workdir: Path, rules_edit: tuple[str, str, str] | None = None, **settin
                 "outbox.smarthost": f"127.0.0.1:{sink.port}", "outbox.smarthost_tls": "none",
                 "validation.validators": [VALIDATOR, OTHER_VALIDATOR],
                 "validation.committee": COMMITTEE, "worker.retry_base": 0.2, **settings}) as env:
-            yield Flow(env, sink, workdir)
+            f = Flow(env, sink, workdir)
+            yield f
     finally:
         sink.stop()
+    # Whatever the test did, no SSC's address or phone number was logged at level info.
+    assert f.personal_data_logged() == []
 
 
 @pytest.fixture
@@ -521,6 +534,26 @@ def test_every_mail_is_labelled_and_never_less_strictly_than_what_it_answers(f: 
     # An unlabelled mail is RED, and so is the refusal that answers it.
     assert f.submit("Action: subscribe\r\nccTLD: mt\r\n")[0] == "rejected"
     assert str(f.mail_to(ADMIN, "not accepted")["Subject"]).startswith("[TLP:RED] ")
+
+
+# -- the logs -----------------------------------------------------------------------------------
+
+def test_a_smarthost_refusal_naming_an_ssc_is_logged_without_their_address(f: Flow) -> None:
+    """Postfix names the recipient in a refusal; the log keeps it redacted (the outbox
+    keeps it whole, for the operator who looks at that one mail)."""
+    def both_welcomes(event: str) -> None:
+        f.d.wait_for(event, lambda _r: len([r for r in f.d.lines if r.get("event") == event
+                                            and r.get("purpose") == "welcome"]) >= 2)
+
+    f.sink.answer("RCPT", "450 4.2.0 <{rcpt}>: Recipient address rejected: Greylisted")
+    assert f.submit(form())[0] == "done"
+    assert f.tldops("queue", "approve", "1").returncode == 0
+    both_welcomes("delivery deferred")
+    f.sink.answer("RCPT", "550 5.1.1 <{rcpt}>: Recipient address rejected: User unknown")
+    both_welcomes("delivery refused for good")
+    kept = f.d.query("SELECT last_error FROM outbox_deliveries WHERE rcpt = ?", (JANE[4],))
+    assert kept == [(f"550 5.1.1 <{JANE[4]}>: Recipient address rejected: User unknown",)]
+    assert f.personal_data_logged() == []
 
 
 # -- the audit log ------------------------------------------------------------------------------
