@@ -116,6 +116,7 @@ class DaemonProc:
         self.raw_lines: list[str] = []
         self._cond = threading.Condition()
         self.proc: subprocess.Popen[bytes] | None = None
+        self._pump_thread: threading.Thread | None = None
         self.addresses: list[str] = []
 
     # -- life --------------------------------------------------------------------------
@@ -129,7 +130,8 @@ class DaemonProc:
         self.proc = subprocess.Popen(
             [*self.wrapper, *self.command, "serve", "--config", str(self.config_path)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=self.cwd, env=env)
-        threading.Thread(target=self._pump, args=(self.proc,), daemon=True).start()
+        self._pump_thread = threading.Thread(target=self._pump, args=(self.proc,), daemon=True)
+        self._pump_thread.start()
         if wait_ready:
             self.wait_ready(timeout)
         return self
@@ -235,6 +237,14 @@ class DaemonProc:
                 if left <= 0 or (self.proc is not None and self.proc.poll() is not None):
                     raise AssertionError(f"saw {len(found)} of {n} {event!r} events")
                 self._cond.wait(min(left, 0.5))
+
+    def output(self) -> list[str]:
+        """Every line it wrote, over all its starts; all of them once it has exited (the
+        pipe is then read to its end)."""
+        if self._pump_thread is not None and self.proc is not None and self.proc.poll() is not None:
+            self._pump_thread.join(10)
+        with self._cond:
+            return list(self.raw_lines)
 
     def events(self, event: str) -> list[dict[str, Any]]:
         with self._cond:

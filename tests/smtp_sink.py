@@ -46,7 +46,8 @@ class SmtpSink:
         self.reply = DATA_OK
         """The answer to DATA; only a 250 keeps the message in ``received``."""
         self.rcpt_reply = RCPT_OK
-        """The answer to every RCPT; anything but 250 refuses the recipient."""
+        """The answer to every RCPT; anything but 250 refuses the recipient. ``{rcpt}`` in it
+        stands for the address (as Postfix names it: ``550 5.1.1 <{rcpt}>: ...``)."""
         self.attempts: list[tuple[str, tuple[str, ...], str]] = []
         """(command, recipients, reply) of every DATA, and of every refused RCPT."""
         self._cond = threading.Condition()
@@ -65,7 +66,7 @@ class SmtpSink:
         class Handler:
             async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
                                   rcpt_options: list[str]) -> str:
-                reply = sink.rcpt_reply
+                reply = sink.rcpt_reply.replace("{rcpt}", address)
                 if reply.startswith("250"):
                     envelope.rcpt_tos.append(address)
                 else:

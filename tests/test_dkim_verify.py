@@ -438,6 +438,18 @@ async def test_unparsable_header_with_a_signature(zone: DnsServer, resolver: Key
     assert "cannot be parsed" in s.reason
 
 
+async def test_unparsable_header_keeps_the_whole_folded_signature_as_evidence(
+        zone: DnsServer, resolver: KeyResolver) -> None:
+    """The evidence names d=, s= and a= even where they stand on continuation lines."""
+    folded = (b"DKIM-Signature: v=1; a=rsa-sha256;\r\n\tc=relaxed/relaxed;\r\n"
+              b" d=nic.example; s=s2048;\r\n\th=from:date:message-id; bh=AAAA;\r\n b=AAAA\r\n")
+    raw = b" leading fold\r\n" + folded + b"X-After: 1\r\n" + folded + message(FROM)
+    report = await check(raw, resolver)
+    assert [(s.domain, s.selector, s.algorithm, s.result) for s in report.signatures] == [
+        (ORG, SEL, "rsa-sha256", "permerror")] * 2
+    assert all("cannot be parsed" in s.reason for s in report.signatures)
+
+
 async def test_message_without_signature(resolver: KeyResolver) -> None:
     report = await check(message(FROM), resolver)
     assert report == DkimReport(())

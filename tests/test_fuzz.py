@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 from smtp_checks import deliver, spool_count
 from smtp_raw import RawClient, open_session
 
-from tldops_mta import request_form
+from tldops_mta import request_form, smtp_paths
+from tldops_mta.addresses import AddressError
 
 RUN = Path(__file__).resolve().parent / "fuzz" / "run"
 
@@ -49,6 +50,14 @@ def inputs(name: str, max_size: int) -> st.SearchStrategy[bytes]:
     return st.one_of(st.binary(max_size=max_size), _spliced(seeds.for_target(name)))
 
 
+@st.composite
+def _spliced_path(draw: st.DrawFn) -> str:
+    """An envelope path of the seeds with a little text put in somewhere."""
+    path = draw(st.sampled_from(seeds.ENVELOPE_PATHS))
+    i = draw(st.integers(0, len(path)))
+    return path[:i] + draw(st.text(max_size=4)) + path[i:]
+
+
 # -- property tests ----------------------------------------------------------------------------
 
 @fast(2000)
@@ -61,6 +70,20 @@ def test_address_parser_refuses_or_reads_a_plain_address(data: bytes) -> None:
 @given(value=st.text(max_size=200))
 def test_address_parser_on_any_text(value: str) -> None:
     targets.check_address(value)
+
+
+@fast(1000)
+@given(path=st.one_of(st.text(max_size=80).map(lambda t: "<" + t), _spliced_path()), reverse=st.booleans())
+def test_envelope_path_is_refused_or_taken_exactly_as_written(path: str, reverse: bool) -> None:
+    try:
+        read = smtp_paths.parse(path, reverse=reverse)
+    except AddressError as e:
+        assert e.reason and e.code
+        return
+    written = read.address if read.address == "<>" else f"<{read.address}>"
+    assert path == written + read.rest and (not read.rest or read.rest[0] == " ")
+    assert smtp_paths.parse(written, reverse=reverse).address == read.address
+    assert not any(c in read.address for c in " \t()[]\\\",:;") and read.address.count("@") <= 1
 
 
 @fast(800)

@@ -13,6 +13,7 @@ from smtp_checks import (
     GOOD_RCPT,
     all_replies,
     assert_serving,
+    codes,
     expect,
     expect_close,
     queue_id,
@@ -165,3 +166,71 @@ def test_ipv6_loopback(start_daemon: Start) -> None:
     assert spooled(d) == [(qid, json.dumps([GOOD_RCPT]), data)]
     assert d.query("SELECT client_addr FROM spool") == [("::1",)]
     assert_serving(d)
+
+
+# (path, reply code, enhanced code): RFC 5321's Path and nothing looser; 501 where the
+# argument is no path at all, 553 where the path is one but its form is not accepted here.
+# X.1.7 for the sender, X.1.3 for a recipient (RFC 3463).
+BAD_PATHS: list[tuple[str, int]] = [
+    ("<any@nic.org.mt(a.attacker.example>", 501),  # a comment: read as any@nic.org.mt
+    ("<any@nic.org.mt (comment)>", 501),
+    ("<(comment)any@nic.org.mt>", 501),
+    ("<any(comment)@nic.org.mt>", 501),
+    ("any@nic.org.mt", 501),  # no angle brackets
+    ("<any@nic.org.mt", 501),
+    ("<any@nic.org.mt>junk", 501),
+    ("<a b@nic.org.mt>", 501),
+    ("<a@b@nic.org.mt>", 501),
+    ("<.a@nic.org.mt>", 501),
+    ("<a..b@nic.org.mt>", 501),
+    ("<a@nic..org.mt>", 501),
+    ("<a@-nic.org.mt>", 501),
+    ("<a@nic.org.mt.>", 501),
+    ("<a@>", 501),
+    ('<a"b"@nic.org.mt>', 501),  # quoted junk inside a local part
+    ("<a\\@b@nic.org.mt>", 501),
+    ("<any@nic.org.mt,evil@attacker.example>", 501),
+    ("<@relay.example:any@nic.org.mt>", 553),  # a source route: read as any@nic.org.mt
+    ("<@a.example,@b.example:any@nic.org.mt>", 553),
+    ('<"any@nic.org.mt"@attacker.example>', 553),  # a quoted local part
+    ('<"a b"@nic.org.mt>', 553),
+    ("<any@[192.0.2.1]>", 553),  # an address literal
+]
+
+
+def test_an_envelope_address_outside_rfc5321_is_refused_never_rewritten(daemon: DaemonProc) -> None:
+    d = daemon
+    c = RawClient(d.connect())
+    c.reply()
+    assert c.cmd("EHLO client.test")[0] == 250
+    wrong = []
+    for path, code in BAD_PATHS:
+        rcpt = path.replace("nic.org.mt", DOMAIN).replace("any@", "requests@")
+        for command, enhanced in ((f"MAIL FROM:{path}", "5.1.7"), (f"RCPT TO:{rcpt}", "5.1.3")):
+            reply = c.cmd(command)
+            if reply[0] != code or codes(reply[1]) != (code, enhanced):
+                wrong.append((command, reply[1]))
+            if command.startswith("MAIL") and reply[0] != 250:  # the session goes on
+                expect(c.cmd("MAIL FROM:<admin@nic.example>"), 250, "2.1.0")
+        expect(c.cmd("RSET"), 250, "2.0.0")
+    c.close()
+    assert wrong == []
+    assert spool_count(d) == 0
+
+
+def test_an_envelope_address_is_stored_exactly_as_written(daemon: DaemonProc) -> None:
+    d = daemon
+    c = RawClient(d.connect())
+    c.reply()
+    assert c.cmd("EHLO client.test")[0] == 250
+    for n, sender in enumerate(("<Admin.Name+tag@NIC.Example>", "<>", "<jörg@müller.example> SMTPUTF8")):
+        expect(c.cmd(f"MAIL FROM:{sender}"), 250, "2.1.0")
+        expect(c.cmd("RCPT TO:<Postmaster>"), 250, "2.1.5")  # RFC 5321 4.1.1.3: no domain
+        expect(c.cmd(f"RCPT TO:<Help@{DOMAIN.upper()}>"), 250, "2.1.5")
+        assert c.cmd("DATA")[0] == 354
+        c.send(message(f"stored-{n}") + b".\r\n")
+        queue_id(c.reply())
+    c.close()
+    assert d.query("SELECT mail_from, rcpt_to FROM spool ORDER BY id") == [
+        (stored, json.dumps(["Postmaster", f"Help@{DOMAIN.upper()}"])) for stored in
+        ("Admin.Name+tag@NIC.Example", "", "jörg@müller.example")]

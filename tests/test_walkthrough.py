@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from email.message import Message
 from pathlib import Path
 
+import log_privacy
 import own_dkim
 import pytest
 from daemon_proc import DaemonProc
@@ -59,6 +60,7 @@ def test_the_walkthrough_works_as_written(tmp_path: Path, demo_iana: int, dns_se
     settings.update(own_dkim.key_settings(tmp_path / "keys"))  # every mail it writes is checked
     own_dkim.publish(dns_server)
     d = DaemonProc(tmp_path, settings).start()
+    cli: list[str] = []  # what every command printed
     try:
         # 2. the request, From the address the stand-in IANA gives for .mt, unsigned
         send(d, "admin@nic.mt.test", "requests@tld-ops.localhost",
@@ -74,9 +76,7 @@ def test_the_walkthrough_works_as_written(tmp_path: Path, demo_iana: int, dns_se
         send(d, "validator@tld-ops.localhost", again, "yes\r\n")
         d.wait_for("decision confirmed")
         # 6. the roster
-        listed = subprocess.run([sys.executable, "-m", "tldops_mta", "roster", "export", "--format", "json",
-                                 "--config", str(d.config_path)], capture_output=True, text=True,
-                                timeout=60, check=True)
+        listed = tldops(d, cli, "roster", "export", "--format", "json")
         assert json.loads(listed.stdout)["roster"] == [
             {"cctld": "mt", "cctld_unicode": "mt", "role": "primary", "first_name": "Jane",
              "last_name": "Doe", "phone": "+35621334455", "email": "jane.doe@nic.org.mt"},
@@ -88,11 +88,27 @@ def test_the_walkthrough_works_as_written(tmp_path: Path, demo_iana: int, dns_se
                                                   (DOCS / "walkthrough.md").read_text(), re.MULTILINE)]
         d.wait_count("mail delivered", len(listed))
         assert sorted(p.name for p in (d.state_dir / "outgoing").glob("*.eml")) == listed
+        # ... and the roster broadcast to every SSC
+        tldops(d, cli, "broadcast", "now")
+        outgoing_when(d, "TLD-OPS roster")
         # The confirmation request, the Validator's mail and its confirmation, the welcomes,
         # the outcome: each signed with the daemon's key as it was written.
         assert own_dkim.assert_signed(own_dkim.outgoing_files(d.state_dir), dns_server) >= 6
     finally:
         d.stop()
+    # At level info, no log line of the daemon or of a command names an SSC.
+    request = [("", "", "", phone, address) for phone, address in (
+        ("+356 2133 4455", "jane.doe@nic.org.mt"), ("2133 4456", "john.roe@nic.org.mt"))]
+    lines = log_privacy.shown(d.output()) + log_privacy.shown(cli, records_only=True)
+    assert log_privacy.leaks(lines, log_privacy.people(request, d.db_path)) == []
+
+
+def tldops(d: DaemonProc, printed: list[str], *args: str) -> subprocess.CompletedProcess[str]:
+    """A command against ``d``; what it printed is added to ``printed``."""
+    done = subprocess.run([sys.executable, "-m", "tldops_mta", *args, "--config", str(d.config_path)],
+                          capture_output=True, text=True, timeout=60, check=True)
+    printed.extend((done.stdout + done.stderr).splitlines())
+    return done
 
 
 def outgoing_when(d: DaemonProc, subject_has: str) -> Message:

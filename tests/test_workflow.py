@@ -22,6 +22,7 @@ from email.utils import make_msgid
 from pathlib import Path
 from typing import Any
 
+import log_privacy
 import own_dkim
 import pytest
 from auth_env import ADMIN, ATTACKER, SELECTOR, AuthEnv, auth_daemon, form, now_date, request
@@ -47,6 +48,8 @@ class Flow:
         self.workdir = workdir
         self.validator_key = rsa_key(2048, 2)
         env.publish(SELECTOR, "validators.example", self.validator_key)
+        self.cli_lines: list[str] = []
+        """What every ``tldops`` command printed (its log records are checked too)."""
 
     # -- sending --------------------------------------------------------------------------
 
@@ -82,9 +85,16 @@ class Flow:
         return self.env.processed(self.env.send(raw, mail_from=sender, rcpts=(address,)))
 
     def tldops(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "tldops_mta", *args, "--config",
+        done = subprocess.run([sys.executable, "-m", "tldops_mta", *args, "--config",
                                str(self.d.config_path)], capture_output=True, text=True,
                               timeout=60, cwd=self.workdir)
+        self.cli_lines += (done.stdout + done.stderr).splitlines()
+        return done
+
+    def personal_data_logged(self) -> list[str]:
+        """Log lines at info or above, the daemon's and the CLI's, that name an SSC."""
+        lines = log_privacy.shown(self.d.output()) + log_privacy.shown(self.cli_lines, records_only=True)
+        return log_privacy.leaks(lines, log_privacy.people((JANE, JOHN, MARY), self.d.db_path))
 
     # -- looking --------------------------------------------------------------------------
 
@@ -155,7 +165,8 @@ def flow(workdir: Path, rules_edit: tuple[str, str, str] | None = None, **settin
                 "validation.committee": COMMITTEE, "worker.retry_base": 0.2, **own, **settings}) as env:
             if own:
                 own_dkim.publish(env.dns)
-            yield Flow(env, sink, workdir)
+            f = Flow(env, sink, workdir)
+            yield f
             # What was sent, and what the outbox holds (signed before it was stored), and the
             # broadcast's post to a Mailman list (which goes by LMTP, not through the outbox).
             stored = env.d.query("SELECT raw FROM outbox_messages WHERE length(raw) > 0"
@@ -164,6 +175,8 @@ def flow(workdir: Path, rules_edit: tuple[str, str, str] | None = None, **settin
                                    env.dns)
     finally:
         sink.stop()
+    # Whatever the test did, no SSC's address or phone number was logged at level info.
+    assert f.personal_data_logged() == []
 
 
 @pytest.fixture
@@ -361,6 +374,27 @@ def test_a_forged_validator_decision_without_dkim_does_not_count_and_the_validat
     assert "did not count" in _text(f.mail_to(VALIDATOR, "Request #1 (.mt)"))
 
 
+def test_a_decision_counts_only_from_the_validator_its_address_was_mailed_to(tmp_path: Path) -> None:
+    with flow(tmp_path, **{"validation.decision_auth": "dkim-or-confirmation"}) as f:
+        assert f.submit(form())[0] == "done"
+        mine = f.decide_address(VALIDATOR)
+        f.decide_address(OTHER_VALIDATOR)
+        queued = f.d.query("SELECT count(*) FROM outbox_messages")[0][0]
+        # The other Validator, DKIM-signed or not (which would ask them to confirm), with
+        # VALIDATOR's token: refused, told why, and nothing else happens.
+        for sign in (True, False):
+            status, reason = f.decide(mine, "approve", sender=OTHER_VALIDATOR, sign=sign)
+            assert status == "rejected" and "sent to another Validator" in reason, reason
+        told = [f.mail_to(OTHER_VALIDATOR, "Request #1 (.mt)", n) for n in (1, 2)]
+        assert all("sent to another Validator" in _text(m) for m in told)
+        assert f.d.query("SELECT count(*) FROM outbox_messages")[0][0] == queued + 2
+        assert f.state() == "awaiting-validator" and f.roster() == [] and len(f.events()) == 1
+        assert f.mails_to(OTHER_VALIDATOR, "Please confirm") == []
+        # The token is still its owner's.
+        assert f.decide(mine, "approve") == ("done", "request #1 approved")
+        assert f.events()[-1] == ("approve", "approved", "validator", "dkim")
+
+
 def test_where_configured_an_unsigned_decision_counts_after_a_token_confirmation(tmp_path: Path) -> None:
     with flow(tmp_path, **{"validation.decision_auth": "dkim-or-confirmation"}) as f:
         assert f.submit(form())[0] == "done"
@@ -518,6 +552,26 @@ def test_every_mail_is_labelled_and_never_less_strictly_than_what_it_answers(f: 
     # An unlabelled mail is RED, and so is the refusal that answers it.
     assert f.submit("Action: subscribe\r\nccTLD: mt\r\n")[0] == "rejected"
     assert str(f.mail_to(ADMIN, "not accepted")["Subject"]).startswith("[TLP:RED] ")
+
+
+# -- the logs -----------------------------------------------------------------------------------
+
+def test_a_smarthost_refusal_naming_an_ssc_is_logged_without_their_address(f: Flow) -> None:
+    """Postfix names the recipient in a refusal; the log keeps it redacted (the outbox
+    keeps it whole, for the operator who looks at that one mail)."""
+    def both_welcomes(event: str) -> None:
+        f.d.wait_for(event, lambda _r: len([r for r in f.d.lines if r.get("event") == event
+                                            and r.get("purpose") == "welcome"]) >= 2)
+
+    f.sink.answer("RCPT", "450 4.2.0 <{rcpt}>: Recipient address rejected: Greylisted")
+    assert f.submit(form())[0] == "done"
+    assert f.tldops("queue", "approve", "1").returncode == 0
+    both_welcomes("delivery deferred")
+    f.sink.answer("RCPT", "550 5.1.1 <{rcpt}>: Recipient address rejected: User unknown")
+    both_welcomes("delivery refused for good")
+    kept = f.d.query("SELECT last_error FROM outbox_deliveries WHERE rcpt = ?", (JANE[4],))
+    assert kept == [(f"550 5.1.1 <{JANE[4]}>: Recipient address rejected: User unknown",)]
+    assert f.personal_data_logged() == []
 
 
 # -- the audit log ------------------------------------------------------------------------------

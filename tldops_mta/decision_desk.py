@@ -2,7 +2,8 @@
 
 It counts only when all hold: the From is one of ``validation.validators``, the message
 carries a counting DKIM signature aligned with that address's domain (the same strict
-check as for requests), the token is one we issued for a request, and the first line of
+check as for requests), the token is one we issued for a request to that very Validator
+(each has their own; another's token is refused and stays its owner's), and the first line of
 the text is ``approve``, ``deny REASON`` or ``escalate REASON``. Anything else from a
 stranger is dropped without a reply (no backscatter, nothing learned); a Validator is
 always told what became of their mail, so a decision that did not count is never mistaken
@@ -86,6 +87,9 @@ class DecisionDesk:
         confirmable = cfg["validation.decision_auth"] == "dkim-or-confirmation"
         if found is None:
             why = "this decision address is unknown or has expired; answer the newest mail about the request"
+        elif found[1] != sender.key:
+            why = (f"your decision did not count: this decision address was sent to another Validator. "
+                   f"Answer the mail about request #{request_id} that was sent to you.")
         elif not counting and confirmable and wanted is not None:
             assert request_id is not None
             rid, (event, reason), to = request_id, wanted, sender.key

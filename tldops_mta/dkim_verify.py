@@ -368,20 +368,18 @@ def _text(value: bytes | None) -> str:
 def _lenient_dkim_headers(raw: bytes) -> list[bytes]:
     """DKIM-Signature values from a header dkimpy refuses, only to report them as errors."""
     head = re.split(rb"\r?\n\r?\n", raw, maxsplit=1)[0]
-    values: list[bytes] = []
+    fields: list[list[bytes]] = []
     current: list[bytes] | None = None
     for line in re.split(rb"\r?\n", head):
         if line[:1] in (b" ", b"\t") and current is not None:
-            current.append(line)
+            current.append(line)  # a continuation line of the field: d= and s= may stand here
             continue
         current = None
         name, sep, rest = line.partition(b":")
         if sep and name.strip().lower() == b"dkim-signature":
             current = [rest]
-            values.append(b"")
-        if current is not None:
-            values[-1] = b"\r\n".join(current)
-    return values
+            fields.append(current)
+    return [b"\r\n".join(lines) for lines in fields]
 
 
 def _prepare(raw: bytes, now: float, max_signatures: int) -> _Prepared:

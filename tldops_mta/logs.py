@@ -8,6 +8,7 @@ WARNING so personal data never reaches the info level through them.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Any, TextIO
 
@@ -62,3 +63,11 @@ def redact_address(addr: str) -> str:
     if not at:
         return addr[:1] + "***" if addr else ""
     return f"{local[:1]}***@{domain}"
+
+
+def redact_in(text: str, address: str) -> str:
+    """``text`` with ``address`` in it redacted: for what another server or a library wrote
+    (an SMTP refusal names the recipient, an OSError the file named after them)."""
+    if not address:
+        return text
+    return re.sub(re.escape(address), redact_address(address), text, flags=re.IGNORECASE)

@@ -258,7 +258,7 @@ class MailmanLoop(DueLoop):
                 client = None
                 continue
             await self.writer.run(_done_address(address, name))
-            self.log.info("mailman member", address=address, result=done)
+            self.log.info("mailman member", address=logs.redact_address(address), result=done)
         for post_id, period, attempts, raw, mail_from in posts:
             try:
                 await asyncio.to_thread(_lmtp_post, cfg, mail_from, raw)
@@ -286,6 +286,8 @@ class MailmanLoop(DueLoop):
                          f" WHERE {key} = ?", (attempts, time.time() + delay, reason, value))
 
         await self.writer.run(job)
+        if isinstance(value, str):  # an SSC's address: in the log only redacted, even in the error
+            value, reason = logs.redact_address(value), logs.redact_in(reason, value)
         self.log.warning("mailman call failed, will retry", **{key: value}, attempts=attempts,
                          retry_in=delay, error=reason)
 

@@ -303,7 +303,7 @@ class Deliverer(DueLoop):
         except PermanentFailure as e:
             metrics.worker_metrics().outgoing.labels("failed").inc()
             await self.writer.run(record(d.id, "failed", str(e)[:500], 0))
-            log.error("delivery refused for good", error=str(e)[:200])
+            log.error("delivery refused for good", error=logs.redact_in(str(e), d.rcpt)[:200])
             return None
         except Exception as e:
             await self._failed(d, e, log)
@@ -326,15 +326,16 @@ class Deliverer(DueLoop):
         """A delivery that did not go: deferred with backoff, or failed after MAX_ATTEMPTS."""
         attempts = d.attempts + 1
         error = f"{type(e).__name__}: {e}"[:500]
+        logged = logs.redact_in(error, d.rcpt)  # a refusal names the recipient
         gave_up = attempts >= MAX_ATTEMPTS
         metrics.worker_metrics().outgoing.labels("failed" if gave_up else "deferred").inc()
         if gave_up:
             await self.writer.run(record(d.id, "failed", f"gave up: {error}", 0))
-            log.error("delivery failed after retries", attempts=attempts, error=error)
+            log.error("delivery failed after retries", attempts=attempts, error=logged)
             return
         delay = backoff(attempts, self.cfg["worker.retry_base"], self.cfg["worker.retry_max"])
         await self.writer.run(record(d.id, "queued", error, time.time() + delay))
-        log.warning("delivery deferred", attempts=attempts, retry_in=delay, error=error)
+        log.warning("delivery deferred", attempts=attempts, retry_in=delay, error=logged)
 
     async def _relay(self, d: Due) -> None:
         # Imported here: only a configured smarthost needs it, and the SMTP process imports

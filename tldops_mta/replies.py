@@ -41,6 +41,16 @@ def queued(queue_id: str) -> str:
     return f"250 2.0.0 Ok: queued as {queue_id}"
 
 
+def bad_path(reason: str, *, syntax: bool, sender: bool) -> str:
+    """A MAIL FROM or RCPT TO address refused: 501 where the argument is no RFC 5321 path
+    at all, 553 where it is one whose mailbox is not allowed here; X.1.7 for the sender,
+    X.1.3 for a recipient (RFC 3463)."""
+    code = "5.1.7" if sender else "5.1.3"
+    if syntax:
+        return f"501 {code} Syntax: {reason} (RFC 5321 4.1.2)"
+    return f"553 {code} Address not accepted: {reason}"
+
+
 _HAS_ENHANCED = re.compile(r"^[245]\d\d[ -][245]\.\d{1,3}\.\d{1,3}(\s|$)")
 
 _BY_CODE = {

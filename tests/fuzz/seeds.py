@@ -137,6 +137,16 @@ def _session(body: bytes, *, helo: bytes = b"EHLO client.test", mail: bytes = b"
     return b"\r\n".join(lines) + b"\r\n" + body + b"\r\n.\r\nQUIT\r\n"
 
 
+ENVELOPE_PATHS = (
+    "<admin@nic.org.mt>", "<>", "<Postmaster>", "<Admin.Name+tag@NIC.Example> SIZE=1",
+    "<jörg@müller.example> SMTPUTF8", "<admin@nic.org.mt(a.attacker.example>",
+    "<@a.example,@b.example:x@y.example>", '<"admin@nic.org.mt"@attacker.example>',
+    "<admin@[192.0.2.1]>", "<a..b@nic.org.mt.>",
+)
+"""MAIL FROM / RCPT TO paths: plain, and each form RFC 5321 allows or forbids that a lenient
+reader would rewrite."""
+
+
 def smtp_seeds() -> list[bytes]:
     small = _message(ADMIN, "Action: remove\nccTLD: mt\nRemove: all\n")
     body = _stuffed(small)
@@ -151,6 +161,9 @@ def smtp_seeds() -> list[bytes]:
                         b"RCPT TO:<postmaster>", b"RCPT TO:<who@TLD-OPS.localhost.>",
                         b"RCPT TO:<help@tld-ops.localhost>")),
         *(_session(s) for s in smuggled),
+        *(_session(body, mail=b"MAIL FROM:" + p.encode(),
+                   rcpts=(b"RCPT TO:" + p.replace("nic.org.mt", "tld-ops.localhost").encode(),
+                          b"RCPT TO:<requests@tld-ops.localhost>")) for p in ENVELOPE_PATHS),
         _session(body + b"\r\nline with a NUL \x00 byte"),
         _session(b"x" * 1200),
         b"EHLO a\r\nNOOP\r\nVRFY admin\r\nHELP\r\nRSET\r\nAUTH PLAIN AGFkbWluAHNlY3JldA==\r\n"

@@ -33,6 +33,7 @@ from tldops_mta import (
     message_facts,
     replies,
     request_form,
+    smtp_paths,
     spool,
     storage,
     tlp,
@@ -498,6 +499,11 @@ class SmtpHarness:
             assert all(classify(r, domain, parts) is not None for r in rcpts), f"{queue_id}: {rcpts}"
             assert not any(ord(c) < 0x20 or ord(c) == 0x7F for c in mail_from), \
                 f"{queue_id}: control characters in MAIL FROM {mail_from!r}"
+            # Never rewritten: each address is an RFC 5321 path that the client wrote as it is.
+            for address, reverse in ((mail_from or "<>", True), *((r, False) for r in rcpts)):
+                path = address if address == "<>" else f"<{address}>"
+                assert smtp_paths.parse(path, reverse=reverse).address == address, f"{queue_id}: {path!r}"
+                assert path.encode() in data, f"{queue_id}: {path!r} is not what the client wrote"
 
 
 _harness: list[SmtpHarness] = []
