@@ -107,7 +107,7 @@ class DaemonProc:
         if base.get("rules.dir") == str(workdir / "rules"):
             # The operator's rules directory, empty: the shipped rules apply until a test puts
             # a file there (it then replaces the shipped one of that name) and sends SIGHUP.
-            (workdir / "rules").mkdir(exist_ok=True)
+            (workdir / "rules").mkdir(parents=True, exist_ok=True)
         self.settings = base
         self.state_dir = self.cwd / str(base.get("storage.state_dir", "state"))
         self.config_path = write_config(workdir / "tldops.toml", base)

@@ -249,6 +249,10 @@ def test_export_lists_exactly_what_erase_then_changes(tmp_path: Path) -> None:
         assert json.loads(f.d.query("SELECT counts FROM erasures")[0][0]) == erased["counts"]
         after = json.loads(f.tldops("person", "export", jane, "--json").stdout)
         assert not any(rows for kind, rows in after.items() if kind != "address")
+        # In words, per kind as export names them (no '1 requests'): John is in the request too.
+        plain = f.tldops("person", "erase", JOHN[4], "--reason", "asked")
+        assert plain.returncode == 0 and plain.stdout.startswith("erased, rows per kind: "), plain
+        assert "requests 1" in plain.stdout and "1 requests" not in plain.stdout, plain.stdout
 
 
 def test_erase_is_refused_while_mail_naming_the_person_waits(tmp_path: Path) -> None:

@@ -70,10 +70,10 @@ async def test_handler_error_retries_with_backoff_then_fails_and_keeps_the_messa
         assert (status, attempts) == ("failed", 3)
         assert reason.startswith("gave up after 3 attempts")
         assert calls == [0, 1, 2]
-        # Failed is kept, visible, and an operator can re-queue it.
+        # Failed is kept, visible, and an operator can re-queue it; its attempts still count.
         assert await writer.run(spool.retry(a.queue_id, time.time()))
         assert (await reader.run(lambda c: c.execute("SELECT status, attempts FROM spool").fetchone())
-                == ("received", 0))
+                == ("received", 3))
     finally:
         await writer.close()
         reader.close()

@@ -918,7 +918,9 @@ def cmd_person_erase(args: argparse.Namespace) -> int:
         _print_json({"erased": bool(counts), "counts": counts,
                      "ids": {k: v for k, v in erased.ids.items() if v}})
     elif counts:
-        print("erased: " + ", ".join(f"{n} {table}" for table, n in sorted(counts.items())))
+        # Per kind, named as `person export` names its sections (no noun to put in the plural).
+        print("erased, rows per kind: "
+              + ", ".join(f"{kind.replace('_', ' ')} {n}" for kind, n in sorted(counts.items())))
     else:
         print("nothing was held about that address; an audit record of the request was kept")
     return EXIT_OK
