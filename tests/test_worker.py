@@ -154,6 +154,34 @@ async def test_effects_commit_with_the_outcome_and_a_failing_one_becomes_a_retry
         reader.close()
 
 
+async def test_an_effect_settles_the_outcome_in_the_same_transaction(tmp_path: Path) -> None:
+    # The handler proposes done; its effect finds, inside the transaction, that the thing it
+    # would change was already taken (a token used): the row and its event say so, and the
+    # effect's own write commits with them.
+    def effect(conn: sqlite3.Connection) -> spool.Verdict:
+        conn.execute("CREATE TABLE IF NOT EXISTS marks (spool_id INTEGER)")
+        conn.execute("INSERT INTO marks VALUES (1)")
+        return spool.Verdict(spool.Status.REJECTED, "token already used")
+
+    async def handler(p: spool.Pending, facts: MessageFacts, services: frozenset[Service]) -> spool.Outcome:
+        return spool.Outcome(p.id, spool.Status.DONE, "confirmed", ("confirm",),
+                             effects=(lambda c: None, effect))
+
+    w, writer, reader = await make(tmp_path, handler)
+    try:
+        await writer.run(spool.insert(arrival(1)))
+        assert await w.step()
+        assert await reader.run(lambda c: c.execute("SELECT status, reason FROM spool").fetchone()) == (
+            "rejected", "token already used")
+        assert await reader.run(lambda c: c.execute(
+            "SELECT status, reason FROM spool_events ORDER BY rowid DESC LIMIT 1").fetchone()) == (
+            "rejected", "token already used")
+        assert await reader.run(lambda c: c.execute("SELECT count(*) FROM marks").fetchone()) == (1,)
+    finally:
+        await writer.close()
+        reader.close()
+
+
 async def test_a_deferral_does_not_use_up_an_attempt(tmp_path: Path) -> None:
     async def wait(p: spool.Pending, facts: MessageFacts, services: frozenset[Service]) -> spool.Outcome:
         return spool.Outcome(p.id, spool.Status.RECEIVED, "waiting for IANA", retry_at=0,

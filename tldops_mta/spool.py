@@ -59,6 +59,18 @@ class Pending:
 
 
 Effect = Callable[[sqlite3.Connection], Any]
+"""A change made in the transaction that records a message's outcome. One that returns a
+``Verdict`` settles that outcome's status and reason from what the database says then."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What an effect decided inside the outcome's transaction (a token found used, a
+    request already decided): it replaces the status and reason the handler proposed, so
+    the row never says what the committed effects contradict."""
+
+    status: Status
+    reason: str | None
 
 
 @dataclass(frozen=True)
@@ -245,10 +257,16 @@ def finish(outcomes: Iterable[Outcome], now: float, retry_at: float, owner: str,
              o.retry_at, now, 0 if o.counts_attempt else 1, o.id, owner))
         if cur.rowcount != 1:
             return
-        conn.execute("INSERT INTO spool_events (spool_id, at, status, reason) VALUES (?,?,?,?)",
-                     (o.id, now, o.status.value, o.reason))
+        status, reason = o.status, o.reason
         for effect in o.effects:
-            effect(conn)
+            verdict = effect(conn)
+            if isinstance(verdict, Verdict):
+                status, reason = verdict.status, verdict.reason
+        if (status, reason) != (o.status, o.reason):
+            conn.execute("UPDATE spool SET status = ?, reason = ? WHERE id = ?",
+                         (status.value, reason, o.id))
+        conn.execute("INSERT INTO spool_events (spool_id, at, status, reason) VALUES (?,?,?,?)",
+                     (o.id, now, status.value, reason))
 
     def job(conn: sqlite3.Connection) -> list[Outcome]:
         replaced = []
