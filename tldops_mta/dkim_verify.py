@@ -279,11 +279,14 @@ def evaluated_key(name: str | bytes, record: bytes) -> tuple[Any, Any, Any, Any]
 
 
 class _Verifier(dkim.DKIM):  # type: ignore[misc]
-    """dkimpy's DKIM, its key loading (``verify_sig``, as in dkimpy 1.1.8) going through
-    ``evaluated_key``."""
+    """dkimpy's DKIM, its key loading going through ``evaluated_key``."""
 
     def verify_sig(self, sig: dict[bytes, bytes], include_headers: list[bytes],
                    sig_header: tuple[bytes, bytes], dnsfunc: Callable[..., bytes]) -> bool:
+        """A copy of dkimpy 1.1.8's ``DomainSigner.verify_sig`` (with ``load_pk_from_dns``
+        inlined), the key parsed by ``evaluated_key``; no DnsTimeoutError, since ``dnsfunc``
+        only hands over a fetched record. tests/test_patched_libraries.py fails when the
+        upstream code differs."""
         name = sig[b"s"] + b"._domainkey." + sig[b"d"] + b"."
         try:
             self.pk, self.keysize, self.ktag, self.seqtlsrpt = evaluated_key(
@@ -309,7 +312,8 @@ def _openssl_key(n: int, e: int) -> rsa.RSAPublicKey | None:
 
 
 def fast_rsassa_pkcs1_v1_5_verify(hash: Any, signature: bytes, public_key: dict[str, int]) -> bool:
-    """dkimpy's ``RSASSA_PKCS1_v1_5_verify`` (RFC 8017 8.2.2 as dkimpy does it), by OpenSSL.
+    """dkimpy 1.1.8's ``dkim.crypto.RSASSA_PKCS1_v1_5_verify`` (RFC 8017 8.2.2 as dkimpy
+    does it), by OpenSSL; tests/test_patched_libraries.py fails when the upstream code differs.
 
     dkimpy reads the signature as a number of any length and reduces it modulo n (pow does);
     OpenSSL wants exactly the modulus's length and a number below n. So the number is reduced
@@ -332,7 +336,7 @@ def fast_rsassa_pkcs1_v1_5_verify(hash: Any, signature: bytes, public_key: dict[
 
 
 # dkimpy's verify_sig_process calls the name in its module: this process verifies with the
-# faster one. (Signing, in tests and later the broadcast, does not use it.)
+# faster one (dkim_keys does the same for signing).
 dkim.RSASSA_PKCS1_v1_5_verify = fast_rsassa_pkcs1_v1_5_verify
 
 
@@ -630,7 +634,8 @@ class _Quoted(str):
     """A reason that authres always quotes unless it is a token.
 
     authres leaves any value holding "@" unquoted, and a reason can echo a hostile header
-    ("@" and ";" included), which would break the field. Stands in for authres's QuotableValue.
+    ("@" and ";" included), which would break the field. Stands in for authres 1.2.0's
+    QuotableValue (tests/test_patched_libraries.py fails when that code differs).
     """
 
     __slots__ = ()

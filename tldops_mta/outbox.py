@@ -131,11 +131,12 @@ def wire_form(raw: bytes) -> bytes:
 async def _data(client: Any, wire: bytes) -> None:
     """DATA with a message already in wire form, on an aiosmtplib client after MAIL and
     RCPT. aiosmtplib's own data() normalises and dot-stuffs the message again for every
-    delivery; this does what its protocol's execute_data_command does, without that."""
+    delivery; this is aiosmtplib 5.1.3's ``SMTPProtocol.execute_data_command`` without that,
+    its private lock and flag included (tests/test_patched_libraries.py holds it to that code)."""
     import aiosmtplib
 
     proto = client.protocol
-    if proto is None:
+    if proto is None or proto._command_lock is None:
         raise aiosmtplib.SMTPServerDisconnected("Server not connected")
     async with proto._command_lock:
         proto._response_pending = True

@@ -158,7 +158,12 @@ class Runtime(Live):
 
 
 class Protocol(SMTP):
-    """One SMTP connection."""
+    """One SMTP connection.
+
+    Written against aiosmtpd 1.4.6, some of whose private methods it overrides (``_reset_timeout``,
+    ``_timeout_cb``, ``_getaddr``) or relies on; tests/test_patched_libraries.py names each and
+    fails when its upstream code differs.
+    """
 
     def __init__(self, handler: Intake, *, runtime: Runtime, **kwargs: Any) -> None:
         self.runtime = runtime
@@ -240,8 +245,9 @@ class Protocol(SMTP):
             self._data_done.set_result(None)
 
     def _reset_timeout(self, duration: float | None = None) -> None:
-        # aiosmtpd calls this once per valid command, before running it: the one place to
-        # count commands without wrapping every command method of every session.
+        """aiosmtpd's private ``SMTP._reset_timeout``, which it calls once per valid command
+        before running it: the one place to count commands without wrapping every command
+        method of every session."""
         self._commands += 1
         if self._commands > self.runtime.cfg["server.max_commands"]:
             self.close_with(replies.TOO_MANY_COMMANDS)
@@ -249,6 +255,7 @@ class Protocol(SMTP):
         super()._reset_timeout(duration)
 
     def _timeout_cb(self) -> None:
+        """aiosmtpd's private ``SMTP._timeout_cb``, which closes without a word: say why."""
         self.close_with(replies.IDLE_TIMEOUT)
 
     def close_with(self, reply: str) -> None:
@@ -263,10 +270,10 @@ class Protocol(SMTP):
         transport.close()
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        """The path of MAIL FROM or RCPT TO, read strictly (smtp_paths) in place of
-        aiosmtpd's lenient stdlib reading, which rewrites what it cannot read. A refusal is
-        raised as _PathRefused, so that it is answered with its own reply (aiosmtpd has but
-        one, "553 malformed address") by handle_exception, and the session goes on."""
+        """The path of MAIL FROM or RCPT TO, read strictly (smtp_paths) in place of aiosmtpd's
+        private ``SMTP._getaddr``, a lenient stdlib reading that rewrites what it cannot read.
+        A refusal is raised as _PathRefused, so that it is answered with its own reply (aiosmtpd
+        has but one, "553 malformed address") by handle_exception, and the session goes on."""
         if not arg:
             return "", ""
         try:
@@ -549,7 +556,8 @@ __all__ = ["Intake", "Limiter", "Protocol", "Runtime", "Service"]
 
 # aiosmtpd builds every session by scanning dir() of the protocol and of the handler (for
 # smtp_*, auth_* and handle_* names) and by reading handle_EHLO's signature: some hundred
-# microseconds per connection, for answers that never change. Give it the answers.
+# microseconds per connection, for answers that never change. Give it the answers (as its
+# SMTP.__init__ of 1.4.6 asks them; tests/test_patched_libraries.py).
 _SMTP_NAMES = sorted(n for n in dir(Protocol) if n.startswith("smtp_"))
 _HOOK_NAMES = sorted(n for n in dir(Intake) if n.startswith("handle_"))
 Protocol.__dir__ = lambda self: _SMTP_NAMES  # type: ignore[method-assign]  # no auth_*: no AUTH

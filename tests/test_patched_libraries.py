@@ -1,0 +1,259 @@
+"""The libraries whose own code the daemon copies, overrides or reaches into, held to the code
+that was read when the copy or override was written.
+
+Each entry names one upstream function, the project's code that depends on it, and how; its
+digest is the sha256 of ``inspect.getsource()`` of the installed object, as given by the
+versions in WRITTEN_AGAINST (verified against each wheel's RECORD when recorded). A failure
+after an upgrade means: read the upstream change, bring the named code of ours in line with
+it, then record the new digest (``.venv/bin/python tests/test_patched_libraries.py`` prints
+them). docs/security.md, "Patched libraries", says why each patch exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import sys
+import tomllib
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pytest
+from packaging.requirements import Requirement
+
+ROOT = Path(__file__).resolve().parent.parent
+
+WRITTEN_AGAINST = {"dkimpy": "1.1.8", "aiosmtpd": "1.4.6", "aiosmtplib": "5.1.3", "authres": "1.2.0"}
+"""The installed versions the digests below were computed from."""
+
+TOP_LEVEL = {"dkimpy": "dkim", "aiosmtpd": "aiosmtpd", "aiosmtplib": "aiosmtplib", "authres": "authres"}
+
+OURS_MODULES = ("tldops_mta.dkim_verify", "tldops_mta.dkim_keys", "tldops_mta.smtp_server",
+                "tldops_mta.outbox")
+"""Where the copies and overrides live; imported so that their replacements are in place."""
+
+
+@dataclass(frozen=True)
+class Upstream:
+    target: str
+    """module:qualname of the upstream object."""
+    distribution: str
+    ours: tuple[str, ...]
+    """module:qualname of the project's code that depends on the target's code."""
+    how: str
+    sha256: str
+
+
+PATCHED = (
+    # dkimpy: verification
+    Upstream("dkim:DKIM.verify_sig", "dkimpy", ("tldops_mta.dkim_verify:_Verifier.verify_sig",),
+             "copied, the key loaded through evaluated_key (parsed once per record)",
+             "32c48c63dfd05f786c6cdb00d724f1e9ba0af2fa169362b87c9af616607a069b"),
+    Upstream("dkim:load_pk_from_dns", "dkimpy", ("tldops_mta.dkim_verify:_Verifier.verify_sig",),
+             "what the copy of verify_sig does in its place (dnsfunc, then evaluate_pk)",
+             "af3bac582f646481c66ca0b2a6698814f0863175224de473f671aa628585011c"),
+    Upstream("dkim:evaluate_pk", "dkimpy", ("tldops_mta.dkim_verify:evaluated_key",),
+             "cached per (name, record), so it must stay a function of those two alone",
+             "34a4ff7fe602586b2ea1c3ed0f6b45da049221a96f5f0a6bc80f92db5d541e89"),
+    Upstream("dkim:DKIM.verify_sig_process", "dkimpy",
+             ("tldops_mta.dkim_verify:fast_rsassa_pkcs1_v1_5_verify",
+              "tldops_mta.dkim_verify:_Verifier.verify_sig"),
+             "calls RSASSA_PKCS1_v1_5_verify by its name in dkim's namespace, where dkim_verify "
+             "puts its own; reads the pk, keysize, ktag and seqtlsrpt the copy of verify_sig sets",
+             "ab008897178aa566719f17da464ac72f4e7aac920559a2a78ad382c9613d4820"),
+    Upstream("dkim.crypto:RSASSA_PKCS1_v1_5_verify", "dkimpy",
+             ("tldops_mta.dkim_verify:fast_rsassa_pkcs1_v1_5_verify",),
+             "done again by OpenSSL, replacing it process-wide: the answers must stay the same",
+             "8398ae89bb481414f0b233a20daaa9d15e297dd5cc5e0bd505e4bc1e0c920311"),
+    Upstream("dkim.crypto:parse_public_key", "dkimpy",
+             ("tldops_mta.dkim_verify:fast_rsassa_pkcs1_v1_5_verify",),
+             "makes the key dict (modulus, publicExponent) the replacement reads",
+             "cbe192e778d395dc03db101b69e2b64238470779e35586bbcc508ececd19e069"),
+    # dkimpy: signing
+    Upstream("dkim:DKIM.gen_header", "dkimpy", ("tldops_mta.dkim_keys:fast_rsassa_pkcs1_v1_5_sign",),
+             "calls RSASSA_PKCS1_v1_5_sign by its name in dkim's namespace, where dkim_keys puts "
+             "its own",
+             "e86f61152fe5939815530ae770bc54ffd03f2616b02e5b757b54255a8a2ba4b5"),
+    Upstream("dkim.crypto:RSASSA_PKCS1_v1_5_sign", "dkimpy",
+             ("tldops_mta.dkim_keys:fast_rsassa_pkcs1_v1_5_sign",),
+             "done again by OpenSSL, replacing it process-wide: the octets must stay the same",
+             "88352188b2ba2ad9476ce53da0b1644df622ac5b0b9e97292384b954853af766"),
+    Upstream("dkim.crypto:parse_private_key", "dkimpy",
+             ("tldops_mta.dkim_keys:fast_rsassa_pkcs1_v1_5_sign",),
+             "makes the key dict (modulus, exponents, primes, coefficient) the replacement reads",
+             "b44546bb74c4cae3ae4205c504579da91c24f8dac70d114a7dcb7104b23e970b"),
+    # aiosmtpd
+    Upstream("aiosmtpd.smtp:SMTP.__init__", "aiosmtpd",
+             ("tldops_mta.smtp_server:Protocol.__init__", "tldops_mta.smtp_server:Protocol.__dir__",
+              "tldops_mta.smtp_server:Intake.__dir__"),
+             "builds its command and hook tables from dir() of the protocol and the handler and "
+             "reads handle_EHLO's signature, which smtp_server answers in advance",
+             "8a9ca80f23ad9bf273e58e284170e9f919dc6269b280ca0624ac0603a8ad3604"),
+    Upstream("aiosmtpd.smtp:SMTP.connection_made", "aiosmtpd",
+             ("tldops_mta.smtp_server:Protocol.connection_made",
+              "tldops_mta.smtp_server:Protocol._reset_timeout"),
+             "entered again after STARTTLS with the transport set (the override lets that "
+             "through); calls _reset_timeout once (the command count starts at -1 for it); "
+             "starts _handle_client as _handler_coroutine",
+             "77a45df5065bba343a040b6f6c88de8907b40c80bc03727e7f18ede20d19f4bf"),
+    Upstream("aiosmtpd.smtp:SMTP.smtp_STARTTLS", "aiosmtpd",
+             ("tldops_mta.smtp_server:Protocol.connection_made",),
+             "sets the transport before the TLS layer enters connection_made again",
+             "6565289f4131fa132ad3c517e8f2933a490043fc11da08a5be5dd73efc491bec"),
+    Upstream("aiosmtpd.smtp:SMTP._handle_client", "aiosmtpd",
+             ("tldops_mta.smtp_server:Protocol._reset_timeout", "tldops_mta.smtp_server:Protocol.push",
+              "tldops_mta.smtp_server:Protocol.handle_exception"),
+             "calls _reset_timeout once per valid command (the command count); answers a "
+             "command's exception with handle_exception's reply (_PathRefused); runs as "
+             "_handler_coroutine, which push cancels once the connection is closed",
+             "0e4d096403af6c74c87b2fe722c213884e2140a9388e95feb05aec2f39e05556"),
+    Upstream("aiosmtpd.smtp:SMTP._reset_timeout", "aiosmtpd",
+             ("tldops_mta.smtp_server:Protocol._reset_timeout",),
+             "private, overridden to count commands",
+             "fef19b94d28dff319ca0ca9ecc1884e8f419d9f016d1d25380b01d5e85ff3c78"),
+    Upstream("aiosmtpd.smtp:SMTP._timeout_cb", "aiosmtpd", ("tldops_mta.smtp_server:Protocol._timeout_cb",),
+             "private, overridden to say why before closing",
+             "10a7351f9bec281831442cd03ddb4f403d0d3f18b939976ea4f83b9ff557c10d"),
+    Upstream("aiosmtpd.smtp:SMTP._getaddr", "aiosmtpd", ("tldops_mta.smtp_server:Protocol._getaddr",),
+             "private, replaced by the strict reading of smtp_paths; the override keeps its "
+             "results ((None, None) for a local part over local_part_limit)",
+             "0aeb21c56ac1260e784e430a340459c83c23640a85965e7b8de3e1ada74d85f5"),
+    Upstream("aiosmtpd.smtp:SMTP.smtp_MAIL", "aiosmtpd",
+             ("tldops_mta.smtp_server:Protocol.smtp_MAIL", "tldops_mta.smtp_server:Protocol._getaddr"),
+             "calls _getaddr and reads its (address, rest)",
+             "80dd938e7791acfb31bc6eef174b9c1af96d7bac54fe103198ec6ce3440e8043"),
+    Upstream("aiosmtpd.smtp:SMTP.smtp_RCPT", "aiosmtpd",
+             ("tldops_mta.smtp_server:Protocol.smtp_RCPT", "tldops_mta.smtp_server:Protocol._getaddr"),
+             "calls _getaddr and reads its (address, rest)",
+             "a0d6605883c0e608df4fe4376f284be97e36a9b257d6401dd0116ec972c3e0ea"),
+    Upstream("aiosmtpd.smtp:SMTP.smtp_DATA", "aiosmtpd",
+             ("tldops_mta.smtp_server:Protocol.smtp_DATA", "tldops_mta.smtp_server:Protocol.data_received"),
+             "its reader keeps every fragment of an unended line, which LongLineGuard (in "
+             "data_received) cuts short",
+             "3a33f30d3fd6d02f39c7d78a08288bffea9170525b62e2161568041ae7e018df"),
+    # aiosmtplib
+    Upstream("aiosmtplib.protocol:SMTPProtocol.execute_data_command", "aiosmtplib",
+             ("tldops_mta.outbox:_data",),
+             "done again without normalising the message, with its private _command_lock and "
+             "_response_pending",
+             "a55f9634add2db0870711d0cac99ccba3240e58cb14deabdf7b9b12148b3060a"),
+    # authres
+    Upstream("authres.core:QuotableValue.quote_if_needed", "authres",
+             ("tldops_mta.dkim_verify:_Quoted.quote_if_needed",),
+             "what _Quoted stands in for (quoting a value that holds @ too)",
+             "c608912a7ed5ed0b761c27ddf7d5f738d6a312f5c0d1557ce06d5864e6e84e29"),
+    Upstream("authres.core:AuthenticationResult.__str__", "authres", ("tldops_mta.dkim_verify:_Quoted",),
+             "calls quote_if_needed on the reason as it was set, which is how _Quoted takes effect",
+             "9b44c16f01ba3668a5999d3e4b1831cfce00aaf7e8f4273c01173f9172cb239c"),
+)
+
+THIS_FILE = "tests/test_patched_libraries.py"
+
+
+def resolve(path: str) -> Any:
+    module, _, qualname = path.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def digest(obj: Any) -> str:
+    return hashlib.sha256(inspect.getsource(obj).encode("utf-8")).hexdigest()
+
+
+def installed(distribution: str) -> str:
+    return metadata.version(distribution)
+
+
+def _ours_everywhere() -> set[str]:
+    return {path for entry in PATCHED for path in entry.ours}
+
+
+@pytest.mark.parametrize("entry", PATCHED, ids=[e.target for e in PATCHED])
+def test_upstream_code_is_what_the_patch_was_written_against(entry: Upstream) -> None:
+    actual = digest(resolve(entry.target))
+    dist = entry.distribution
+    assert actual == entry.sha256, (
+        f"{entry.target} of {dist} {installed(dist)} is not the code that {', '.join(entry.ours)} "
+        f"was written against ({dist} {WRITTEN_AGAINST[dist]}): it {entry.how}. Read the upstream "
+        f"change in {inspect.getsourcefile(resolve(entry.target))}, bring our code in line with it "
+        f"(its docstring names the version it follows), then set this entry's sha256 in "
+        f"{THIS_FILE} to {actual} and WRITTEN_AGAINST to the new version.")
+
+
+@pytest.mark.parametrize("distribution", sorted(WRITTEN_AGAINST))
+def test_installed_version_is_within_the_pin(distribution: str) -> None:
+    """The pin in pyproject.toml has an upper bound, and admits both the version installed and
+    the one the digests were recorded from."""
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    reqs = [Requirement(d) for d in deps if Requirement(d).name == distribution]
+    assert len(reqs) == 1, f"pyproject.toml should name {distribution} once among the dependencies"
+    spec = reqs[0].specifier
+    assert any(s.operator == "<" for s in spec), (
+        f"{distribution} is patched ({THIS_FILE}) and needs an upper bound in pyproject.toml")
+    assert spec.contains(installed(distribution)), (
+        f"{distribution} {installed(distribution)} is installed, outside the pin {spec}")
+    assert spec.contains(WRITTEN_AGAINST[distribution]), (
+        f"the digests were recorded from {distribution} {WRITTEN_AGAINST[distribution]}, outside "
+        f"the pin {spec}")
+
+
+def test_each_named_part_of_ours_exists() -> None:
+    """A copy or override that moved or was renamed is named here by its new path."""
+    missing = []
+    for path in sorted(_ours_everywhere()):
+        try:
+            resolve(path)
+        except (ImportError, AttributeError):
+            missing.append(path)
+    assert not missing, f"{THIS_FILE} names code that is not there: {missing}; give its new path"
+
+
+def test_every_replacement_inside_a_library_is_recorded() -> None:
+    """Anything of ours put into one of these libraries' modules (as dkim_verify and dkim_keys
+    replace dkimpy's RSA functions) must be named in PATCHED, with the upstream code it relies on."""
+    for module in OURS_MODULES:
+        importlib.import_module(module)
+    ours = _ours_everywhere()
+    unrecorded = []
+    for name, module in sorted(sys.modules.items()):
+        if module is None or name.partition(".")[0] not in TOP_LEVEL.values():
+            continue
+        for attr, value in vars(module).items():
+            owner = getattr(value, "__module__", None)
+            if isinstance(owner, str) and owner.startswith("tldops_mta"):
+                path = f"{owner}:{getattr(value, '__qualname__', attr)}"
+                if path not in ours:
+                    unrecorded.append(f"{name}.{attr} = {path}")
+    assert not unrecorded, (
+        f"replaced inside a library and not named in {THIS_FILE}: {unrecorded}; add an entry for the "
+        "upstream code each relies on")
+
+
+@pytest.mark.parametrize(("ours", "upstream"), [
+    ("tldops_mta.smtp_server:Protocol", "aiosmtpd.smtp:SMTP"),
+    ("tldops_mta.dkim_verify:_Verifier", "dkim:DKIM"),
+])
+def test_every_private_override_is_recorded(ours: str, upstream: str) -> None:
+    """A subclass overriding a private method of its library base depends on that method's
+    code: each such override must be named in PATCHED."""
+    cls, base = resolve(ours), resolve(upstream)
+    recorded = _ours_everywhere()
+    unrecorded = [f"{ours}.{name}" for name in sorted(vars(cls))
+                  if name.startswith("_") and not name.startswith("__") and hasattr(base, name)
+                  and f"{ours}.{name}" not in recorded]
+    assert not unrecorded, (
+        f"private methods of {upstream} overridden and not named in {THIS_FILE}: {unrecorded}; add "
+        "an entry with the digest of the upstream method")
+
+
+if __name__ == "__main__":
+    # The digests of what is installed now, for recording after an upgrade has been reviewed.
+    for d in sorted(WRITTEN_AGAINST):
+        print(f"{d} {installed(d)}")
+    for e in PATCHED:
+        print(f"{e.target} {digest(resolve(e.target))}")
