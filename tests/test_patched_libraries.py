@@ -50,7 +50,7 @@ class Upstream:
 PATCHED = (
     # dkimpy: verification
     Upstream("dkim:DKIM.verify_sig", "dkimpy", ("tldops_mta.dkim_verify:_Verifier.verify_sig",),
-             "copied, the key loaded through evaluated_key (parsed once per record)",
+             "copied there, the key loaded through evaluated_key, which parses it once per record",
              "32c48c63dfd05f786c6cdb00d724f1e9ba0af2fa169362b87c9af616607a069b"),
     Upstream("dkim:load_pk_from_dns", "dkimpy", ("tldops_mta.dkim_verify:_Verifier.verify_sig",),
              "what the copy of verify_sig does in its place (dnsfunc, then evaluate_pk)",
@@ -177,12 +177,13 @@ def _ours_everywhere() -> set[str]:
 def test_upstream_code_is_what_the_patch_was_written_against(entry: Upstream) -> None:
     actual = digest(resolve(entry.target))
     dist = entry.distribution
+    ours = " and ".join(entry.ours)
     assert actual == entry.sha256, (
-        f"{entry.target} of {dist} {installed(dist)} is not the code that {', '.join(entry.ours)} "
-        f"was written against ({dist} {WRITTEN_AGAINST[dist]}): it {entry.how}. Read the upstream "
-        f"change in {inspect.getsourcefile(resolve(entry.target))}, bring our code in line with it "
-        f"(its docstring names the version it follows), then set this entry's sha256 in "
-        f"{THIS_FILE} to {actual} and WRITTEN_AGAINST to the new version.")
+        f"{entry.target} of {dist} {installed(dist)} differs from the code of {dist} "
+        f"{WRITTEN_AGAINST[dist]} that {ours} was written against ({entry.how}). Read the upstream "
+        f"change in {inspect.getsourcefile(resolve(entry.target))}, bring {ours} in line with it "
+        f"(and the docstring that names the version followed), then set this entry's sha256 in "
+        f"{THIS_FILE} to {actual} and WRITTEN_AGAINST[{dist!r}] to {installed(dist)!r}.")
 
 
 @pytest.mark.parametrize("distribution", sorted(WRITTEN_AGAINST))
