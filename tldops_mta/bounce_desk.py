@@ -21,7 +21,7 @@ from flufl.bounce import all_failures
 from . import logs, mailing, spool
 from .live import Live
 from .message_facts import MessageFacts
-from .storage import Writer
+from .storage import Reader
 from .tlp import Tlp
 
 _DELIVERY_TAG = re.compile(r"b(\d{1,18})")
@@ -58,9 +58,9 @@ def report_if_failing(live: Live, conn: sqlite3.Connection, address: str, now: f
 
 
 class BounceDesk:
-    def __init__(self, live: Live, writer: Writer) -> None:
+    def __init__(self, live: Live, reader: Reader) -> None:
         self.rt = live
-        self.writer = writer
+        self.reader = reader
         self.log = logs.get("bounces")
 
     async def handle(self, p: spool.Pending, facts: MessageFacts, tag: str) -> spool.Outcome:
@@ -76,21 +76,28 @@ class BounceDesk:
         m = _DELIVERY_TAG.fullmatch(tag)
         delivery = int(m.group(1)) if m else None
         is_permanent = bool(permanent) or not temporary  # a bare report with a tag: a failure
+        tagged = await self.reader.run(delivered_to, delivery) if delivery is not None else None
+        about = {tagged: is_permanent} if tagged else found
+        rows: list[tuple[str | None, bool]] = list(about.items()) or [(None, False)]
 
-        def job(conn: sqlite3.Connection) -> tuple[list[str], list[str]]:
-            row = conn.execute("SELECT lower(rcpt) FROM outbox_deliveries WHERE id = ?",
-                               (delivery,)).fetchone() if delivery is not None else None
-            about = {row[0]: is_permanent} if row else found
-            rows: list[tuple[str | None, bool]] = list(about.items()) or [(None, False)]
+        def record(conn: sqlite3.Connection) -> spool.Verdict | None:
             for address, perm in rows:
                 conn.execute("INSERT OR IGNORE INTO bounces (received_at, spool_id, tag, delivery_id,"
                              " address, permanent) VALUES (?,?,?,?,?,?)",
-                             (now, p.id, tag, delivery if row else None, address, int(perm)))
+                             (now, p.id, tag, delivery if tagged else None, address, int(perm)))
+            # Whether the Validators hear of it is what the counts say at the commit.
             reported = [a for a, perm in about.items() if perm and report_if_failing(live, conn, a, now)]
-            return list(about), reported
+            return spool.Verdict(spool.Status.DONE, _reason(len(about), len(reported))) if reported else None
 
-        about, reported = await self.writer.run(job)
-        self.log.info("bounce", tag=tag, addresses=len(about), permanent=is_permanent,
-                      reported=len(reported))
-        return spool.Outcome(p.id, spool.Status.DONE, f"bounce for {len(about)} address(es);"
-                             f" {len(reported)} reported to the Validators", ("bounces",))
+        self.log.info("bounce", tag=tag, addresses=len(about), permanent=is_permanent)
+        return spool.Outcome(p.id, spool.Status.DONE, _reason(len(about), 0), ("bounces",), effects=(record,))
+
+
+def delivered_to(conn: sqlite3.Connection, delivery: int) -> str | None:
+    """The address (lower-case) of outgoing delivery ``delivery``, if there is one."""
+    row = conn.execute("SELECT lower(rcpt) FROM outbox_deliveries WHERE id = ?", (delivery,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _reason(addresses: int, reported: int) -> str:
+    return f"bounce for {addresses} address(es); {reported} reported to the Validators"

@@ -34,7 +34,7 @@ class Dispatcher:
         self.who = who
         self.update = update
         self.bounces = bounces
-        self.list = ListDesk(live, who.writer, who.reader, auth)
+        self.list = ListDesk(live, who.reader, auth)
 
     async def __call__(self, p: spool.Pending, facts: MessageFacts,
                        services: frozenset[Service]) -> spool.Outcome:

@@ -52,7 +52,7 @@ import json
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from email.header import decode_header, make_header
 from email.utils import formataddr, make_msgid
@@ -63,7 +63,7 @@ from .dkim_verify import KeyRecordError, KeyResolver, KeyTemporaryError, organis
 from .live import Live
 from .message_facts import MessageFacts
 from .request_form import body_text
-from .storage import Reader, Writer
+from .storage import Reader
 
 if TYPE_CHECKING:  # a type only: request_auth imports the desks (token purposes)
     from .request_auth import Authenticator
@@ -77,6 +77,7 @@ KEPT = frozenset({"from", "to", "cc", "subject", "date", "reply-to", "in-reply-t
                   "content-disposition"})
 """Header fields of the post that the copy carries (From, Subject and Reply-To may be changed)."""
 
+SEEN = "list: this post was distributed before"
 STRICT_DMARC = frozenset({"quarantine", "reject"})
 MAX_REFERENCES = 50
 """Message-IDs of References looked up for a label to inherit: a thread's latest posts."""
@@ -228,19 +229,20 @@ def build(live: Live, raw: bytes, subject: str, label: tlp.Tlp, author: addresse
 def distribute(live: Live, post: Post, original_id: str, author: str, spool_id: int,
                queue_id: str) -> spool.Effect:
     """The effect that records the post and queues its copy to every SSC, once: a post whose
-    Message-ID was distributed before queues nothing (the UNIQUE column decides)."""
+    Message-ID was distributed before queues nothing (the UNIQUE column decides, at the
+    commit) and its outcome says so."""
     cfg = live.cfg
     domain = str(cfg["server.domain"])
     bounces = str(cfg["addresses.bounces"])
 
-    def job(conn: sqlite3.Connection) -> int:
+    def job(conn: sqlite3.Connection) -> spool.Verdict | None:
         now = time.time()
         cur = conn.execute(
             "INSERT OR IGNORE INTO list_posts (original_message_id, message_id, spool_id, author, tlp,"
             " from_rewritten, created_at, recipients) VALUES (?,?,?,?,?,?,?,0)",
             (original_id, post.message_id, spool_id, author, post.label.label, int(post.from_rewritten), now))
         if cur.rowcount == 0:
-            return 0
+            return spool.Verdict(spool.Status.DONE, SEEN)
         rcpts = [r[0] for r in conn.execute("SELECT DISTINCT lower(email) FROM roster ORDER BY 1")]
         message_id = outbox.enqueue(post.raw, f"{bounces}@{domain}", rcpts, "list", ref=queue_id,
                                     cfg=cfg)(conn)
@@ -249,7 +251,7 @@ def distribute(live: Live, post: Post, original_id: str, author: str, spool_id: 
                      " WHERE message_id = ?", (bounces, domain, message_id))
         conn.execute("UPDATE list_posts SET outbox_message_id = ?, recipients = ? WHERE id = ?",
                      (message_id, len(rcpts), cur.lastrowid))
-        return len(rcpts)
+        return None
 
     return job
 
@@ -354,20 +356,26 @@ def decide(live: Live, conn: sqlite3.Connection, held_id: int, release: bool, by
 # -- unsigned posts confirmed by token -----------------------------------------------------------
 
 
+ASKED = "list: unsigned; token sent to the roster address"
+NOT_ASKED = "list: unsigned; a token was sent lately, not again"
+
+
 def ask_confirmation(live: Live, p: spool.Pending, facts: MessageFacts, author: str, subject: str,
-                     label: tlp.Tlp) -> Callable[[sqlite3.Connection], bool]:
-    """The job that mails ``author`` (the roster address) a token whose answer has the
-    post distributed; True when it was sent (False: one went out lately)."""
+                     label: tlp.Tlp) -> spool.Effect:
+    """The effect that mails ``author`` (the roster address) a token whose answer has the
+    post distributed, for an outcome that says ``ASKED``; when one went out lately (as
+    the database says at the commit) it sends none and settles the outcome as ``NOT_ASKED``."""
     payload = json.dumps({"spool_id": p.id, "raw": base64.b64encode(p.raw).decode("ascii")})
 
-    def job(conn: sqlite3.Connection) -> bool:
+    def job(conn: sqlite3.Connection) -> spool.Verdict | None:
         now = time.time()
         forget_posts(conn, expired_before=now)
         # The post's label: the mail shows its subject.
-        return who_desk.ask_token(live, conn, PURPOSE_POST, author, now, "list_confirmation",
-                                  {"subject": subject}, label=label, bounce_tag="list",
-                                  mail_purpose="list-token", in_reply_to=facts.message_id,
-                                  payload=payload)
+        asked = who_desk.ask_token(live, conn, PURPOSE_POST, author, now, "list_confirmation",
+                                   {"subject": subject}, label=label, bounce_tag="list",
+                                   mail_purpose="list-token", in_reply_to=facts.message_id,
+                                   payload=payload)
+        return None if asked else spool.Verdict(spool.Status.DONE, NOT_ASKED)
 
     return job
 
@@ -421,9 +429,8 @@ def _seen(conn: sqlite3.Connection, original_id: str) -> bool:
 
 
 class ListDesk:
-    def __init__(self, live: Live, writer: Writer, reader: Reader, auth: Authenticator) -> None:
+    def __init__(self, live: Live, reader: Reader, auth: Authenticator) -> None:
         self.rt = live
-        self.writer = writer
         self.reader = reader
         self.auth = auth
         self.log = logs.get("list")
@@ -457,18 +464,15 @@ class ListDesk:
         original_id = facts.message_id or ""  # a signature counts only when it signs one
         if await self.reader.run(_seen, original_id):
             log.info("list post already distributed")
-            return spool.Outcome(p.id, spool.Status.DONE, "list: this post was distributed before",
-                                 ("list",))
+            return spool.Outcome(p.id, spool.Status.DONE, SEEN, ("list",))
         subject = decoded_subject(facts.subject or "")
         own = tlp.labels_in(subject) + tlp.labels_in(body_text(facts.message or p.raw))
         answered = await self.reader.run(answered_labels, referenced_ids(facts))
         label = tlp.for_reply(answered, own)
         if not trusted:
-            asked = await self.writer.run(ask_confirmation(self.rt, p, facts, author.key, subject, label))
-            log.info("list post needs confirmation", token_sent=asked)
-            return spool.Outcome(p.id, spool.Status.DONE,
-                                 "list: unsigned; token sent to the roster address" if asked else
-                                 "list: unsigned; a token was sent lately, not again", ("list",))
+            log.info("list post needs confirmation")
+            return spool.Outcome(p.id, spool.Status.DONE, ASKED, ("list",),
+                                 effects=(ask_confirmation(self.rt, p, facts, author.key, subject, label),))
         held = await self.reader.run(held_state, p.id, original_id)
         if held == "held":
             return spool.Outcome(p.id, spool.Status.DONE, "list: this post waits for a Validator already",

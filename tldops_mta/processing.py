@@ -66,9 +66,9 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
     auth = Authenticator(live, writer, reader, KeyResolver.from_config(cfg),
                          IanaClient(cfg, writer, reader), offload=False)
     worker = Worker(live, writer, reader, Dispatcher(live, auth, DecisionDesk(live, writer, reader, auth),
-                                                     WhoDesk(live, writer, reader, auth),
-                                                     UpdateDesk(live, writer, reader),
-                                                     BounceDesk(live, writer)))
+                                                     WhoDesk(live, reader, auth),
+                                                     UpdateDesk(live, reader),
+                                                     BounceDesk(live, reader)))
     deliverer = Deliverer(cfg, writer, reader)
     clock = QueueClock(live, writer, reader)
     clock.on_mail = deliverer.wake

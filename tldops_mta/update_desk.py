@@ -21,7 +21,7 @@ from .live import Live
 from .message_facts import MessageFacts
 from .policy import RosterEntry
 from .request_form import body_text, parse_form
-from .storage import Reader, Writer
+from .storage import Reader
 
 PURPOSE_SELF_UPDATE = "self-update"
 
@@ -41,9 +41,8 @@ def apply(conn: sqlite3.Connection, payload: str, address: str, now: float) -> s
 
 
 class UpdateDesk:
-    def __init__(self, live: Live, writer: Writer, reader: Reader) -> None:
+    def __init__(self, live: Live, reader: Reader) -> None:
         self.rt = live
-        self.writer = writer
         self.reader = reader
         self.log = logs.get("update")
 
@@ -100,9 +99,9 @@ class UpdateDesk:
                 "confirm_address": address}, tlp=label, bounce_tag="update", purpose="self-update",
                 reply_to=address, auto="auto-replied", in_reply_to=facts.message_id)
 
-        await self.writer.run(ask)
         self.log.info("self-update waits for confirmation", tld=tld)
-        return spool.Outcome(p.id, spool.Status.DONE, "update: token sent to the roster address", ("update",))
+        return spool.Outcome(p.id, spool.Status.DONE, "update: token sent to the roster address", ("update",),
+                             effects=(ask,))
 
     def _refusal(self, p: spool.Pending, facts: MessageFacts, problems: list[str]) -> spool.Outcome:
         values: dict[str, Any] = {"problems": "".join(f"  - {x}\n" for x in problems),

@@ -19,13 +19,14 @@ from .dkim_verify import verify
 from .live import Live
 from .message_facts import MessageFacts
 from .request_form import body_text
-from .storage import Reader, Writer
+from .storage import Reader
 
 if TYPE_CHECKING:  # a type only: request_auth imports the desks (token purposes)
     from .request_auth import Authenticator
 
 TOKEN_GAP = 600.0
 """At most one token mail per SSC in this many seconds: forged queries cannot flood an inbox."""
+NOT_ASKED = "who: a token was sent lately; not again"
 
 
 def is_member(conn: sqlite3.Connection, address: str) -> bool:
@@ -82,9 +83,8 @@ def ask_token(live: Live, conn: sqlite3.Connection, purpose: str, to: str, now: 
 
 
 class WhoDesk:
-    def __init__(self, live: Live, writer: Writer, reader: Reader, auth: Authenticator) -> None:
+    def __init__(self, live: Live, reader: Reader, auth: Authenticator) -> None:
         self.rt = live
-        self.writer = writer
         self.reader = reader
         self.auth = auth
         self.log = logs.get("who")
@@ -105,21 +105,24 @@ class WhoDesk:
             return self._refusal(p, facts, "the roster goes only to its Security and Stability Contacts")
         live, to = self.rt, sender.mailbox.key
         if sender.dkim:
-            await self.writer.run(lambda conn: broadcast.send_one(conn, live.cfg, to, now))
             log.info("who answered", dkim=True)
-            return spool.Outcome(p.id, spool.Status.DONE, "who: roster sent (DKIM)", ("who",))
+            return spool.Outcome(p.id, spool.Status.DONE, "who: roster sent (DKIM)", ("who",),
+                                 effects=(lambda conn: broadcast.send_one(conn, live.cfg, to, now),))
         if sender.lookup_failed:
             return spool.waiting(p.id, "who", f"DKIM key lookup failed ({sender.lookup_failed})",
                                  float(cfg["worker.retry_base"]))
         label = tlp.of_message(facts.subject or "", body_text(facts.message or p.raw))
 
-        asked = await self.writer.run(lambda conn: ask_token(
-            live, conn, broadcast.PURPOSE_WHO, to, now, "who_confirmation", {}, label=label,
-            bounce_tag="who", mail_purpose="who-token", in_reply_to=facts.message_id))
-        log.info("who needs confirmation", token_sent=asked)
-        return spool.Outcome(p.id, spool.Status.DONE,
-                             "who: token sent to the roster address" if asked else
-                             "who: a token was sent lately; not again", ("who",))
+        def ask(conn: sqlite3.Connection) -> spool.Verdict | None:
+            # Whether one was sent lately is what the database says at the commit.
+            asked = ask_token(live, conn, broadcast.PURPOSE_WHO, to, now, "who_confirmation", {},
+                              label=label, bounce_tag="who", mail_purpose="who-token",
+                              in_reply_to=facts.message_id)
+            return None if asked else spool.Verdict(spool.Status.DONE, NOT_ASKED)
+
+        log.info("who needs confirmation")
+        return spool.Outcome(p.id, spool.Status.DONE, "who: token sent to the roster address", ("who",),
+                             effects=(ask,))
 
     def _refusal(self, p: spool.Pending, facts: MessageFacts, why: str) -> spool.Outcome:
         subject, body = texts.render(self.rt.rules, "who_refusal", {
