@@ -112,7 +112,8 @@ def test_a_token_redeemed_again_by_the_message_that_used_it_is_its_own_use(tmp_p
     assert (first.request_id, first.reason) == (0, "confirmed")
     # Processed again later (past its expiry, even): the same answer, marked as a repeat.
     again = tokens.redeem(token, purposes, ADMIN, now + 120, spool_id=3)(conn)
-    assert (again.request_id, again.reason, again.purpose, again.payload) == (0, "confirmed", "self-update", "{}")
+    assert (again.request_id, again.reason, again.purpose, again.payload) == (
+        0, "confirmed", "self-update", "{}")
     assert again.again and not first.again  # what it confirms is not carried out twice
     # Any other message finds it used.
     other = tokens.redeem(token, purposes, ADMIN, now, spool_id=4)(conn)
