@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from tldops_mta import config, spool, storage
 from tldops_mta.live import Live
@@ -177,6 +178,43 @@ async def test_an_effect_settles_the_outcome_in_the_same_transaction(tmp_path: P
             "SELECT status, reason FROM spool_events ORDER BY rowid DESC LIMIT 1").fetchone()) == (
             "rejected", "token already used")
         assert await reader.run(lambda c: c.execute("SELECT count(*) FROM marks").fetchone()) == (1,)
+    finally:
+        await writer.close()
+        reader.close()
+
+
+async def test_what_an_effect_found_is_said_after_the_commit_and_only_if_it_committed(
+        tmp_path: Path) -> None:
+    # Two messages: the first's effect settles it as rejected, the second's fails (a retry
+    # replaces it). The after-commit call runs for the first alone, when another connection
+    # sees its row, and the worker's own line gives the status committed, not the proposed.
+    said: list[tuple[int, tuple[str, str]]] = []
+
+    def settled(conn: sqlite3.Connection) -> spool.Verdict:
+        return spool.Verdict(spool.Status.REJECTED, "token already used")
+
+    def broken(conn: sqlite3.Connection) -> None:
+        raise sqlite3.IntegrityError("effect failed")
+
+    async def handler(p: spool.Pending, facts: MessageFacts, services: frozenset[Service]) -> spool.Outcome:
+        def after() -> None:
+            other = storage.connect(tmp_path / "tldops.sqlite3")
+            said.append((p.id, other.execute("SELECT status, reason FROM spool WHERE id = ?",
+                                             (p.id,)).fetchone()))
+            other.close()
+
+        return spool.Outcome(p.id, spool.Status.DONE, "confirmed", ("confirm",), after_commit=after,
+                             effects=(broken if b"Subject: 2" in p.raw else settled,))
+
+    w, writer, reader = await make(tmp_path, handler)
+    try:
+        await writer.run(spool.insert(arrival(1)))
+        await writer.run(spool.insert(arrival(2)))
+        with capture_logs() as logs:
+            assert await w.step()
+        assert said == [(1, ("rejected", "token already used"))]
+        assert sorted((e["event"], e.get("status")) for e in logs) == [
+            ("message processed", "rejected"), ("outcome not recorded, will retry", None)]
     finally:
         await writer.close()
         reader.close()

@@ -99,10 +99,9 @@ class DecisionDesk:
                 decisions.ask_to_confirm(live, conn, rid, to, event, reason or None, now=now,
                                          in_reply_to=facts.message_id, answered=label)
 
-            await self.writer.run(ask)
             log.info("decision waits for confirmation", request_id=request_id)
             return spool.Outcome(p.id, spool.Status.DONE, "decision without DKIM: confirmation asked",
-                                 ("decide",))
+                                 ("decide",), effects=(ask,))
         elif not counting:
             why = (f"your decision did not count: it has no valid DKIM signature of {sender.domain}. "
                    "Send it from your usual mail system, which signs, or decide with 'tldops queue'.")
@@ -112,8 +111,8 @@ class DecisionDesk:
             why = ""
         if why:
             log.info("decision refused", request_id=request_id, reason=why)
-            await self.writer.run(self._answer(request_id, sender.key, why, facts.message_id, label))
-            return spool.Outcome(p.id, spool.Status.REJECTED, why[:1000], ("decide",))
+            told = self._answer(request_id, sender.key, why, facts.message_id, label)
+            return spool.Outcome(p.id, spool.Status.REJECTED, why[:1000], ("decide",), effects=(told,))
 
         assert wanted is not None and request_id is not None
         event, reason = wanted
@@ -124,23 +123,30 @@ class DecisionDesk:
 
         once = facts.message_id or f"<spool-{p.id}@{cfg['server.domain']}>"
 
-        def job(conn: sqlite3.Connection) -> decisions.Result:
-            # A decision mail counts once: a replayed copy, or this one processed again after
-            # a crash between this commit and the spool's, changes nothing and mails nobody.
-            if conn.execute("SELECT 1 FROM seen_messages WHERE message_id = ?", (once,)).fetchone():
-                return decisions.Result(False, "this decision mail was already processed")
-            conn.execute("INSERT INTO seen_messages (message_id, spool_id, seen_at) VALUES (?,?,?)",
-                         (once, p.id, now))
-            result = decisions.act(live, conn, request_id, event, by, reason or None, now=now,
-                                   evidence=evidence)
-            decisions.answer_validator(live, conn, request_id, sender.key, result.message,
-                                       facts.message_id, label)
-            return result
+        results: list[decisions.Result] = []
 
-        result = await self.writer.run(job)
-        log.info("decision", request_id=request_id, action=event.value, ok=result.ok, state=result.state)
-        status = spool.Status.DONE if result.ok else spool.Status.REJECTED
-        return spool.Outcome(p.id, status, result.message[:1000], ("decide",))
+        def job(conn: sqlite3.Connection) -> spool.Verdict:
+            # A decision mail counts once: a replayed copy changes nothing and mails nobody.
+            # What the request's state allows is read here, at commit, with the spool row.
+            if conn.execute("SELECT 1 FROM seen_messages WHERE message_id = ?", (once,)).fetchone():
+                result = decisions.Result(False, "this decision mail was already processed")
+            else:
+                conn.execute("INSERT INTO seen_messages (message_id, spool_id, seen_at) VALUES (?,?,?)",
+                             (once, p.id, now))
+                result = decisions.act(live, conn, request_id, event, by, reason or None, now=now,
+                                       evidence=evidence)
+                decisions.answer_validator(live, conn, request_id, sender.key, result.message,
+                                           facts.message_id, label)
+            results[:] = [result]
+            status = spool.Status.DONE if result.ok else spool.Status.REJECTED
+            return spool.Verdict(status, result.message[:1000])
+
+        def logged() -> None:
+            result = results[0]
+            log.info("decision", request_id=request_id, action=event.value, ok=result.ok, state=result.state)
+
+        return spool.Outcome(p.id, spool.Status.DONE, f"decision: {event.value}", ("decide",),
+                             effects=(job,), ids={"request": request_id}, after_commit=logged)
 
     def _answer(self, request_id: int | None, to: str, text: str, in_reply_to: str | None,
                 label: tlp.Tlp) -> spool.Effect:

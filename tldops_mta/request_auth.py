@@ -255,34 +255,35 @@ class Authenticator:
         except addresses.AddressError as e:
             return self._refusal(p, facts, [e.reason], service="confirm")
         now = time.time()
-        redemption = await self.writer.run(_redeem(self.rt, token, sender.key, now, p.id))
-        if redemption.request_id is None:
-            log.info("confirmation refused", reason=redemption.reason)
-            return self._refusal(p, facts, [f"this confirmation does not count: {redemption.reason}"],
-                                 service="confirm")
-        if redemption.purpose == decisions.PURPOSE_CONFIRM_DECISION:
-            log.info("decision confirmed", request_id=redemption.request_id, result=redemption.reason)
-            return spool.Outcome(p.id, spool.Status.DONE, f"decision confirmed: {redemption.reason}",
-                                 ("confirm",))
-        if redemption.purpose == redelegation.PURPOSE_RECONFIRM:
-            log.info("ccTLD reconfirmed after a redelegation")
-            return spool.Outcome(p.id, spool.Status.DONE, f"reconfirm: {redemption.reason}", ("confirm",))
-        if redemption.purpose == update_desk.PURPOSE_SELF_UPDATE:
-            log.info("self-update confirmed", result=redemption.reason)
-            return spool.Outcome(p.id, spool.Status.DONE, f"update: {redemption.reason}", ("confirm",))
-        if redemption.purpose == broadcast.PURPOSE_WHO:
-            log.info("who confirmed")
-            return spool.Outcome(p.id, spool.Status.DONE, "who: roster sent (token)", ("confirm",))
-        if redemption.purpose == list_desk.PURPOSE_POST:
-            log.info("list post confirmed", result=redemption.reason)
-            return spool.Outcome(p.id, spool.Status.DONE, f"list: {redemption.reason}", ("confirm",))
-        if redemption.purpose == decisions.PURPOSE_WITHDRAW:
-            log.info("withdrawal", request_id=redemption.request_id, result=redemption.reason)
-            return spool.Outcome(p.id, spool.Status.DONE, f"withdrawal: {redemption.reason}",
-                                 ("confirm",))
-        log.info("request confirmed", request_id=redemption.request_id)
-        return spool.Outcome(p.id, spool.Status.DONE, f"confirmed request {redemption.request_id}",
-                             ("confirm",))
+        redeem = _redeem(self.rt, token, sender.key, now, p.id)
+        ids: dict[str, int] = {}
+        got: list[tokens.Redemption] = []
+
+        def job(conn: sqlite3.Connection) -> spool.Verdict:
+            # Whether the token counts is read at commit, with the spool row: an answer
+            # processed again after a failed commit finds it as unused as the first time.
+            r = redeem(conn)
+            got[:] = [r]
+            if r.request_id is None:
+                reasons = [f"this confirmation does not count: {r.reason}"]
+                self._reply_refusal(p, facts, reasons)(conn)
+                return spool.Verdict(spool.Status.REJECTED, "; ".join(reasons)[:1000])
+            if r.purpose in _ABOUT_A_REQUEST:
+                ids["request"] = r.request_id
+            said = _CONFIRMED[r.purpose or PURPOSE_CONFIRM][0]
+            return spool.Verdict(spool.Status.DONE, said.format(request_id=r.request_id, result=r.reason))
+
+        def logged() -> None:
+            r = got[0]
+            if r.request_id is None:
+                log.info("confirmation refused", reason=r.reason)
+                return
+            _, event, names = _CONFIRMED[r.purpose or PURPOSE_CONFIRM]
+            fields = {"request_id": r.request_id, "result": r.reason}
+            log.info(event, **{k: fields[k] for k in names})
+
+        return spool.Outcome(p.id, spool.Status.DONE, "confirmation", ("confirm",), effects=(job,),
+                             ids=ids, after_commit=logged)
 
     # -- refusals ------------------------------------------------------------------------
 
@@ -388,22 +389,36 @@ def _new_request(spool_id: int, d: Decision, action: str, requester: str, auth: 
     return job
 
 
+_CONFIRMED: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    PURPOSE_CONFIRM: ("confirmed request {request_id}", "request confirmed", ("request_id",)),
+    decisions.PURPOSE_CONFIRM_DECISION: ("decision confirmed: {result}", "decision confirmed",
+                                         ("request_id", "result")),
+    decisions.PURPOSE_WITHDRAW: ("withdrawal: {result}", "withdrawal", ("request_id", "result")),
+    redelegation.PURPOSE_RECONFIRM: ("reconfirm: {result}", "ccTLD reconfirmed after a redelegation", ()),
+    update_desk.PURPOSE_SELF_UPDATE: ("update: {result}", "self-update confirmed", ("result",)),
+    broadcast.PURPOSE_WHO: ("who: roster sent (token)", "who confirmed", ()),
+    list_desk.PURPOSE_POST: ("list: {result}", "list post confirmed", ("result",)),
+}
+"""What a token of each purpose that counted is: the spool's reason, and the log line said
+once it committed (its event, and which of request_id and result it names)."""
+
+_ABOUT_A_REQUEST = frozenset({PURPOSE_CONFIRM, decisions.PURPOSE_CONFIRM_DECISION,
+                              decisions.PURPOSE_WITHDRAW})
+"""Purposes whose token belongs to a request (the others carry none)."""
+
+
 def _redeem(live: Live, token: str, sender_key: str, now: float, spool_id: int,
             ) -> Callable[[sqlite3.Connection], tokens.Redemption]:
     """Use the token and carry out what it confirms, in one transaction: a request goes to
     the Validators; a Validator's decision (sent without a DKIM signature that counts, where
     ``validation.decision_auth`` allows confirming it) is made; a request is withdrawn by
     the administrative contact who sent it; an unsigned list post goes back to the spool."""
-    use = tokens.redeem(token, frozenset({PURPOSE_CONFIRM, decisions.PURPOSE_CONFIRM_DECISION,
-                                          decisions.PURPOSE_WITHDRAW, broadcast.PURPOSE_WHO,
-                                          update_desk.PURPOSE_SELF_UPDATE,
-                                          redelegation.PURPOSE_RECONFIRM, list_desk.PURPOSE_POST}),
-                        sender_key, now, spool_id)
+    use = tokens.redeem(token, frozenset(_CONFIRMED), sender_key, now, spool_id)
 
     def job(conn: sqlite3.Connection) -> tokens.Redemption:
         r = use(conn)
-        if r.request_id is None:
-            return r
+        if r.request_id is None or r.again:
+            return r  # again: what it confirms was carried out with its first use
         if r.purpose == broadcast.PURPOSE_WHO:
             broadcast.send_one(conn, live.cfg, sender_key, now)  # to the roster address it was sent to
             return tokens.Redemption(r.request_id, "roster sent", r.purpose)
@@ -434,8 +449,6 @@ def _redeem(live: Live, token: str, sender_key: str, now: float, spool_id: int,
         return r
 
     return job
-
-
 
 
 def _evidence(d: Decision, contact: AdminContact | None, report: DkimReport, ar: str,

@@ -93,6 +93,21 @@ class Outcome:
     ids: dict[str, int] = field(default_factory=dict)
     """Filled by the effects as they run (the id of the request row they make), so that the
     log line after the commit ties the message to what it became."""
+    after_commit: Callable[[], None] | None = None
+    """Called once the outcome and its effects committed (not when a retry replaced them):
+    the handler's log line of what its effects found, said only when the database holds it."""
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What ``finish`` committed other than the outcomes it was given."""
+
+    retries: list[Outcome]
+    """In place of outcomes whose effects failed."""
+    settled: dict[int, Verdict]
+    """By spool id: the status and reason an effect's Verdict gave in place of the handler's."""
+    dropped: set[int]
+    """Spool ids of outcomes written by nobody: another worker holds the message now."""
 
 
 WAITING = "waiting"
@@ -241,12 +256,13 @@ def claim(ids: Iterable[int], now: float, owner: str) -> Callable[[sqlite3.Conne
 
 
 def finish(outcomes: Iterable[Outcome], now: float, retry_at: float, owner: str,
-           ) -> Callable[[sqlite3.Connection], list[Outcome]]:
+           ) -> Callable[[sqlite3.Connection], Finished]:
     """Commit outcomes, each in its own savepoint: an outcome whose effects fail is
     replaced by a retry at ``retry_at`` (returned, so the caller can log it) and the
     others still commit. An outcome for a message ``owner`` no longer holds is dropped
     with its effects: whoever holds it now will write its own."""
     rows = list(outcomes)
+    done = Finished([], {}, set())
 
     def write(conn: sqlite3.Connection, o: Outcome) -> None:
         cur = conn.execute(
@@ -256,6 +272,7 @@ def finish(outcomes: Iterable[Outcome], now: float, retry_at: float, owner: str,
             (o.status.value, o.reason, json.dumps(list(o.services)) if o.services else None,
              o.retry_at, now, 0 if o.counts_attempt else 1, o.id, owner))
         if cur.rowcount != 1:
+            done.dropped.add(o.id)
             return
         status, reason = o.status, o.reason
         for effect in o.effects:
@@ -263,13 +280,13 @@ def finish(outcomes: Iterable[Outcome], now: float, retry_at: float, owner: str,
             if isinstance(verdict, Verdict):
                 status, reason = verdict.status, verdict.reason
         if (status, reason) != (o.status, o.reason):
+            done.settled[o.id] = Verdict(status, reason)
             conn.execute("UPDATE spool SET status = ?, reason = ? WHERE id = ?",
                          (status.value, reason, o.id))
         conn.execute("INSERT INTO spool_events (spool_id, at, status, reason) VALUES (?,?,?,?)",
                      (o.id, now, status.value, reason))
 
-    def job(conn: sqlite3.Connection) -> list[Outcome]:
-        replaced = []
+    def job(conn: sqlite3.Connection) -> Finished:
         for o in rows:
             conn.execute("SAVEPOINT outcome")
             try:
@@ -278,12 +295,13 @@ def finish(outcomes: Iterable[Outcome], now: float, retry_at: float, owner: str,
                 if not conn.in_transaction:
                     raise
                 conn.execute("ROLLBACK TO outcome")
+                done.settled.pop(o.id, None)
                 retry = Outcome(o.id, Status.RECEIVED, f"could not record the outcome: {e}"[:500],
                                 o.services, retry_at)
                 write(conn, retry)
-                replaced.append(retry)
+                done.retries.append(retry)
             conn.execute("RELEASE outcome")
-        return replaced
+        return done
 
     return job
 

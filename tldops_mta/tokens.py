@@ -46,20 +46,26 @@ class Redemption:
     reason: str
     purpose: str | None = None
     payload: str | None = None
+    again: bool = False
+    """This message had used it already (and what it confirms committed with that use)."""
 
 
 def redeem(token: str, purposes: frozenset[str], sender_key: str | None, now: float,
            spool_id: int) -> Callable[[sqlite3.Connection], Redemption]:
     """Use a token once. It counts only if it exists for one of these purposes, is unused
-    and unexpired, and the answer comes From the address it was sent to."""
+    and unexpired, and the answer comes From the address it was sent to. The message that
+    used it (``spool_id``) finds it as it left it, processed again: its own use, never
+    "already used"."""
 
     def job(conn: sqlite3.Connection) -> Redemption:
         row = conn.execute(
-            "SELECT request_id, address, expires_at, used_at, purpose, payload FROM tokens"
+            "SELECT request_id, address, expires_at, used_at, purpose, payload, used_by FROM tokens"
             " WHERE hash = ?", (token_hash(token),)).fetchone()
         if row is None or row[4] not in purposes:
             return Redemption(None, "unknown token")
-        request_id, address, expires_at, used_at, purpose, payload = row
+        request_id, address, expires_at, used_at, purpose, payload, used_by = row
+        if used_at is not None and used_by == spool_id and sender_key == address:
+            return Redemption(int(request_id or 0), "confirmed", purpose, payload, again=True)
         if used_at is not None:
             return Redemption(None, "token already used")
         if expires_at <= now:

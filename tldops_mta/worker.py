@@ -78,22 +78,28 @@ class Worker(DueLoop):
         done = time.time()
         retry_at = done + backoff(1, cfg["worker.retry_base"], cfg["worker.retry_max"])
         finish = spool.finish(outcomes, done, retry_at, self.owner)
-        replaced = {o.id: o for o in await self.writer.run(finish)}
+        finished = await self.writer.run(finish)
+        replaced = {o.id: o for o in finished.retries}
         self.processed += len(outcomes)
         counted = metrics.worker_metrics().messages
+        committed = {o.id: (replaced.get(o.id) or finished.settled.get(o.id) or o).status
+                     for o in outcomes}
         for o in outcomes:
-            status = replaced[o.id].status if o.id in replaced else o.status
             for service in o.services or ("none",):
-                counted.labels(service.split("+")[0], status.value).inc()
+                counted.labels(service.split("+")[0], committed[o.id].value).inc()
         self.on_outcomes()
         for p, o in zip(work, outcomes, strict=True):
             if o.id in replaced:
                 self.log.error("outcome not recorded, will retry", queue_id=p.queue_id,
                                reason=replaced[o.id].reason)
-            elif o.ids:  # it became something (a request): the line that ties them, at info
-                self.log.info("message processed", queue_id=p.queue_id, status=o.status.value, **o.ids)
+                continue
+            if o.after_commit is not None and o.id not in finished.dropped:
+                o.after_commit()
+            if o.ids:  # it became something (a request): the line that ties them, at info
+                self.log.info("message processed", queue_id=p.queue_id, status=committed[o.id].value,
+                              **o.ids)
             else:
-                self.log.debug("message processed", queue_id=p.queue_id, status=o.status.value)
+                self.log.debug("message processed", queue_id=p.queue_id, status=committed[o.id].value)
         return True
 
     async def process(self, p: spool.Pending) -> spool.Outcome:

@@ -1,0 +1,47 @@
+"""A storage fault in the commit of one message's outcome, for the tests of the one commit rule.
+
+``fail_outcome_once`` puts a trigger into the running daemon's own database: the statement
+that records how the next message to a service address ends (done, rejected, failed) fails,
+as a storage error would, inside the worker's transaction. The worker rolls that outcome
+back with its effects and takes the message up again; the trigger fires once, then lets
+everything pass. Deterministic: no timing, no kill.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from pathlib import Path
+
+from daemon_proc import DaemonProc
+
+NOT_RECORDED = "could not record the outcome: injected fault"
+
+
+def fail_outcome_once(db_path: Path, service: str) -> str:
+    """Arm the fault for the next message to ``service+TAG@`` (e.g. ``confirm``); its name."""
+    assert re.fullmatch(r"[a-z]+", service), service
+    conn = sqlite3.connect(db_path, timeout=10)
+    try:
+        armed = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'trigger'"
+                             " AND name LIKE 'fail!_%!_outcome!_%' ESCAPE '!'").fetchone()[0]
+        name = f"fail_{service}_outcome_{armed + 1}"  # each fires once: a new one for each fault
+        # Names and literals only from the pattern above: nothing else reaches the SQL.
+        conn.execute(
+            f"CREATE TRIGGER {name} BEFORE INSERT ON spool_events"
+            " WHEN NEW.status IN ('done', 'rejected', 'failed')"
+            f" AND EXISTS (SELECT 1 FROM spool s, json_each(s.rcpt_to) r WHERE s.id = NEW.spool_id"
+            f"             AND r.value LIKE '{service}+%')"
+            f" AND NOT EXISTS (SELECT 1 FROM spool_events WHERE reason = '{NOT_RECORDED} {name}')"
+            f" BEGIN SELECT RAISE(ABORT, 'injected fault {name}'); END")
+        conn.commit()
+    finally:
+        conn.close()
+    return name
+
+
+def failed_once(d: DaemonProc, queue_id: str, name: str) -> None:
+    """The fault hit this message's outcome, once."""
+    rows = d.query("SELECT e.reason FROM spool_events e JOIN spool s ON s.id = e.spool_id"
+                   " WHERE s.queue_id = ? AND e.reason LIKE 'could not record%'", (queue_id,))
+    assert rows == [(f"{NOT_RECORDED} {name}",)], rows
