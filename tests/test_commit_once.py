@@ -34,7 +34,7 @@ def test_a_confirmation_whose_commit_fails_is_applied_and_answered_once(tmp_path
         confirm = str(f.mail_to(ADMIN, "Please confirm")["Reply-To"])
         before = outbox(f)
 
-        fault = fail_outcome_once(f.d.db_path, "confirm")
+        fault = fail_outcome_once(f.d.db_path, "confirm+%")
         qid = f.env.send(request(ADMIN, body="Yes.\r\n", subject="Re: confirm"), rcpts=(confirm,))
         assert f.env.processed(qid) == ("done", "confirmed request 1")
         failed_once(f.d, qid, fault)
@@ -55,7 +55,7 @@ def test_a_decision_whose_commit_fails_counts_once_with_one_set_of_mails(tmp_pat
         before = outbox(f)
 
         # One that does not count (no DKIM): the Validator is told once.
-        fault = fail_outcome_once(f.d.db_path, "decide")
+        fault = fail_outcome_once(f.d.db_path, "decide+%")
         qid = f.env.send(f.decision(address, "approve", sign=False), mail_from=VALIDATOR, rcpts=(address,))
         status, reason = f.env.processed(qid)
         assert status == "rejected" and "no valid DKIM signature" in reason
@@ -64,7 +64,7 @@ def test_a_decision_whose_commit_fails_counts_once_with_one_set_of_mails(tmp_pat
 
         # One that counts: applied once, the row says so, each of its mails once.
         before = outbox(f)
-        fault = fail_outcome_once(f.d.db_path, "decide")
+        fault = fail_outcome_once(f.d.db_path, "decide+%")
         qid = f.env.send(f.decision(address, "approve"), mail_from=VALIDATOR, rcpts=(address,))
         assert f.env.processed(qid) == ("done", "request #1 approved")
         failed_once(f.d, qid, fault)
@@ -81,7 +81,7 @@ def test_an_unsigned_decision_and_its_confirmation_each_commit_once(tmp_path: Pa
         address = f.decide_address()
         before = outbox(f)
 
-        fault = fail_outcome_once(f.d.db_path, "decide")
+        fault = fail_outcome_once(f.d.db_path, "decide+%")
         qid = f.env.send(f.decision(address, "approve", sign=False), mail_from=VALIDATOR, rcpts=(address,))
         assert f.env.processed(qid) == ("done", "decision without DKIM: confirmation asked")
         failed_once(f.d, qid, fault)
@@ -90,7 +90,7 @@ def test_an_unsigned_decision_and_its_confirmation_each_commit_once(tmp_path: Pa
 
         confirm = str(f.mail_to(VALIDATOR, "Please confirm your decision")["Reply-To"])
         before = outbox(f)
-        fault = fail_outcome_once(f.d.db_path, "confirm")
+        fault = fail_outcome_once(f.d.db_path, "confirm+%")
         raw = request(VALIDATOR, body="yes\r\n", subject="Re: TLD-OPS")
         cid = f.env.send(raw, mail_from=VALIDATOR, rcpts=(confirm,))
         assert f.env.processed(cid) == ("done", "decision confirmed: request #1 approved")
