@@ -1,10 +1,8 @@
 """The spool appender: the process that commits accepted mail to the spool for the SMTP process.
 
-Why a process of its own: the sqlite3 module gives up the interpreter lock around every
-statement, and a writer *thread* in the SMTP process then has to win it back from the event
-loop each time, several times per commit. Under load the loop spent a tenth of its time
-waiting for that lock, in the middle of answering clients. Here the commits run on their
-own interpreter, and the SMTP loop only writes a frame and reads a reply (spool_frames).
+A process of its own, so that the commits do not contend with the SMTP event loop for the
+interpreter lock (docs/architecture.md says why that matters); the SMTP loop only writes a
+frame and reads a reply (spool_frames).
 
 The loop: block until a frame arrives, take every frame already waiting (group commit),
 commit them all in one transaction (``storage.commit``: one fsync), reply to each, repeat.

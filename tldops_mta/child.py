@@ -21,19 +21,13 @@ def yield_to_intake(cpu_class: str, niceness: int) -> str:
     """Never take the CPU from the SMTP process's event loop when it wakes up (the worker);
     returns the class taken.
 
-    ``idle`` (SCHED_IDLE; what ``auto`` takes with two cores or more): the kernel counts a
-    core that runs only the worker as free, so a waking SMTP loop, spool appender or client
-    is placed there and runs at once. Under bench/intake's load this took the loop's CPU per
-    message from about 14 % over bare aiosmtpd's to the same, and the intake ratio from 0.76
-    to 0.97 (medians of 5 pairs), with every message still processed as it came. The price:
-    where other programs keep every core busy, the worker gets almost nothing and decisions
-    wait. ``batch`` (SCHED_BATCH and ``niceness``; what ``auto`` takes on one core, where an
-    idle worker would get nothing while intake is busy): a waking batch task does not
-    preempt the one running, and it keeps a small share of a busy machine. Neither can be
-    left again without privileges, so the choice holds for the process's life.
-    (The spool appender stays in the normal class: its commit *is* what a session is
-    waiting for. With both children in SCHED_BATCH the loop was preempted a third as often
-    under bench/intake's load, but the rate did not rise: commits waited instead.)
+    ``idle`` (SCHED_IDLE; what ``auto`` takes with two cores or more): a core that runs only
+    the worker counts as free, so a waking SMTP loop is placed there at once; on a machine
+    kept busy by others the worker gets almost nothing. ``batch`` (SCHED_BATCH and
+    ``niceness``; ``auto`` on one core): a small share even then. Neither can be left again
+    without privileges, so the choice holds for the process's life. The spool appender
+    stays in the normal class: its commit is what a session waits for. Measured and argued
+    in docs/architecture.md.
     """
     if cpu_class == "auto":
         cpu_class = "idle" if len(os.sched_getaffinity(0)) >= 2 else "batch"

@@ -7,7 +7,7 @@ event loop.
 
 ``LongLineGuard`` stands before aiosmtpd's DATA reader, which keeps every fragment of a line
 that has not ended, even once the line is too long to be accepted (its ``line_fragments``):
-one endless line grew the SMTP process by its whole length (200 MB sent, 230 MB resident).
+without it, one endless line would grow the SMTP process by its whole length.
 """
 
 from __future__ import annotations

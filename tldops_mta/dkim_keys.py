@@ -170,8 +170,8 @@ def _openssl_key(n: int, e: int, d: int, p: int, q: int, dmp1: int, dmq1: int,
 
 def fast_rsassa_pkcs1_v1_5_sign(hash: Any, private_key: dict[str, int]) -> bytes:
     """dkimpy 1.1.8's ``dkim.crypto.RSASSA_PKCS1_v1_5_sign`` (RFC 8017 8.2.1) by OpenSSL: the
-    same octets (the scheme is deterministic) in a tenth of the time of dkimpy's arithmetic.
-    tests/test_patched_libraries.py fails when the upstream code differs."""
+    same octets (the scheme is deterministic), without dkimpy's pure-Python arithmetic
+    (docs/architecture.md). tests/test_patched_libraries.py fails when the upstream code differs."""
     if str(hash.name).lower() != "sha256":
         return bytes(dkim.crypto.RSASSA_PKCS1_v1_5_sign(hash, private_key))
     k = private_key

@@ -60,10 +60,10 @@ def compose(*, from_addr: str, to: str, subject: str, body: str, domain: str, tl
     message as received, follows the text as a message/rfc822 part, octet for octet (a
     forward: see postmaster_desk).
 
-    Written out directly rather than through email.message.EmailMessage, which took about
-    0.8 ms a message (a Validator mail is composed for every request). Every value is
-    checked for line breaks, so no header can be smuggled in; a Subject that is not ASCII
-    is an RFC 2047 encoded word; addresses go as they are (RFC 6532 when not ASCII).
+    Written out directly, not through email.message.EmailMessage, which costs more than the
+    rest of a request's handling needs (docs/architecture.md). Every value is checked for
+    line breaks, so no header can be smuggled in; a Subject that is not ASCII is an RFC 2047
+    encoded word; addresses go as they are (RFC 6532 when not ASCII).
     """
     headers = [("From", from_addr), ("To", to), ("Subject", _subject(labelled(subject, tlp))),
                ("Date", format_datetime(dt.datetime.now(dt.UTC))),
@@ -375,9 +375,8 @@ class Deliverer(DueLoop):
             raise
 
     def _wire_form(self, d: Due) -> bytes:
-        """The message as DATA carries it, prepared once per message: a broadcast goes to
-        every SSC, and preparing its half-megabyte again for each (as aiosmtplib's data()
-        does) was 80% of the deliverer's time."""
+        """The message as DATA carries it, prepared once per message, not once per recipient
+        as aiosmtplib's data() would: a broadcast goes to every SSC."""
         cached = self._wire.get(d.message_id)
         if cached is None:
             cached = wire_form(d.raw)

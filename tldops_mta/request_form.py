@@ -23,9 +23,9 @@ MAX_PARTS = 100
 
 def body_text(raw: bytes | Message) -> str:
     """The text a person wrote: the text/plain parts (attachments aside), else the HTML ones
-    turned into text. The stdlib's compat32 parser, which mail-parser wraps too, at a tenth
-    of mail-parser's cost: this runs for every request. Given an already parsed message
-    (``MessageFacts.message``), it reads that one."""
+    turned into text, read with the stdlib's compat32 parser (why not mail-parser:
+    docs/architecture.md). Given an already parsed message (``MessageFacts.message``), it
+    reads that one."""
     plain: list[str] = []
     html: list[str] = []
     msg = raw if isinstance(raw, Message) else message_from_bytes(raw)

@@ -1,18 +1,11 @@
 """SQLite: opening, numbered migrations, and the one writer that commits in groups.
 
-All writes of the daemon go through ``Writer``: one thread owning one connection. It takes
-every job waiting in its queue, runs them in one transaction and commits once; when one of
-them fails, it runs them again, each in a savepoint, so that one failing job does not sink
-the others. Concurrent SMTP sessions thus share an fsync instead of queueing for one each,
-and a 250 reply still waits for its own commit. A job therefore touches nothing but the
-connection: run twice after a rollback, it does what it does once.
-
-Jobs of one kind that arrive together (``Grouped``: the spool inserts of concurrent SMTP
-sessions) run as one statement each. The reason is the GIL, not SQLite: the sqlite3 module
-lets go of the GIL around every statement step, and each time the writer thread then waits
-for the event loop's next system call to get it back. Four steps for a whole batch of
-arrivals (BEGIN, two INSERTs, COMMIT) instead of four per message and two per savepoint is
-what keeps a commit short while the loop is busy.
+``Writer`` (one thread owning one connection) and the spool appender take every job
+waiting, run them in one transaction and commit once (``commit``): concurrent writers share
+an fsync. When one job fails they run again, each in a savepoint, so a job touches nothing
+but the connection: run twice after a rollback, it does what it does once. Jobs of one kind
+that arrive together (``Grouped``) run as one statement each, to keep a commit short while
+the event loop holds the interpreter lock. Why, and measured: docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -243,12 +236,9 @@ def begin(conn: sqlite3.Connection, lock_wait: float | None) -> None:
     """BEGIN IMMEDIATE, waiting up to ``lock_wait`` seconds for another writer to finish
     (None: as long as the connection's busy timeout, in SQLite's own steps).
 
-    SQLite's own busy handler sleeps 1 ms at the first conflict, then 2, 5, 10 ms: for the
-    spool appender, whose commit an SMTP session waits for, that is longer than the
-    worker's transactions last (bench/intake's appender slept about once per 50 commits,
-    each sleep holding back every session queued behind it). Here the waits start at 50
-    microseconds and double up to a millisecond. Raises the last "database is locked"
-    when the time is up.
+    The waits start at 50 microseconds and double up to a millisecond, far shorter than
+    SQLite's busy handler sleeps: an SMTP session waits for the spool appender's commit
+    (docs/architecture.md). Raises the last "database is locked" when the time is up.
     """
     if lock_wait is None:
         conn.execute("BEGIN IMMEDIATE")

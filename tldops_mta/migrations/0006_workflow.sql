@@ -1,4 +1,4 @@
--- The request workflow (issue 5): what each request asks, the append-only audit log of every
+-- The request workflow: what each request asks, the append-only audit log of every
 -- transition, the roster, and each change made to it.
 
 ALTER TABLE requests ADD COLUMN action TEXT;         -- subscribe, update, remove

@@ -1,4 +1,4 @@
--- Roster broadcasts (issue 6): each period claimed once, in the transaction that queues its
+-- Roster broadcasts: each period claimed once, in the transaction that queues its
 -- mail, so a period is sent exactly once whatever restarts happen.
 CREATE TABLE broadcasts (
     id                INTEGER PRIMARY KEY,

@@ -1,4 +1,4 @@
--- Bounces (issue 6): each report that came back to bounces+TAG@, tied to the delivery (and
+-- Bounces: each report that came back to bounces+TAG@, tied to the delivery (and
 -- so the SSC) its tag names, and the addresses reported to the Validators as failing.
 CREATE TABLE bounces (
     id           INTEGER PRIMARY KEY,

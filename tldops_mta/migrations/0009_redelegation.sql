@@ -1,4 +1,4 @@
--- The redelegation watch (issue 6): per ccTLD on the roster, the IANA administrative contact
+-- The redelegation watch: per ccTLD on the roster, the IANA administrative contact
 -- its roster was last confirmed by, when IANA was last asked, and whether a change of that
 -- contact waits for the new one to confirm the SSCs. Nothing is removed automatically.
 CREATE TABLE cctlds (

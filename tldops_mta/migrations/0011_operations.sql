@@ -1,4 +1,4 @@
--- Operations (issue 7): outreach invitations, the monthly statistics mail, and the audit
+-- Operations: outreach invitations, the monthly statistics mail, and the audit
 -- record of erasures of personal data.
 
 -- Each invitation mailed to the IANA admin contact of a non-subscribed ccTLD.

@@ -1,4 +1,4 @@
--- The nightly housekeeping (issue 7): one row per day it ran, claimed in the transaction
+-- The nightly housekeeping: one row per day it ran, claimed in the transaction
 -- that does the work, so a day is done once whatever restarts happen.
 CREATE TABLE housekeeping_runs (
     day         TEXT    PRIMARY KEY,                 -- YYYY-MM-DD (UTC)

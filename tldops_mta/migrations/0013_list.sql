@@ -1,4 +1,4 @@
--- The built-in TLD-OPS list (issue 9): one row per post distributed, written in the
+-- The built-in TLD-OPS list: one row per post distributed, written in the
 -- transaction that queues its copy to every SSC. The original Message-ID is unique, so the
 -- same post (a retry, a replayed copy) is never distributed twice; the label is kept so that
 -- a reply naming the post in In-Reply-To or References inherits it (the stricter wins).

@@ -1,4 +1,4 @@
--- The Mailman 3 backend (issue 9): an outbox for Mailman. Every change of the roster marks
+-- The Mailman 3 backend: an outbox for Mailman. Every change of the roster marks
 -- the addresses it touches in the same transaction (these triggers, whatever code path made
 -- the change: an approval, a reversal, an SSC's own update, an erasure); the Mailman loop
 -- then makes each marked address on the list what the roster says it is now (member with
