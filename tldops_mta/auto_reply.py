@@ -15,7 +15,6 @@ import time
 from . import outbox, spool, tlp
 from .live import Live
 from .message_facts import MessageFacts
-from .request_form import body_text
 
 
 def may_answer(live: Live, p: spool.Pending, facts: MessageFacts) -> bool:
@@ -46,7 +45,7 @@ def reply(live: Live, p: spool.Pending, facts: MessageFacts, *, kind: str, subje
             return
         # A reply is labelled like what it answers, at the least (no label there: RED). Read
         # only for a reply that goes: a sender over the limit costs no walk through its text.
-        label = tlp.of_message(facts.subject or "", body_text(facts.message or p.raw))
+        label = tlp.of_message(facts.subject or "", facts.text)
         conn.execute("INSERT INTO auto_replies (kind, address, last_sent) VALUES (?, ?, ?)"
                      " ON CONFLICT (kind, address) DO UPDATE SET last_sent = excluded.last_sent",
                      (kind, to.lower(), now))

@@ -21,6 +21,7 @@ from flufl.bounce import all_failures
 from . import logs, mailing, spool
 from .live import Live
 from .message_facts import MessageFacts
+from .recipients import Service, Services
 from .storage import Reader
 from .tlp import Tlp
 
@@ -63,9 +64,10 @@ class BounceDesk:
         self.reader = reader
         self.log = logs.get("bounces")
 
-    async def handle(self, p: spool.Pending, facts: MessageFacts, tag: str) -> spool.Outcome:
+    async def handle(self, p: spool.Pending, facts: MessageFacts, services: Services) -> spool.Outcome:
         live = self.rt
         now = time.time()
+        tag = services.tag(Service.BOUNCES)
         msg = facts.message or message_from_bytes(p.raw)
         try:
             temporary, permanent = all_failures(msg)

@@ -122,10 +122,6 @@ def claim_and_queue(conn: sqlite3.Connection, cfg: Config, period: str, kind: st
     return len(built.recipients)
 
 
-PURPOSE_WHO = "who"
-"""The token of an SSC's who@ query that had no DKIM signature that counts."""
-
-
 def send_one(conn: sqlite3.Connection, cfg: Config, to: str, now: float) -> None:
     """The broadcast's mail, built now for one SSC (a who@ query), through the outbox."""
     built = build(conn, cfg, now, f"who-{int(now)}")

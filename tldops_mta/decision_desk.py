@@ -12,18 +12,19 @@ for one that did.
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 import time
 
 from . import addresses, decisions, logs, spool, tlp, tokens
-from .dkim_verify import verify
 from .live import Live
 from .message_facts import MessageFacts
 from .queue_states import Actor, Event
-from .request_auth import Authenticator
-from .request_form import body_text
-from .storage import Reader, Writer
+from .recipients import Service, Services
+from .sender_auth import SenderAuth
+from .storage import Reader
+from .token_purposes import Purpose
 
 _COMMAND = re.compile(r"^(approve|deny|escalate)\b[\s:,-]*(.*)$", re.IGNORECASE)
 HOW = "Write 'approve', 'deny REASON' or 'escalate REASON' on the first line of your reply."
@@ -45,18 +46,38 @@ def command(text: str) -> tuple[Event, str] | None:
     return Event(m.group(1).lower()), " ".join(m.group(2).split())[:500]
 
 
+def _confirmed(live: Live, conn: sqlite3.Connection, r: tokens.Redemption, sender_key: str,
+               now: float) -> str:
+    """A Validator confirmed a decision they sent without a DKIM signature that counts
+    (where ``validation.decision_auth`` allows it): it is made now."""
+    assert r.request_id is not None
+    wanted = json.loads(r.payload or "{}")
+    by = decisions.By(Actor.VALIDATOR, sender_key, "token")
+    result = decisions.act(live, conn, r.request_id, Event(wanted["event"]), by, wanted.get("reason"),
+                           now=now)
+    decisions.answer_validator(live, conn, r.request_id, sender_key, result.message, None)
+    return result.message
+
+
+PURPOSES = (
+    Purpose(decisions.PURPOSE_DECIDE, "decide", None),  # answered at decide+TOKEN@ itself
+    Purpose(decisions.PURPOSE_CONFIRM_DECISION, "decide", _confirmed, "decision confirmed: {result}",
+            "decision confirmed", ("request_id", "result"), about_a_request=True),
+)
+
+
 class DecisionDesk:
-    def __init__(self, live: Live, writer: Writer, reader: Reader, auth: Authenticator) -> None:
+    def __init__(self, live: Live, reader: Reader, senders: SenderAuth) -> None:
         self.rt = live
-        self.writer = writer
         self.reader = reader
-        self.auth = auth  # its resolver (replaced on SIGHUP) and offload setting
+        self.senders = senders
         self.log = logs.get("decide")
 
-    async def handle(self, p: spool.Pending, facts: MessageFacts, token: str) -> spool.Outcome:
+    async def handle(self, p: spool.Pending, facts: MessageFacts, services: Services) -> spool.Outcome:
         cfg = self.rt.cfg
         log = self.log.bind(queue_id=p.queue_id)
         now = time.time()
+        token = services.tag(Service.DECIDE)
 
         def dropped(why: str) -> spool.Outcome:
             log.info("decision ignored", reason=why)
@@ -73,15 +94,12 @@ class DecisionDesk:
         # From here on the answer goes to a Validator's own address: safe to send, even if
         # this mail was forged in their name (they then learn of the attempt).
         found = await self.reader.run(tokens.find(token, decisions.PURPOSE_DECIDE, now))
-        report = await verify(p.raw, self.auth.resolver, min_rsa_bits=cfg["dkim.min_rsa_bits"],
-                              now=now, offload=self.auth.offload)
-        alignment = cfg["dkim.alignment"]
-        counting = report.counting(sender.domain, alignment)
-        if not counting and report.temporary(sender.domain, alignment):
-            return spool.waiting(p.id, "decide", f"DKIM key lookup failed ({report.key_failures()})",
-                                 float(cfg["worker.retry_base"]))
+        signed = await self.senders.verify(p.raw, sender.domain, now)
+        counting = signed.counting
+        if signed.lookup_failed:
+            return self.senders.wait(p.id, "decide", f"DKIM key lookup failed ({signed.lookup_failed})")
         request_id = found[0] if found else None
-        text = body_text(facts.message or p.raw)
+        text = facts.text
         wanted = command(text)
         label = tlp.of_message(facts.subject or "", text)
         confirmable = cfg["validation.decision_auth"] == "dkim-or-confirmation"

@@ -230,7 +230,7 @@ def ask_to_confirm(live: Live, conn: sqlite3.Connection, request_id: int, valida
                    answered: Tlp = Tlp.RED) -> None:
     """A Validator's decision that came without a DKIM signature that counts, where the
     configuration allows confirming it: a one-time token to their address; the decision
-    is made when they answer it (request_auth's confirmation handler)."""
+    is made when they answer it (confirm_desk)."""
     r = load(conn, request_id)
     assert r is not None
     address = mailing.one_time_address(live, conn, PURPOSE_CONFIRM_DECISION, to=validator, now=now,

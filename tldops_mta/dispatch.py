@@ -1,69 +1,64 @@
-"""Which handler a spooled message goes to, by the service address it was sent to.
+"""Which desk a spooled message goes to: a map from service address to desk.
 
-One message, one handler: a mail to several service addresses is handled as the first of
-them in ``ORDER`` (confirmations before new requests, so an answer is never mistaken for a
-request), and the others are noted in its services.
+One message, one desk: a mail to several service addresses is handled by the desk of the
+first of them in ``ORDER`` (confirmations before new requests, so an answer is never taken
+for a request), and the others are noted in its services. ``PURPOSES`` gathers the token
+purposes each desk declares, for the confirm+ desk to look up.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 
-from . import postmaster_desk, spool
+from . import decision_desk, list_desk, redelegation, requests_desk, spool, update_desk, who_desk
 from .bounce_desk import BounceDesk
-from .decision_desk import DecisionDesk
-from .help_desk import handle_help
-from .list_desk import ListDesk
+from .confirm_desk import ConfirmDesk
+from .desk_base import Desk
+from .help_desk import HelpDesk
+from .iana import IanaClient
 from .live import Live
 from .message_facts import MessageFacts
-from .recipients import Service, classify
-from .request_auth import Authenticator
-from .update_desk import UpdateDesk
-from .who_desk import WhoDesk
+from .postmaster_desk import PostmasterDesk
+from .recipients import Service, Services
+from .sender_auth import SenderAuth
+from .storage import Reader
+from .token_purposes import registry
 
 ORDER = (Service.CONFIRM, Service.DECIDE, Service.REQUESTS, Service.UPDATE, Service.WHO,
          Service.LIST, Service.HELP, Service.BOUNCES, Service.POSTMASTER, Service.ABUSE)
 
+PURPOSES = registry(requests_desk.PURPOSES, decision_desk.PURPOSES, who_desk.PURPOSES,
+                    list_desk.PURPOSES, update_desk.PURPOSES, redelegation.PURPOSES)
+
+
+def desks(live: Live, reader: Reader, senders: SenderAuth, iana: IanaClient) -> dict[Service, Desk]:
+    """One desk per service address."""
+    postmaster = PostmasterDesk(live)
+    return {
+        Service.CONFIRM: ConfirmDesk(live, PURPOSES),
+        Service.DECIDE: decision_desk.DecisionDesk(live, reader, senders),
+        Service.REQUESTS: requests_desk.RequestsDesk(live, reader, senders, iana),
+        Service.UPDATE: update_desk.UpdateDesk(live, reader),
+        Service.WHO: who_desk.WhoDesk(live, reader, senders),
+        Service.LIST: list_desk.ListDesk(live, reader, senders),
+        Service.HELP: HelpDesk(live),
+        Service.BOUNCES: BounceDesk(live, reader),
+        Service.POSTMASTER: postmaster,
+        Service.ABUSE: postmaster,
+    }
+
 
 class Dispatcher:
-    def __init__(self, live: Live, auth: Authenticator, desk: DecisionDesk, who: WhoDesk,
-                 update: UpdateDesk, bounces: BounceDesk) -> None:
-        self.rt = live
-        self.auth = auth
-        self.desk = desk
-        self.who = who
-        self.update = update
-        self.bounces = bounces
-        self.list = ListDesk(live, who.reader, auth)
+    def __init__(self, desks: Mapping[Service, Desk]) -> None:
+        missing = set(Service) - set(desks)
+        if missing:
+            raise ValueError(f"no desk for {', '.join(sorted(missing))}")
+        self.desks = dict(desks)
 
-    async def __call__(self, p: spool.Pending, facts: MessageFacts,
-                       services: frozenset[Service]) -> spool.Outcome:
-        outcome = await self._handle(p, facts, services)
+    async def __call__(self, p: spool.Pending, facts: MessageFacts, services: Services) -> spool.Outcome:
+        first = next(s for s in ORDER if s in services)
+        outcome = await self.desks[first].handle(p, facts, services)
         # Every service the message was sent to is noted, not only the one that handled it.
         noted = tuple(sorted(set(outcome.services) | {s.value for s in services}))
         return outcome if noted == outcome.services else replace(outcome, services=noted)
-
-    async def _handle(self, p: spool.Pending, facts: MessageFacts,
-                      services: frozenset[Service]) -> spool.Outcome:
-        first = next(s for s in ORDER if s in services)
-        if first in (Service.CONFIRM, Service.DECIDE, Service.BOUNCES):
-            tag = next(r.tag for r in (classify(a, self.rt.cfg["server.domain"], self.rt.parts)
-                                        for a in p.rcpt_to)
-                       if r is not None and r.service is first)
-            assert tag is not None
-            if first is Service.DECIDE:
-                return await self.desk.handle(p, facts, tag)
-            if first is Service.BOUNCES:
-                return await self.bounces.handle(p, facts, tag)
-            return await self.auth.handle_confirmation(p, facts, tag)
-        if first is Service.REQUESTS:
-            return await self.auth.handle_request(p, facts)
-        if first is Service.UPDATE:
-            return await self.update.handle(p, facts)
-        if first is Service.WHO:
-            return await self.who.handle(p, facts)
-        if first is Service.LIST:
-            return await self.list.handle(p, facts)
-        if first is Service.HELP:
-            return await handle_help(self.rt, p, facts)
-        return postmaster_desk.forward(self.rt, p, facts, services)

@@ -7,9 +7,10 @@ of the roster.
 
 from __future__ import annotations
 
-from . import auto_reply, spool, texts
+from . import auto_reply, desk_base, spool, texts
 from .live import Live
 from .message_facts import MessageFacts
+from .recipients import Services
 
 
 def template(live: Live) -> tuple[str, str]:
@@ -18,11 +19,16 @@ def template(live: Live) -> tuple[str, str]:
                                              "help": live.service_address("help")})
 
 
-async def handle_help(live: Live, p: spool.Pending, facts: MessageFacts) -> spool.Outcome:
-    if not auto_reply.may_answer(live, p, facts):
-        return spool.Outcome(p.id, spool.Status.DONE, "help: no reply to a robot or a null sender",
-                             ("help",))
-    subject, body = template(live)
-    effect = auto_reply.reply(live, p, facts, kind="help", subject=subject, body=body)
-    return spool.Outcome(p.id, spool.Status.DONE, "help: the request form, unless sent lately",
-                         ("help",), effects=(effect,))
+class HelpDesk:
+    def __init__(self, live: Live) -> None:
+        self.rt = live
+
+    async def handle(self, p: spool.Pending, facts: MessageFacts, services: Services) -> spool.Outcome:
+        robot = desk_base.robot_or_null_sender(self.rt, p, facts, "help",
+                                               "help: no reply to a robot or a null sender")
+        if robot is not None:
+            return robot
+        subject, body = template(self.rt)
+        effect = auto_reply.reply(self.rt, p, facts, kind="help", subject=subject, body=body)
+        return spool.Outcome(p.id, spool.Status.DONE, "help: the request form, unless sent lately",
+                             ("help",), effects=(effect,))

@@ -1,48 +1,13 @@
 """list@: the built-in TLD-OPS list. A post from an SSC goes to every SSC, labelled and re-signed.
 
-Who may post: an SSC, authenticated as for who@: the strictly parsed From on the roster, and
-either a DKIM signature of its domain that counts or the answer to a one-time token. A
-member's post without such a signature waits: a token goes to the roster address (never to an
-address the post names; at most one per member per ``who_desk.TOKEN_GAP``, so forged posts
-cannot flood an inbox) and the post is distributed once the member answers confirm+TOKEN@,
-by the same code path as a signed post (moderation, label, DMARC). The post's octets travel
-in the token's payload, since the spool's are the retention purge's to remove and list_held's
-states (migration 0014) have no room for a post nobody confirmed yet; the answer strips them
-from the payload and puts them back in the spool, and a later token issued for the list
-strips them from expired ones, so an unconfirmed post is not kept much past its token's life
-(``auth.token_ttl``). An unsigned post without a Message-ID is refused: that is what the list
-knows a post by. Anyone else gets a short refusal with no roster data (auto_reply's rules:
-once a day, never to robots or the null sender). Mail from robots and lists (our own copies
-coming back included) is dropped without a word, so no loop can start.
-
-The copy every SSC gets (the author too, so they see what the others saw):
-
-- the Subject carries exactly one TLP label, in the 2.0 spelling: the stricter of the labels
-  the post writes (Subject or text: a reply quoting a labelled post inherits its label) and
-  those of the earlier posts it names in In-Reply-To or References; none at all means RED;
-- a fresh Message-ID (In-Reply-To and References kept, so threads hold); List-Id, List-Post,
-  List-Help, List-Unsubscribe (RFC 2369: to help@, since only the ccTLD's IANA administrative
-  contact can remove an SSC) and ``Precedence: list``;
-- only the header fields a reader needs are carried over: trace fields, the author's DKIM
-  signatures and anything else are left out, so nothing of the author's path leaks;
-- when the author's domain (or its organisational domain) publishes a DMARC policy of
-  quarantine or reject, From becomes ``"Name via TLD-OPS" <list@DOMAIN>`` with Reply-To the
-  author: the copy would otherwise fail DMARC at every SSC whose server enforces it. A DNS
-  failure on that lookup makes the post wait, as key lookups do;
-- one DKIM signature by the list's domain (the daemon's ``dkim.key``, as on all its mail),
-  made once where the copy is queued (outbox.enqueue), and one outbox message with a delivery
-  per SSC, each with its own return path (``bounces+b<delivery>@``).
-
-Nothing is archived: the report's TLP rules forbid public archives, and the ``list_posts``
-row keeps only what threading and de-duplication need (Message-IDs, author, label).
-
-With ``list.moderate_first_posts``, a member's first post (none of theirs distributed or
-released before) is held in ``list_held`` and the author and the Validators are told; it is
-decided with ``tldops list release|reject`` (first decision wins). The held row keeps the
-post's octets, since the spool's are the retention purge's to remove, until it is decided;
-a release puts them back in the spool, and the worker then handles the post again as any
-other (membership, signature, label, DMARC), so a released post is distributed by the one
-code path there is.
+An SSC is authenticated as for who@ (``who_desk.identify``): a DKIM signature that counts,
+or the answer to a one-time token whose payload carries the unconfirmed post's octets (the
+spool's are the retention purge's to remove). The copy carries exactly one TLP label, the
+list's header fields and only the author's fields a reader needs, with From rewritten where
+the author's domain enforces DMARC; it is queued once per Message-ID, one delivery per SSC.
+A first post can wait for a Validator (``list.moderate_first_posts``); a released or
+confirmed post goes back to the spool and through this same path. Robots' mail is dropped
+unanswered, so no loop can start; nothing is archived (TLP). README.md tells the whole rule.
 """
 
 from __future__ import annotations
@@ -56,17 +21,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from email.header import decode_header, make_header
 from email.utils import formataddr, make_msgid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from . import addresses, auto_reply, logs, mailing, outbox, spool, texts, tlp, who_desk
+from . import addresses, desk_base, logs, mailing, outbox, spool, texts, tlp, tokens, who_desk
 from .dkim_verify import KeyRecordError, KeyResolver, KeyTemporaryError, organisational_domain
 from .live import Live
 from .message_facts import MessageFacts
-from .request_form import body_text
+from .recipients import Services
+from .sender_auth import SenderAuth
 from .storage import Reader
-
-if TYPE_CHECKING:  # a type only: request_auth imports the desks (token purposes)
-    from .request_auth import Authenticator
+from .token_purposes import Purpose
 
 PURPOSE_POST = "list-post"
 """Tokens that confirm an unsigned post; the payload names its spool row (and, until it is
@@ -287,7 +251,7 @@ def hold(live: Live, p: spool.Pending, facts: MessageFacts, author: str, subject
          label: tlp.Tlp) -> spool.Effect:
     """The effect that holds a first post, and tells its author and the Validators."""
     original_id = facts.message_id or ""
-    text = body_text(facts.message or p.raw)
+    text = facts.text
     validators = list(live.cfg["validation.validators"])
 
     def job(conn: sqlite3.Connection) -> None:
@@ -428,14 +392,23 @@ def _seen(conn: sqlite3.Connection, original_id: str) -> bool:
                         (original_id,)).fetchone() is not None
 
 
+def _post_confirmed(live: Live, conn: sqlite3.Connection, r: tokens.Redemption, sender_key: str,
+                    now: float) -> str:
+    return confirmed(conn, r.payload or "", now)
+
+
+PURPOSES = (Purpose(PURPOSE_POST, "list", _post_confirmed, "list: {result}", "list post confirmed",
+                    ("result",)),)
+
+
 class ListDesk:
-    def __init__(self, live: Live, reader: Reader, auth: Authenticator) -> None:
+    def __init__(self, live: Live, reader: Reader, senders: SenderAuth) -> None:
         self.rt = live
         self.reader = reader
-        self.auth = auth
+        self.senders = senders
         self.log = logs.get("list")
 
-    async def handle(self, p: spool.Pending, facts: MessageFacts) -> spool.Outcome:
+    async def handle(self, p: spool.Pending, facts: MessageFacts, services: Services) -> spool.Outcome:
         cfg = self.rt.cfg
         log = self.log.bind(queue_id=p.queue_id)
         if facts.automatic or not p.mail_from or _is_our_list(facts):
@@ -444,7 +417,7 @@ class ListDesk:
             return spool.Outcome(p.id, spool.Status.DONE, "list: automatic mail is not distributed",
                                  ("list",))
         try:
-            sender = await who_desk.identify(self.rt, self.reader, self.auth, p, facts)
+            sender = await who_desk.identify(self.reader, self.senders, p, facts)
         except addresses.AddressError as e:
             return self._refusal(p, facts, e.reason)
         author = sender.mailbox
@@ -455,8 +428,7 @@ class ListDesk:
         trusted = sender.dkim or await self.reader.run(token_confirmed, p.id, author.key)
         if not trusted:
             if sender.lookup_failed:
-                return spool.waiting(p.id, "list", f"DKIM key lookup failed ({sender.lookup_failed})",
-                                     float(cfg["worker.retry_base"]))
+                return self.senders.wait(p.id, "list", f"DKIM key lookup failed ({sender.lookup_failed})")
             if not facts.message_id:
                 log.info("list post refused: unsigned, and no Message-ID")
                 return self._refusal(p, facts, "the post carries neither a valid DKIM signature of"
@@ -466,7 +438,7 @@ class ListDesk:
             log.info("list post already distributed")
             return spool.Outcome(p.id, spool.Status.DONE, SEEN, ("list",))
         subject = decoded_subject(facts.subject or "")
-        own = tlp.labels_in(subject) + tlp.labels_in(body_text(facts.message or p.raw))
+        own = tlp.labels_in(subject) + tlp.labels_in(facts.text)
         answered = await self.reader.run(answered_labels, referenced_ids(facts))
         label = tlp.for_reply(answered, own)
         if not trusted:
@@ -487,10 +459,9 @@ class ListDesk:
                                  f"list: held for a Validator (a first post) [{label.label}]", ("list",),
                                  effects=(hold(self.rt, p, facts, author.key, subject, label),))
         try:
-            policy = await dmarc_policy(self.auth.resolver, author.domain)
+            policy = await dmarc_policy(self.senders.resolver, author.domain)
         except KeyTemporaryError as e:
-            return spool.waiting(p.id, "list", f"DMARC lookup for {author.domain} failed ({e})",
-                                 float(cfg["worker.retry_base"]))
+            return self.senders.wait(p.id, "list", f"DMARC lookup for {author.domain} failed ({e})")
         post = build(self.rt, p.raw, subject, label, author, policy in STRICT_DMARC)
         log.info("list post distributed", tlp=label.label, from_rewritten=post.from_rewritten)
         effects: tuple[spool.Effect, ...] = (
@@ -503,10 +474,8 @@ class ListDesk:
                              ("list",), effects=effects)
 
     def _refusal(self, p: spool.Pending, facts: MessageFacts, why: str) -> spool.Outcome:
-        subject, body = texts.render(self.rt.rules, "list_refusal", {
-            "reason": why, "help": self.rt.service_address("help")})
-        effect = auto_reply.reply(self.rt, p, facts, kind="list-refusal", subject=subject, body=body)
-        return spool.Outcome(p.id, spool.Status.REJECTED, f"list: {why}", ("list",), effects=(effect,))
+        return desk_base.refusal(self.rt, p, facts, "list", f"list: {why}", template="list_refusal",
+                                 kind="list-refusal", values={"reason": why})
 
 
 def _is_our_list(facts: MessageFacts) -> bool:

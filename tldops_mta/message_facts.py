@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import compat32
+from functools import cached_property
+
+from .request_form import body_text
 
 SINGLETONS = ("from", "sender", "date", "subject", "to", "cc", "message-id", "reply-to")
 REQUIRED_FOR_REQUESTS = ("from", "date", "subject")
@@ -62,6 +65,13 @@ class MessageFacts:
         if self.auto_submitted is not None and self.auto_submitted.split(";")[0].strip() != "no":
             return True
         return self.precedence in ("bulk", "junk", "list", "auto_reply")
+
+    @cached_property
+    def text(self) -> str:
+        """The text a person wrote (``request_form.body_text``), read once for every desk and
+        reply that needs it: the MIME tree is walked at most once per message. Empty when
+        the body could not be parsed."""
+        return "" if self.message is None else body_text(self.message)
 
 
 def _text(value: str) -> str:

@@ -28,8 +28,7 @@ from email.utils import parseaddr
 from . import outbox, spool, texts, tlp
 from .live import Live
 from .message_facts import MessageFacts
-from .recipients import Service
-from .request_form import body_text
+from .recipients import Service, Services
 
 
 def why_kept(mail_from: str, header: Message, automatic: bool, domain: str) -> str | None:
@@ -88,8 +87,7 @@ def _record(live: Live, p: spool.Pending, facts: MessageFacts, service: Service,
             "received": dt.datetime.fromtimestamp(received_at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
             "subject": facts.subject or "(no subject)"})
         # Labelled as what it carries, at the least (no label there: RED), as any reply.
-        label = tlp.of_message(facts.subject or "", "" if facts.message is None
-                               else body_text(facts.message))
+        label = tlp.of_message(facts.subject or "", facts.text)
         raw = outbox.compose(from_addr=f"TLD-OPS <{address}>", to=", ".join(operators),
                              subject=subject, body=body, domain=domain, tlp=label,
                              extra_headers=[("X-Loop", address)], attached=p.raw)
@@ -98,6 +96,16 @@ def _record(live: Live, p: spool.Pending, facts: MessageFacts, service: Service,
         conn.execute("UPDATE postmaster_mail SET outbox_id = ? WHERE spool_id = ?", (mid, p.id))
 
     return job
+
+
+class PostmasterDesk:
+    """postmaster@ and abuse@ alike: which of them the mail was for is in its services."""
+
+    def __init__(self, live: Live) -> None:
+        self.rt = live
+
+    async def handle(self, p: spool.Pending, facts: MessageFacts, services: Services) -> spool.Outcome:
+        return forward(self.rt, p, facts, services)
 
 
 class NotMarkable(ValueError):

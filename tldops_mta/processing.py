@@ -20,12 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from . import config as config_mod
-from . import logs, rules, spool, storage, work_due
-from .bounce_desk import BounceDesk
+from . import dispatch, logs, rules, spool, storage, work_due
 from .broadcast import BroadcastClock
 from .child import die_with_parent, yield_to_intake
-from .decision_desk import DecisionDesk
-from .dispatch import Dispatcher
 from .dkim_verify import KeyResolver
 from .housekeeping import Housekeeping
 from .iana import IanaClient
@@ -34,9 +31,7 @@ from .mailman import MailmanLoop
 from .outbox import Deliverer
 from .queue_clock import QueueClock
 from .redelegation import RedelegationWatch
-from .request_auth import Authenticator
-from .update_desk import UpdateDesk
-from .who_desk import WhoDesk
+from .sender_auth import SenderAuth
 from .worker import Worker
 
 IDLE_CHECK = 5.0
@@ -63,18 +58,16 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
     reader = storage.Reader(storage.connect(cfg.database_path,
                                             busy_timeout_ms=cfg["storage.busy_timeout_ms"]), inline=True)
     live = Live(cfg, rules.load(cfg.rules_dir))
-    auth = Authenticator(live, writer, reader, KeyResolver.from_config(cfg),
-                         IanaClient(cfg, writer, reader), offload=False)
-    worker = Worker(live, writer, reader, Dispatcher(live, auth, DecisionDesk(live, writer, reader, auth),
-                                                     WhoDesk(live, reader, auth),
-                                                     UpdateDesk(live, reader),
-                                                     BounceDesk(live, reader)))
+    # This process serves no SMTP session: DKIM's CPU work runs on its loop, not in a thread.
+    senders = SenderAuth(live, KeyResolver.from_config(cfg), offload=False)
+    iana = IanaClient(cfg, writer, reader)
+    worker = Worker(live, writer, reader, dispatch.Dispatcher(dispatch.desks(live, reader, senders, iana)))
     deliverer = Deliverer(cfg, writer, reader)
     clock = QueueClock(live, writer, reader)
     clock.on_mail = deliverer.wake
     broadcaster = BroadcastClock(lambda: live.cfg, writer, reader)
     broadcaster.on_mail = deliverer.wake
-    watch = RedelegationWatch(live, writer, reader, auth.iana)
+    watch = RedelegationWatch(live, writer, reader, iana)
     housekeeper = Housekeeping(live, writer, reader)
     housekeeper.on_mail = deliverer.wake
     mailman_loop = MailmanLoop(lambda: live.cfg, writer, reader)
@@ -137,7 +130,8 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
         try:
             new = config_mod.load(config_path, overrides)
             live.apply(new, rules.load(new.rules_dir))
-            auth.reconfigure(new)
+            senders.reconfigure(new)  # new DNS servers and IANA settings: from the next message
+            iana.reconfigure(new)
             deliverer.reconfigure(new)
             log.info("worker reloaded")
         except (config_mod.ConfigError, rules.RulesError) as e:

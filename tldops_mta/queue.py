@@ -1,6 +1,6 @@
 """The request queue as the Validator and the CLI see it: reads over the ``requests`` table.
 
-Items are made by request_auth (verified or awaiting confirmation); their states are those
+Items are made by requests_desk (verified or awaiting confirmation); their states are those
 of queue_states; decisions.act moves them and writes the audit log shown here.
 """
 

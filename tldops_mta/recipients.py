@@ -7,7 +7,7 @@ the daemon never becomes a relay or accepts mail it will not act on.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -73,3 +73,29 @@ def classify(address: str, domain: str, parts: Mapping[str, Service]) -> Recipie
     if plus:
         return None
     return Recipient(service)
+
+
+class Services(frozenset[Service]):
+    """The services a message's envelope names, with the tag each tagged one carries (the
+    first recipient's): classified once, by the worker, and handed to whoever routes it."""
+
+    tags: Mapping[Service, str]
+
+    def __new__(cls, recipients: Iterable[Recipient]) -> Services:
+        named = list(recipients)
+        self = super().__new__(cls, (r.service for r in named))
+        tags: dict[Service, str] = {}
+        for r in named:
+            if r.tag is not None:
+                tags.setdefault(r.service, r.tag)
+        self.tags = tags
+        return self
+
+    def tag(self, service: Service) -> str:
+        """The tag sent with ``service`` (a token, a VERP tag): only for one of TAGGED."""
+        return self.tags[service]
+
+
+def services_of(rcpt_to: Iterable[str], domain: str, parts: Mapping[str, Service]) -> Services:
+    """What an envelope's recipients name (those that are ours)."""
+    return Services(r for r in (classify(a, domain, parts) for a in rcpt_to) if r is not None)

@@ -13,13 +13,14 @@ from __future__ import annotations
 import sqlite3
 import time
 
-from . import logs, mailing, roster
+from . import logs, mailing, roster, tokens
 from .config import Config
 from .due_loop import DueLoop
 from .iana import AdminContact, IanaClient, LookupUnavailable
 from .live import Live
 from .storage import Reader, Writer
 from .tlp import Tlp
+from .token_purposes import Purpose
 
 PURPOSE_RECONFIRM = "reconfirm"
 RETRY_AFTER_FAILURE = 3600.0
@@ -70,6 +71,15 @@ def reconfirmed(conn: sqlite3.Connection, tld: str, admin: str, now: float) -> s
     conn.execute("UPDATE cctlds SET admin_email = ?, needs_reconfirmation = 0 WHERE tld = ?", (admin, tld))
     conn.execute("UPDATE redelegations SET resolved_at = ? WHERE tld = ? AND resolved_at IS NULL", (now, tld))
     return f"the SSCs of .{tld} are confirmed by its new administrative contact"
+
+
+def _reconfirmed(live: Live, conn: sqlite3.Connection, r: tokens.Redemption, sender_key: str,
+                 now: float) -> str:
+    return reconfirmed(conn, r.payload or "", sender_key, now)
+
+
+PURPOSES = (Purpose(PURPOSE_RECONFIRM, "redelegation", _reconfirmed, "reconfirm: {result}",
+                    "ccTLD reconfirmed after a redelegation"),)
 
 
 class RedelegationWatch(DueLoop):

@@ -174,7 +174,7 @@ class RequestForm:
     problems: tuple[FormProblem, ...]
     tld_line: int | None = None
     """Where the ccTLD is named, for the problem that it is no ccTLD TLD-OPS serves (the
-    form does not know which are: request_auth asks rules/cctlds.csv)."""
+    form does not know which are: requests_desk asks rules/cctlds.csv)."""
 
     @property
     def ok(self) -> bool:

@@ -422,13 +422,18 @@ class Intake:
     async def handle_RCPT(self, server: Protocol, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
         cfg = self.rt.cfg
-        if classify(address, cfg["server.domain"], self.rt.parts) is None:
+        recipient = classify(address, cfg["server.domain"], self.rt.parts)
+        if recipient is None:
             server.log.info("recipient refused", reason="not a service address",
                             rcpt=logs.redact_address(address))
             return replies.NO_SUCH_USER
         if len(envelope.rcpt_tos) >= cfg["server.max_recipients"]:
             return replies.TOO_MANY_RECIPIENTS
         envelope.rcpt_tos.append(address)
+        # Kept for the log line of the spooled message: each address is classified once.
+        services: set[str] = getattr(envelope, "services", set())
+        services.add(recipient.service.value)
+        envelope.services = services  # type: ignore[attr-defined]
         envelope.rcpt_options.extend(rcpt_options)
         return replies.OK_RECIPIENT
 
@@ -472,8 +477,7 @@ class Intake:
             server.log.error("spool commit failed", error=str(e))
             return replies.STORAGE_FAILED
         self.rt.on_spooled()
-        services = sorted({str(classify(r, self.rt.cfg["server.domain"], self.rt.parts) or "?")
-                           .split("+")[0] for r in arrival.rcpt_to})
+        services = sorted(getattr(envelope, "services", ()))
         server.log.info("message spooled", queue_id=arrival.queue_id, size=len(raw),
                         services=services)
         return replies.queued(arrival.queue_id)

@@ -13,15 +13,16 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from typing import Any
 
-from . import addresses, auto_reply, logs, mailing, policy, roster, spool, texts, tlp
+from . import addresses, desk_base, logs, mailing, policy, roster, spool, tlp, tokens
 from .iana import tld_labels
 from .live import Live
 from .message_facts import MessageFacts
 from .policy import RosterEntry
-from .request_form import body_text, parse_form
+from .recipients import Services
+from .request_form import parse_form
 from .storage import Reader
+from .token_purposes import Purpose
 
 PURPOSE_SELF_UPDATE = "self-update"
 
@@ -40,23 +41,32 @@ def apply(conn: sqlite3.Connection, payload: str, address: str, now: float) -> s
     return f"your details for .{tld} are corrected"
 
 
+def _applied(live: Live, conn: sqlite3.Connection, r: tokens.Redemption, sender_key: str, now: float) -> str:
+    return apply(conn, r.payload or "{}", sender_key, now)
+
+
+PURPOSES = (Purpose(PURPOSE_SELF_UPDATE, "update", _applied, "update: {result}", "self-update confirmed",
+                    ("result",)),)
+
+
 class UpdateDesk:
     def __init__(self, live: Live, reader: Reader) -> None:
         self.rt = live
         self.reader = reader
         self.log = logs.get("update")
 
-    async def handle(self, p: spool.Pending, facts: MessageFacts) -> spool.Outcome:
+    async def handle(self, p: spool.Pending, facts: MessageFacts, services: Services) -> spool.Outcome:
         live = self.rt
         now = time.time()
-        if not auto_reply.may_answer(live, p, facts):
-            return spool.Outcome(p.id, spool.Status.DONE, "update: no answer to a robot or a null sender",
-                                 ("update",))
+        robot = desk_base.robot_or_null_sender(live, p, facts, "update",
+                                               "update: no answer to a robot or a null sender")
+        if robot is not None:
+            return robot
         try:
             sender = addresses.parse_single(facts.from_value or "", field="From")
         except addresses.AddressError as e:
             return self._refusal(p, facts, [e.reason])
-        text = body_text(facts.message or p.raw)
+        text = facts.text
         form = parse_form(text)
         problems = [str(x) for x in form.problems]
         tld = ""
@@ -104,10 +114,4 @@ class UpdateDesk:
                              effects=(ask,))
 
     def _refusal(self, p: spool.Pending, facts: MessageFacts, problems: list[str]) -> spool.Outcome:
-        values: dict[str, Any] = {"problems": "".join(f"  - {x}\n" for x in problems),
-                                  "requests": self.rt.service_address("requests"),
-                                  "help": self.rt.service_address("help")}
-        subject, body = texts.render(self.rt.rules, "refusal", values)
-        effect = auto_reply.reply(self.rt, p, facts, kind="refusal", subject=subject, body=body)
-        return spool.Outcome(p.id, spool.Status.REJECTED, "; ".join(problems)[:1000], ("update",),
-                             effects=(effect,))
+        return desk_base.problems_refusal(self.rt, p, facts, "update", problems)

@@ -1,10 +1,10 @@
 """who@: a subscribed SSC asks for the current roster, and gets it as the broadcast is.
 
-Only an SSC: the From address (strictly parsed) must be on the roster. Verified by a DKIM
-signature of its domain that counts, the roster goes back at once; otherwise a one-time
-token goes to that roster address and the roster follows the answer to it, so the roster
-only ever goes to an address on it. Anyone else gets a short refusal with no roster data
-(auto_reply's rules: once a day, never to robots).
+Only an SSC: the From (strictly parsed) must be on the roster. With a DKIM signature of its
+domain that counts, the roster goes back at once; otherwise a one-time token goes to that
+roster address and the roster follows the answer, so the roster only ever goes to an
+address on it. Anyone else gets a short refusal with no roster data. ``identify`` and
+``ask_token`` are list@'s too: both services are for SSCs only.
 """
 
 from __future__ import annotations
@@ -12,17 +12,17 @@ from __future__ import annotations
 import sqlite3
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from . import addresses, auto_reply, broadcast, logs, mailing, spool, texts, tlp
-from .dkim_verify import verify
+from . import addresses, broadcast, desk_base, logs, mailing, spool, tlp, tokens
 from .live import Live
 from .message_facts import MessageFacts
-from .request_form import body_text
+from .recipients import Services
+from .sender_auth import SenderAuth
 from .storage import Reader
+from .token_purposes import Purpose
 
-if TYPE_CHECKING:  # a type only: request_auth imports the desks (token purposes)
-    from .request_auth import Authenticator
+PURPOSE_WHO = "who"
+"""The token of an SSC's who@ query that had no DKIM signature that counts."""
 
 TOKEN_GAP = 600.0
 """At most one token mail per SSC in this many seconds: forged queries cannot flood an inbox."""
@@ -47,21 +47,14 @@ class Sender:
     """No signature counts because a key lookup failed for now: which, and how."""
 
 
-async def identify(live: Live, reader: Reader, auth: Authenticator, p: spool.Pending,
-                   facts: MessageFacts) -> Sender:
+async def identify(reader: Reader, senders: SenderAuth, p: spool.Pending, facts: MessageFacts) -> Sender:
     """The one authentication of an SSC, shared by who@ and list@: the From on the roster,
     then its domain's DKIM. AddressError when the From cannot be read strictly."""
-    cfg = live.cfg
     mailbox = addresses.parse_single(facts.from_value or "", field="From")
     if not await reader.run(is_member, mailbox.key):
         return Sender(mailbox, False, False, None)
-    report = await verify(p.raw, auth.resolver, min_rsa_bits=cfg["dkim.min_rsa_bits"], now=time.time(),
-                          offload=auth.offload)
-    alignment = cfg["dkim.alignment"]
-    if report.counting(mailbox.domain, alignment):
-        return Sender(mailbox, True, True, None)
-    failed = report.key_failures() if report.temporary(mailbox.domain, alignment) else None
-    return Sender(mailbox, True, False, failed)
+    signed = await senders.verify(p.raw, mailbox.domain)
+    return Sender(mailbox, True, bool(signed.counting), signed.lookup_failed)
 
 
 def ask_token(live: Live, conn: sqlite3.Connection, purpose: str, to: str, now: float, template: str,
@@ -82,22 +75,31 @@ def ask_token(live: Live, conn: sqlite3.Connection, purpose: str, to: str, now: 
     return True
 
 
+def _roster_sent(live: Live, conn: sqlite3.Connection, r: tokens.Redemption, sender_key: str,
+                 now: float) -> str:
+    broadcast.send_one(conn, live.cfg, sender_key, now)  # to the roster address it was sent to
+    return "roster sent"
+
+
+PURPOSES = (Purpose(PURPOSE_WHO, "who", _roster_sent, "who: roster sent (token)", "who confirmed"),)
+
+
 class WhoDesk:
-    def __init__(self, live: Live, reader: Reader, auth: Authenticator) -> None:
+    def __init__(self, live: Live, reader: Reader, senders: SenderAuth) -> None:
         self.rt = live
         self.reader = reader
-        self.auth = auth
+        self.senders = senders
         self.log = logs.get("who")
 
-    async def handle(self, p: spool.Pending, facts: MessageFacts) -> spool.Outcome:
-        cfg = self.rt.cfg
+    async def handle(self, p: spool.Pending, facts: MessageFacts, services: Services) -> spool.Outcome:
         log = self.log.bind(queue_id=p.queue_id)
         now = time.time()
-        if not auto_reply.may_answer(self.rt, p, facts):
-            return spool.Outcome(p.id, spool.Status.DONE, "who: no answer to a robot or a null sender",
-                                 ("who",))
+        robot = desk_base.robot_or_null_sender(self.rt, p, facts, "who",
+                                               "who: no answer to a robot or a null sender")
+        if robot is not None:
+            return robot
         try:
-            sender = await identify(self.rt, self.reader, self.auth, p, facts)
+            sender = await identify(self.reader, self.senders, p, facts)
         except addresses.AddressError as e:
             return self._refusal(p, facts, e.reason)
         if not sender.on_roster:
@@ -109,13 +111,12 @@ class WhoDesk:
             return spool.Outcome(p.id, spool.Status.DONE, "who: roster sent (DKIM)", ("who",),
                                  effects=(lambda conn: broadcast.send_one(conn, live.cfg, to, now),))
         if sender.lookup_failed:
-            return spool.waiting(p.id, "who", f"DKIM key lookup failed ({sender.lookup_failed})",
-                                 float(cfg["worker.retry_base"]))
-        label = tlp.of_message(facts.subject or "", body_text(facts.message or p.raw))
+            return self.senders.wait(p.id, "who", f"DKIM key lookup failed ({sender.lookup_failed})")
+        label = tlp.of_message(facts.subject or "", facts.text)
 
         def ask(conn: sqlite3.Connection) -> spool.Verdict | None:
             # Whether one was sent lately is what the database says at the commit.
-            asked = ask_token(live, conn, broadcast.PURPOSE_WHO, to, now, "who_confirmation", {},
+            asked = ask_token(live, conn, PURPOSE_WHO, to, now, "who_confirmation", {},
                               label=label, bounce_tag="who", mail_purpose="who-token",
                               in_reply_to=facts.message_id)
             return None if asked else spool.Verdict(spool.Status.DONE, NOT_ASKED)
@@ -125,7 +126,5 @@ class WhoDesk:
                              effects=(ask,))
 
     def _refusal(self, p: spool.Pending, facts: MessageFacts, why: str) -> spool.Outcome:
-        subject, body = texts.render(self.rt.rules, "who_refusal", {
-            "reason": why, "help": self.rt.service_address("help")})
-        effect = auto_reply.reply(self.rt, p, facts, kind="who", subject=subject, body=body)
-        return spool.Outcome(p.id, spool.Status.REJECTED, f"who: {why}", ("who",), effects=(effect,))
+        return desk_base.refusal(self.rt, p, facts, "who", f"who: {why}", template="who_refusal", kind="who",
+                                 values={"reason": why})

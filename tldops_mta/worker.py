@@ -4,7 +4,8 @@ Each batch is claimed (committed as 'processing', attempt counted) before any wo
 processed, then its outcomes committed together. A crash anywhere leaves messages in
 'received' or 'processing'; both are picked up again after a restart, so processing must be
 idempotent. An exception in a handler becomes a retry with backoff, then 'failed' after
-max_attempts: never a drop.
+max_attempts: never a drop. Each message's header and recipients are read once, here, and
+handed to the handler (the dispatcher).
 """
 
 from __future__ import annotations
@@ -18,18 +19,17 @@ from collections.abc import Awaitable, Callable
 from . import logs, message_facts, metrics, spool
 from .due_loop import DueLoop
 from .live import Live
-from .recipients import FOR_A_PERSON, Service, classify
+from .recipients import FOR_A_PERSON, Service, Services, services_of
 from .retry import backoff
 from .storage import Reader, Writer
 
-Handler = Callable[[spool.Pending, message_facts.MessageFacts, frozenset[Service]],
-                   Awaitable[spool.Outcome]]
+Handler = Callable[[spool.Pending, message_facts.MessageFacts, Services], Awaitable[spool.Outcome]]
+"""What a message becomes: given its header facts and its services, read once here."""
 
 
 async def classify_only(p: spool.Pending, facts: message_facts.MessageFacts,
                         services: frozenset[Service]) -> spool.Outcome:
-    """The handling of this release: record what the message is for. Later issues replace
-    it per service (requests, confirmations, decisions, queries)."""
+    """A worker without desks records what each message is for, and nothing else."""
     return spool.Outcome(p.id, spool.Status.DONE, "classified",
                          tuple(sorted(s.value for s in services)))
 
@@ -106,9 +106,7 @@ class Worker(DueLoop):
         cfg = self.rt.cfg
         try:
             facts = message_facts.read(p.raw)
-            services = frozenset(
-                r.service for r in (classify(a, cfg["server.domain"], self.rt.parts)
-                                    for a in p.rcpt_to) if r is not None)
+            services = services_of(p.rcpt_to, cfg["server.domain"], self.rt.parts)
             problem = facts.problem()
             # Mail only for postmaster@/abuse@ goes to a person as it came, however malformed
             # (a broken header is often what it reports): nothing here reads it.

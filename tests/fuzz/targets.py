@@ -202,7 +202,7 @@ def use_dkim_records(records: dict[str, bytes]) -> None:
 
 def check_message(raw: bytes) -> None:
     """What the worker does with a spooled message before any I/O: message_facts.read, the
-    singleton-header check, the strict address fields (as request_auth reads them), the body
+    singleton-header check, the strict address fields (as requests_desk reads them), the body
     text and form, the TLP label, and DKIM (every signature parsed and, where it names a key,
     verified against the seeds' key record in place of DNS)."""
     facts = message_facts.read(raw)

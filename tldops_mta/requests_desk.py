@@ -1,10 +1,11 @@
-"""Authentication of requests (``requests@``) and of token confirmations (``confirm+TOKEN@``).
+"""requests@: a request to change a ccTLD's roster, and who may make it.
 
 The imperative shell around ``auth_decision.decide``: it gathers the facts (strictly parsed
-addresses, DKIM results, IANA's answer, replay history), asks the pure decision, and turns
-verdicts into effects that commit with the spool outcome: a request row with its evidence,
-a token and the mail carrying it, or a refusal reply. Lookups that fail make the message
-wait and come back; they never decide anything.
+addresses, the sender's DKIM, IANA's answer, replay history), asks the pure decision, and
+turns its verdict into effects that commit with the spool outcome: a request row with its
+evidence, a token and the mail carrying it, or a refusal. A lookup that fails makes the
+message wait and come back; it never decides anything. The tokens it issues (confirming a
+request, withdrawing one) are declared here, in ``PURPOSES``.
 """
 
 from __future__ import annotations
@@ -20,54 +21,43 @@ from typing import Any
 from . import (
     addresses,
     auto_reply,
-    broadcast,
     cctlds,
     decisions,
-    list_desk,
+    desk_base,
     logs,
     metrics,
     outbox,
     policy,
-    redelegation,
     roster,
     spool,
     texts,
     tlp,
     tokens,
-    update_desk,
 )
 from .auth_decision import Decision, IanaView, MessageView, Verdict, decide
-from .config import Config
-from .dkim_verify import DkimReport, KeyResolver, authentication_results, verify
+from .dkim_verify import DkimReport, authentication_results
 from .iana import AdminContact, IanaClient, LookupUnavailable
 from .live import Live
 from .message_facts import REQUIRED_FOR_REQUESTS, MessageFacts
 from .queue_states import Actor, Event, State
-from .request_form import FormProblem, RequestForm, body_text, parse_form
-from .storage import Reader, Writer
+from .recipients import Services
+from .request_form import FormProblem, RequestForm, parse_form
+from .sender_auth import SenderAuth
+from .storage import Reader
+from .token_purposes import Purpose
 
 PURPOSE_CONFIRM = "confirm-request"
 
 
-class Authenticator:
-    def __init__(self, live: Live, writer: Writer, reader: Reader, resolver: KeyResolver,
-                 iana: IanaClient, *, offload: bool = True) -> None:
-        self.offload = offload
+class RequestsDesk:
+    def __init__(self, live: Live, reader: Reader, senders: SenderAuth, iana: IanaClient) -> None:
         self.rt = live
-        self.writer = writer
         self.reader = reader
-        self.resolver = resolver
+        self.senders = senders
         self.iana = iana
         self.log = logs.get("auth")
 
-    def reconfigure(self, cfg: Config) -> None:
-        """New DNS servers and IANA settings apply to the next message (SIGHUP)."""
-        self.resolver = KeyResolver.from_config(cfg)
-        self.iana.reconfigure(cfg)
-
-    # -- requests@ ---------------------------------------------------------------------
-
-    async def handle_request(self, p: spool.Pending, facts: MessageFacts) -> spool.Outcome:
+    async def handle(self, p: spool.Pending, facts: MessageFacts, services: Services) -> spool.Outcome:
         cfg = self.rt.cfg
         now = time.time()
         log = self.log.bind(queue_id=p.queue_id)
@@ -83,7 +73,7 @@ class Authenticator:
                     cc = addresses.parse_address_list(facts.cc_value, field="Cc")
             except addresses.AddressError as e:
                 problem = e.reason
-        text = body_text(facts.message or p.raw) if problem is None else ""
+        text = facts.text if problem is None else ""
         form = parse_form(text) if problem is None else None
         if problem is not None or form is None:
             log.info("request refused", reason=problem)
@@ -103,10 +93,8 @@ class Authenticator:
         assert cctld is not None and sender is not None
         a_label = cctld.tld
 
-        report = await verify(p.raw, self.resolver, min_rsa_bits=cfg["dkim.min_rsa_bits"], now=now,
-                              offload=self.offload)
-        alignment = cfg["dkim.alignment"]
-        counting = report.counting(sender.domain, alignment)
+        signed = await self.senders.verify(p.raw, sender.domain, now)
+        report, counting = signed.report, signed.counting
         dkim_counter = metrics.worker_metrics().dkim
         for sig in report.signatures:
             dkim_counter.labels(sig.result, "yes" if sig in counting else "no").inc()
@@ -116,7 +104,7 @@ class Authenticator:
             cc_keys=frozenset(m.key for m in cc),
             problem=None,
             dkim_domains=frozenset(s.domain for s in counting),
-            dkim_temporary=report.temporary(sender.domain, alignment),
+            dkim_temporary=signed.temporary,
             replayed=replayed,
         )
         contact: AdminContact | None = None
@@ -135,8 +123,7 @@ class Authenticator:
         log.info("request decided", tld=d.tld, verdict=d.verdict.value, reason=d.reason,
                  dkim=[s.domain for s in counting], replayed=replayed, failed=failed)
         if d.verdict is Verdict.WAIT:
-            return spool.waiting(p.id, "requests", f".{d.tld}: {d.reason} ({failed})",
-                                 float(cfg["worker.retry_base"]))
+            return self.senders.wait(p.id, "requests", f".{d.tld}: {d.reason} ({failed})")
 
         effects: list[spool.Effect] = []
         if facts.message_id:
@@ -221,7 +208,7 @@ class Authenticator:
         subject, body = texts.render(self.rt.rules, "confirmation", {
             "tld": d.tld, "admin": admin, "requester": requester,
             "subject": (facts.subject or "")[:200], "date": (facts.date_value or "")[:100],
-            "why": d.reason, "request": _quote(body_text(facts.message or p.raw)),
+            "why": d.reason, "request": _quote(facts.text),
             "confirm_address": confirm_addr,
             "expires": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(now + cfg["auth.token_ttl"])),
         })
@@ -241,65 +228,10 @@ class Authenticator:
 
         return job
 
-    # -- confirm+TOKEN@ ----------------------------------------------------------------
-
-    async def handle_confirmation(self, p: spool.Pending, facts: MessageFacts, token: str) -> spool.Outcome:
-        log = self.log.bind(queue_id=p.queue_id)
-        if not p.mail_from or facts.automatic:
-            log.info("automatic mail to a confirmation address ignored")
-            return spool.Outcome(p.id, spool.Status.REJECTED,
-                                 "automatic mail (null sender or Auto-Submitted) does not confirm",
-                                 ("confirm",))
-        try:
-            sender = addresses.parse_single(facts.from_value or "", field="From")
-        except addresses.AddressError as e:
-            return self._refusal(p, facts, [e.reason], service="confirm")
-        now = time.time()
-        redeem = _redeem(self.rt, token, sender.key, now, p.id)
-        ids: dict[str, int] = {}
-        got: list[tokens.Redemption] = []
-
-        def job(conn: sqlite3.Connection) -> spool.Verdict:
-            # Whether the token counts is read at commit, with the spool row: an answer
-            # processed again after a failed commit finds it as unused as the first time.
-            r = redeem(conn)
-            got[:] = [r]
-            if r.request_id is None:
-                reasons = [f"this confirmation does not count: {r.reason}"]
-                self._reply_refusal(p, facts, reasons)(conn)
-                return spool.Verdict(spool.Status.REJECTED, "; ".join(reasons)[:1000])
-            if r.purpose in _ABOUT_A_REQUEST:
-                ids["request"] = r.request_id
-            said = _CONFIRMED[r.purpose or PURPOSE_CONFIRM][0]
-            return spool.Verdict(spool.Status.DONE, said.format(request_id=r.request_id, result=r.reason))
-
-        def logged() -> None:
-            r = got[0]
-            if r.request_id is None:
-                log.info("confirmation refused", reason=r.reason)
-                return
-            _, event, names = _CONFIRMED[r.purpose or PURPOSE_CONFIRM]
-            fields = {"request_id": r.request_id, "result": r.reason}
-            log.info(event, **{k: fields[k] for k in names})
-
-        return spool.Outcome(p.id, spool.Status.DONE, "confirmation", ("confirm",), effects=(job,),
-                             ids=ids, after_commit=logged)
-
-    # -- refusals ------------------------------------------------------------------------
-
     def _refusal(self, p: spool.Pending, facts: MessageFacts, reasons: list[str],
-                 effects: list[spool.Effect] | None = None, service: str = "requests") -> spool.Outcome:
-        all_effects = [*(effects or []), self._reply_refusal(p, facts, reasons)]
-        return spool.Outcome(p.id, spool.Status.REJECTED, "; ".join(reasons)[:1000], (service,),
-                             effects=tuple(all_effects))
-
-    def _reply_refusal(self, p: spool.Pending, facts: MessageFacts, reasons: list[str]) -> spool.Effect:
-        """A short reply saying what was wrong and how to fix it (auto_reply: RFC 3834, one
-        per sender per ``auth.refusal_interval``), holding no roster data."""
-        subject, body = texts.render(self.rt.rules, "refusal", {
-            "problems": "".join(f"  - {r}\n" for r in reasons),
-            "requests": self.rt.service_address("requests"), "help": self.rt.service_address("help")})
-        return auto_reply.reply(self.rt, p, facts, kind="refusal", body=body, subject=subject)
+                 effects: list[spool.Effect] | None = None) -> spool.Outcome:
+        """A short reply saying what was wrong and how to fix it."""
+        return desk_base.problems_refusal(self.rt, p, facts, "requests", reasons, effects or ())
 
 
 def _cctld_of(form: RequestForm, table: list[cctlds.Cctld], day: dt.date,
@@ -389,66 +321,32 @@ def _new_request(spool_id: int, d: Decision, action: str, requester: str, auth: 
     return job
 
 
-_CONFIRMED: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    PURPOSE_CONFIRM: ("confirmed request {request_id}", "request confirmed", ("request_id",)),
-    decisions.PURPOSE_CONFIRM_DECISION: ("decision confirmed: {result}", "decision confirmed",
-                                         ("request_id", "result")),
-    decisions.PURPOSE_WITHDRAW: ("withdrawal: {result}", "withdrawal", ("request_id", "result")),
-    redelegation.PURPOSE_RECONFIRM: ("reconfirm: {result}", "ccTLD reconfirmed after a redelegation", ()),
-    update_desk.PURPOSE_SELF_UPDATE: ("update: {result}", "self-update confirmed", ("result",)),
-    broadcast.PURPOSE_WHO: ("who: roster sent (token)", "who confirmed", ()),
-    list_desk.PURPOSE_POST: ("list: {result}", "list post confirmed", ("result",)),
-}
-"""What a token of each purpose that counted is: the spool's reason, and the log line said
-once it committed (its event, and which of request_id and result it names)."""
-
-_ABOUT_A_REQUEST = frozenset({PURPOSE_CONFIRM, decisions.PURPOSE_CONFIRM_DECISION,
-                              decisions.PURPOSE_WITHDRAW})
-"""Purposes whose token belongs to a request (the others carry none)."""
+def _confirmed(live: Live, conn: sqlite3.Connection, r: tokens.Redemption, sender_key: str,
+               now: float) -> str:
+    """The administrative contact confirmed the request: it goes to the Validators."""
+    assert r.request_id is not None
+    by = decisions.By(Actor.ADMIN, sender_key, "token")
+    if decisions.act(live, conn, r.request_id, Event.CONFIRM, by, "token redeemed", now=now).ok:
+        decisions.ask_validators(live, conn, r.request_id, now=now)
+        decisions.acknowledge(live, conn, r.request_id, now=now, in_reply_to=None)
+    return r.reason
 
 
-def _redeem(live: Live, token: str, sender_key: str, now: float, spool_id: int,
-            ) -> Callable[[sqlite3.Connection], tokens.Redemption]:
-    """Use the token and carry out what it confirms, in one transaction: a request goes to
-    the Validators; a Validator's decision (sent without a DKIM signature that counts, where
-    ``validation.decision_auth`` allows confirming it) is made; a request is withdrawn by
-    the administrative contact who sent it; an unsigned list post goes back to the spool."""
-    use = tokens.redeem(token, frozenset(_CONFIRMED), sender_key, now, spool_id)
+def _withdrawn(live: Live, conn: sqlite3.Connection, r: tokens.Redemption, sender_key: str,
+               now: float) -> str:
+    """The administrative contact who sent the request withdraws it."""
+    assert r.request_id is not None
+    by = decisions.By(Actor.ADMIN, sender_key, "token")
+    return decisions.act(live, conn, r.request_id, Event.WITHDRAW, by,
+                         "withdrawn by the administrative contact", now=now).message
 
-    def job(conn: sqlite3.Connection) -> tokens.Redemption:
-        r = use(conn)
-        if r.request_id is None or r.again:
-            return r  # again: what it confirms was carried out with its first use
-        if r.purpose == broadcast.PURPOSE_WHO:
-            broadcast.send_one(conn, live.cfg, sender_key, now)  # to the roster address it was sent to
-            return tokens.Redemption(r.request_id, "roster sent", r.purpose)
-        if r.purpose == list_desk.PURPOSE_POST:
-            return tokens.Redemption(r.request_id, list_desk.confirmed(conn, r.payload or "", now), r.purpose)
-        if r.purpose == redelegation.PURPOSE_RECONFIRM:
-            done = redelegation.reconfirmed(conn, r.payload or "", sender_key, now)
-            return tokens.Redemption(r.request_id, done, r.purpose)
-        if r.purpose == update_desk.PURPOSE_SELF_UPDATE:
-            done = update_desk.apply(conn, r.payload or "{}", sender_key, now)
-            return tokens.Redemption(r.request_id, done, r.purpose)
-        if r.purpose == decisions.PURPOSE_WITHDRAW:
-            by = decisions.By(Actor.ADMIN, sender_key, "token")
-            result = decisions.act(live, conn, r.request_id, Event.WITHDRAW, by,
-                                   "withdrawn by the administrative contact", now=now)
-            return tokens.Redemption(r.request_id, result.message, r.purpose)
-        if r.purpose == decisions.PURPOSE_CONFIRM_DECISION:
-            wanted = json.loads(r.payload or "{}")
-            by = decisions.By(Actor.VALIDATOR, sender_key, "token")
-            result = decisions.act(live, conn, r.request_id, Event(wanted["event"]), by,
-                                   wanted.get("reason"), now=now)
-            decisions.answer_validator(live, conn, r.request_id, sender_key, result.message, None)
-            return tokens.Redemption(r.request_id, result.message, r.purpose)
-        by = decisions.By(Actor.ADMIN, sender_key, "token")
-        if decisions.act(live, conn, r.request_id, Event.CONFIRM, by, "token redeemed", now=now).ok:
-            decisions.ask_validators(live, conn, r.request_id, now=now)
-            decisions.acknowledge(live, conn, r.request_id, now=now, in_reply_to=None)
-        return r
 
-    return job
+PURPOSES = (
+    Purpose(PURPOSE_CONFIRM, "requests", _confirmed, "confirmed request {request_id}", "request confirmed",
+            ("request_id",), about_a_request=True),
+    Purpose(decisions.PURPOSE_WITHDRAW, "requests", _withdrawn, "withdrawal: {result}", "withdrawal",
+            ("request_id", "result"), about_a_request=True),
+)
 
 
 def _evidence(d: Decision, contact: AdminContact | None, report: DkimReport, ar: str,
