@@ -18,7 +18,8 @@ servers and Postfix's smtp-source as the client:
 - **on every path**: ``--mix`` each of confirm+ answers (to requests, who@ queries, update@
   corrections and list posts waiting for a token), signed decide+ decisions, who@, update@,
   list@, bounces+ and help@ mail, in a random order, the daemon killed ``--mix-kills`` times
-  at random moments while the worker has a batch of it in hand. Afterwards each message
+  while the worker has a batch of it in hand, once that batch has written a random few rows
+  (or is over). Afterwards each message
   ended once; each confirmation applied once and answered once, never refused; each who@
   answered once; each update@ token issued once; each decision applied once with one set of
   mails; each list post distributed once to each member; each bounce counted once; each
@@ -429,6 +430,13 @@ def _ssc_key(env: AuthEnv) -> TestKey:
     return key
 
 
+WRITTEN = ("SELECT (SELECT count(*) FROM tokens) + (SELECT count(*) FROM outbox_messages)"
+           " + (SELECT count(*) FROM request_events) + (SELECT count(*) FROM roster_changes)"
+           " + (SELECT count(*) FROM bounces) + (SELECT count(*) FROM list_posts)"
+           " + (SELECT count(*) FROM seen_messages)")
+"""Rows the handling of mail writes: one more, and something was done."""
+
+
 def every_path(workdir: Path, per_kind: int, kills: int, rng: random.Random,
                roster_tlds: int = 4) -> PathsResult:
     """A mix of confirm+, decide+, who@, update@, list@, bounces+ and help@ mail (``per_kind``
@@ -542,16 +550,17 @@ def every_path(workdir: Path, per_kind: int, kills: int, rng: random.Random,
         rng.shuffle(mix)
 
         # -- the mix, killed while it is processed --------------------------------------------
-        done_sql = "SELECT count(*) FROM spool WHERE status IN ('done', 'rejected')"
-        sent: dict[str, Mail] = {}
+        # All of it sent first (each gets its 250: intake is the load run's), then killed
+        # again and again while the worker works through it.
+        sent = dict(zip(_send_all(d, mix), mix, strict=True))
         moments = []
-        parts = kills + 1
-        chunks = [mix[k * len(mix) // parts:(k + 1) * len(mix) // parts] for k in range(parts)]
-        for chunk in chunks[:-1]:
-            done_before = one(d, done_sql)
-            sent.update(zip(_send_all(d, chunk), chunk, strict=True))
-            # Kill once the worker finished a random few since the restart and has more in hand.
-            target = done_before + rng.randint(1, max(1, len(chunk) // 2))
+        for k in range(kills):
+            spool_now = dict(d.query("SELECT status, count(*) FROM spool GROUP BY 1"))
+            done_before = spool_now.get("done", 0) + spool_now.get("rejected", 0)
+            left = spool_now.get("received", 0) + spool_now.get("processing", 0)
+            # Once the worker finished a random few since the restart (and so went on), at a
+            # random moment of the batch it has in hand then.
+            target = done_before + rng.randint(1, max(1, left // (kills - k + 1)))
 
             def mid_way(t: int = target) -> bool:
                 row = d.query("SELECT sum(status IN ('done', 'rejected')), sum(status = 'processing'),"
@@ -559,13 +568,22 @@ def every_path(workdir: Path, per_kind: int, kills: int, rng: random.Random,
                 return (row[0] >= t and row[1] > 0) or row[2] == 0
 
             wait_until("the worker in the middle of the mix", mid_way, timeout=300, every=0.002)
-            threading.Event().wait(rng.uniform(0.0, 0.1))  # a random moment in it, not a synchronisation
+            # The moment: once the batch in hand has written a random few rows of what it does
+            # (a row committed before its outcome is what a kill must not make happen twice),
+            # or, where nothing commits before the outcome, once that batch is over.
+            in_hand = [r[0] for r in d.query("SELECT id FROM spool WHERE status = 'processing'")]
+            rows_then = one(d, WRITTEN)
+
+            def cut(n: int = rows_then + rng.randint(1, 3), ids: str = ",".join(map(str, in_hand))) -> bool:
+                return one(d, WRITTEN) >= n or not ids or one(
+                    d, f"SELECT count(*) FROM spool WHERE status = 'processing' AND id IN ({ids})") == 0
+
+            wait_until("a moment in the batch", cut, timeout=300, every=0.001)
             d.kill_all()
-            left = dict(d.query("SELECT status, count(*) FROM spool GROUP BY 1"))
-            moments.append(f"{one(d, done_sql) - done_before} processed since the restart, "
-                           f"{left.get('processing', 0)} in hand, {left.get('received', 0)} waiting")
+            now = dict(d.query("SELECT status, count(*) FROM spool GROUP BY 1"))
+            moments.append(f"{now.get('done', 0) + now.get('rejected', 0) - done_before} processed since the "
+                           f"restart, {now.get('processing', 0)} in hand, {now.get('received', 0)} waiting")
             d.start()
-        sent.update(zip(_send_all(d, chunks[-1]), chunks[-1], strict=True))
         wait_until("every message processed and every mail delivered", lambda: quiet(d), timeout=600)
         failures = _paths_checks(d, sent, decided, posts)
         try:

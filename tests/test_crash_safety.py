@@ -31,8 +31,8 @@ def test_sigkill_around_an_approval_applies_it_exactly_once(tmp_path: Path) -> N
 
 
 def test_sigkill_while_every_kind_of_mail_is_processed_handles_each_once(tmp_path: Path) -> None:
-    r = crash_safety.every_path(tmp_path, per_kind=20, kills=3, rng=random.Random(3))
-    assert r.kills == 3 and set(r.sent) == set(crash_safety.KINDS)
+    r = crash_safety.every_path(tmp_path, per_kind=20, kills=4, rng=random.Random(3))
+    assert r.kills == 4 and set(r.sent) == set(crash_safety.KINDS)
     # Every confirmation, decision, who@, update@, list post, bounce and help@ once, none
     # refused (every_path checks each exactly and says what broke).
     assert r.failures == []
