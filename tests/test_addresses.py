@@ -201,6 +201,9 @@ CASES: list[tuple[str, str, Ok | No]] = [
     ("admin@nic.mt\r\n", SINGLE, No("line_break", "line break")),
     ("admin@nic.mt\x07", SINGLE, No("control", "U+0007")),
     ("Name\x85 <admin@nic.mt>", SINGLE, No("control", "U+0085")),
+    # a TAB is folding space as written, but a control character hidden in an encoded name
+    # (found by the fuzzer: the name read 'adm<TAB>...')
+    ("=?utf-8?b?YWRtCcW4?= <admin@nic.mt>", SINGLE, No("control", "U+0009")),
     # --- spaces and folds inside an address ---
     ("admin @nic.mt", SINGLE, No("space_in_address", "without spaces")),
     ("admin@ nic.mt", SINGLE, No("space_in_address", "without spaces")),
@@ -292,6 +295,10 @@ def test_key_compares_case_insensitively() -> None:
     assert box == Mailbox("Admin@nic.mt", "Admin")
     assert box.key == "admin@nic.mt"
     assert (box.local_part, box.domain) == ("Admin", "nic.mt")
+
+
+def test_a_tab_between_the_words_of_a_name_as_written_is_folding_space() -> None:
+    assert parse_single("Jane\tDoe <jane@nic.mt>") == Mailbox("jane@nic.mt", "Jane Doe")
 
 
 def test_field_name_is_used_in_reasons() -> None:

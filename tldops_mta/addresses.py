@@ -152,10 +152,11 @@ def _char(c: str) -> str:
     return f"U+{ord(c):04X} {unicodedata.name(c, '(no name)')}"
 
 
-def _check_chars(text: str, where: str) -> None:
+def _check_chars(text: str, where: str, *, tab: bool = True) -> None:
     """Refuse characters that hide or fake what a reader sees, wherever they stand.
 
-    ``where`` names the text for the reason ("the From: line").
+    ``where`` names the text for the reason ("the From: line"). ``tab``: a TAB is folding
+    white space in a header as written, but a control character inside a decoded name.
     """
     for c in text:
         o = ord(c)
@@ -166,7 +167,7 @@ def _check_chars(text: str, where: str) -> None:
             if c in "\r\n":
                 raise AddressError("line_break", f"{where} contains a line break "
                                                  "that is not a continuation line; keep the line whole")
-            if (o < 0x20 and c != "\t") or o == 0x7F:
+            if (o < 0x20 and (c != "\t" or not tab)) or o == 0x7F:
                 raise AddressError("control", f"{where} contains the control "
                                               f"character U+{o:04X}; remove it")
             continue
@@ -572,7 +573,9 @@ def _decode_display(raw: str, field: str) -> str:
         m = _ENCODED_WORD.fullmatch(part)
         if m is not None:
             # RFC 2047 6.2: white space between adjacent encoded words is not displayed.
-            out.append(("" if after_encoded else space) + _decode_word(m, field))
+            word = _decode_word(m, field)
+            _check_chars(word, f"the {field}: line, once its name is decoded,", tab=False)
+            out.append(("" if after_encoded else space) + word)
             after_encoded = True
         elif "=?" in part:
             raise AddressError("encoded_malformed", f"the {field}: line has a name with a malformed "
