@@ -28,7 +28,7 @@ from smtp_checks import (
 )
 from smtp_raw import RawClient, message, open_session
 
-from tldops_mta.content_checks import LongLineGuard
+from tldops_mta.intake.content_checks import LongLineGuard
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from _common import RssSampler  # one /proc sampler, shared with the benches

@@ -22,13 +22,7 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from tldops_mta.addresses import (
-    MAX_MAILBOXES,
-    AddressError,
-    Mailbox,
-    parse_address_list,
-    parse_single,
-)
+from tldops_mta.auth.addresses import MAX_MAILBOXES, AddressError, Mailbox, parse_address_list, parse_single
 
 SOURCE = Path(__file__).resolve().parent.parent / "tldops_mta" / "addresses.py"
 

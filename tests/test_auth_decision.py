@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tldops_mta.auth_decision import Decision, IanaView, MessageView, Verdict, decide
+from tldops_mta.auth.trust import Decision, IanaView, MessageView, Verdict, decide
 
 ADMIN = "admin@nic.org.mt"
 

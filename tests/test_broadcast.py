@@ -22,9 +22,9 @@ import pytest
 from auth_env import ATTACKER, now_date
 from test_workflow import JANE, JOHN, MARY, Flow, flow, subscribed
 
-from tldops_mta import roster_formats
-from tldops_mta.broadcast_schedule import Schedule, latest_monthly, latest_weekly
-from tldops_mta.policy import RosterEntry
+from tldops_mta.policy.roster_policy import RosterEntry
+from tldops_mta.roster import formats
+from tldops_mta.roster.broadcast_schedule import Schedule, latest_monthly, latest_weekly
 
 
 def keygen(workdir: Path, kind: str = "rsa") -> tuple[Path, str, str]:
@@ -85,8 +85,8 @@ def test_broadcast_content_is_signed_once_and_sent_to_each_ssc_with_its_own_retu
             text = r.data.decode()
             assert "Mary Poe (third)" in text and "+35621334457  mary.poe@nic.org.mt" in text
             want = {"mt": [RosterEntry(*x) for x in f.roster()]}
-            assert roster_formats.from_csv(attachment(m, "tld-ops-roster.csv")) == want
-            assert roster_formats.from_vcard(attachment(m, "tld-ops-roster.vcf")) == want
+            assert formats.from_csv(attachment(m, "tld-ops-roster.csv")) == want
+            assert formats.from_vcard(attachment(m, "tld-ops-roster.vcf")) == want
         assert len(signatures) == 1  # built and signed once
         status = f.tldops("broadcast", "status").stdout
         header, *rows = status.splitlines()

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tldops_mta.broadcast_schedule import (
+from tldops_mta.roster.broadcast_schedule import (
     Schedule,
     due,
     latest_monthly,

@@ -13,7 +13,8 @@ import pytest
 from daemon_proc import DOMAIN, DaemonProc, write_config
 from smtp_raw import message
 
-from tldops_mta import config, storage
+from tldops_mta.settings import config
+from tldops_mta.store import storage
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,7 +15,7 @@ from auth_env import ADMIN, form, request
 from outcome_faults import fail_outcome_once, failed_once
 from test_workflow import VALIDATOR, Flow, flow
 
-from tldops_mta import storage, tokens
+from tldops_mta.store import storage, tokens
 
 
 def outbox(f: Flow) -> list[tuple[str, str]]:

@@ -16,16 +16,18 @@ from pathlib import Path
 import pytest
 
 import tldops_mta
-from tldops_mta import config, dispatch, spool, storage
-from tldops_mta.dkim_verify import KeyResolver
-from tldops_mta.iana import IanaClient
-from tldops_mta.live import Live
-from tldops_mta.message_facts import MessageFacts
-from tldops_mta.recipients import Service, Services
-from tldops_mta.sender_auth import SenderAuth
-from tldops_mta.storage import Reader
-from tldops_mta.token_purposes import DuplicatePurpose, Purpose, registry
-from tldops_mta.worker import Worker
+from tldops_mta.auth.dkim_verify import KeyResolver
+from tldops_mta.auth.iana import IanaClient
+from tldops_mta.auth.message_facts import MessageFacts
+from tldops_mta.auth.sender_auth import SenderAuth
+from tldops_mta.auth.token_purposes import DuplicatePurpose, Purpose, registry
+from tldops_mta.settings import config
+from tldops_mta.settings.live import Live
+from tldops_mta.settings.recipients import Service, Services
+from tldops_mta.store import spool, storage
+from tldops_mta.store.storage import Reader
+from tldops_mta.worker import dispatch
+from tldops_mta.worker.spool_loop import Worker
 
 PACKAGE = Path(tldops_mta.__file__).parent
 
@@ -34,7 +36,9 @@ ISSUERS = {"issue": 1, "one_time_address": 2, "ask_token": 2}
 
 
 def modules() -> list[str]:
-    return sorted(m.name for m in pkgutil.iter_modules([str(PACKAGE)]) if m.name != "__main__")
+    found = pkgutil.walk_packages([str(PACKAGE)], "tldops_mta.")
+    return sorted(m.name.removeprefix("tldops_mta.") for m in found
+                  if not m.ispkg and m.name != "tldops_mta.__main__")
 
 
 def issued_purposes() -> dict[str, list[str]]:
@@ -42,7 +46,7 @@ def issued_purposes() -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     for name in modules():
         module = importlib.import_module(f"tldops_mta.{name}")
-        tree = ast.parse((PACKAGE / f"{name}.py").read_text())
+        tree = ast.parse(Path(str(module.__file__)).read_text())
         for fn in ast.walk(tree):
             if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
                 continue

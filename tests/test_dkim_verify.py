@@ -17,8 +17,7 @@ from dns_server import DnsServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tldops_mta import config
-from tldops_mta.dkim_verify import (
+from tldops_mta.auth.dkim_verify import (
     DkimReport,
     KeyResolver,
     SignatureResult,
@@ -26,6 +25,7 @@ from tldops_mta.dkim_verify import (
     authentication_results,
     verify,
 )
+from tldops_mta.settings import config
 
 ORG = "nic.example"
 FROM = f"admin@{ORG}"
@@ -594,7 +594,7 @@ def test_fast_rsa_verification_answers_as_dkimpy_does(data: bytes, bits: int, ta
 
     import dkim.crypto
 
-    from tldops_mta.dkim_verify import fast_rsassa_pkcs1_v1_5_verify
+    from tldops_mta.auth.dkim_verify import fast_rsassa_pkcs1_v1_5_verify
 
     key = rsa_key(bits)
     public = _public(rsa_key(bits, 1) if tamper == "other key" else key)
@@ -618,7 +618,7 @@ def test_fast_rsa_verification_answers_as_dkimpy_does(data: bytes, bits: int, ta
 def test_the_verifier_uses_the_fast_rsa_and_keeps_parsed_keys() -> None:
     import dkim
 
-    from tldops_mta import dkim_verify
+    from tldops_mta.auth import dkim_verify
 
     assert dkim.RSASSA_PKCS1_v1_5_verify is dkim_verify.fast_rsassa_pkcs1_v1_5_verify
     key = rsa_key(2048)

@@ -23,8 +23,9 @@ from hypothesis import strategies as st
 from smtp_checks import deliver, spool_count
 from smtp_raw import RawClient, open_session
 
-from tldops_mta import request_form, smtp_paths
-from tldops_mta.addresses import AddressError
+from tldops_mta.auth.addresses import AddressError
+from tldops_mta.intake import smtp_paths
+from tldops_mta.policy import request_form
 
 RUN = Path(__file__).resolve().parent / "fuzz" / "run"
 

@@ -12,7 +12,7 @@ import pytest
 from daemon_proc import DOMAIN, DaemonProc
 from dns_server import DnsServer
 
-from tldops_mta.request_form import parse_form
+from tldops_mta.policy.request_form import parse_form
 
 HELP = f"help@{DOMAIN}"
 

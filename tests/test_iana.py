@@ -22,9 +22,18 @@ from hypothesis import strategies as st
 from iana_servers import RDAP_NOT_FOUND, WHOIS_MT, RdapServer, WhoisServer, rdap_doc, rdap_fixture
 from structlog.testing import capture_logs
 
-from tldops_mta import config, iana, storage
-from tldops_mta.iana import CacheUse, IanaClient, LookupUnavailable, cache_use, tld_labels
-from tldops_mta.iana_answers import MAX_ANSWER, AnswerError, admin_from_rdap, admin_from_whois, plain_address
+from tldops_mta.auth import iana
+from tldops_mta.auth.iana import CacheUse, IanaClient, LookupUnavailable, cache_use
+from tldops_mta.auth.iana_answers import (
+    MAX_ANSWER,
+    AnswerError,
+    admin_from_rdap,
+    admin_from_whois,
+    plain_address,
+)
+from tldops_mta.settings import config
+from tldops_mta.settings.cctlds import tld_labels
+from tldops_mta.store import storage
 
 T0 = 1_700_000_000.0
 DAY = 86400.0

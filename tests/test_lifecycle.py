@@ -114,7 +114,7 @@ def test_the_cli_wakes_only_a_tldops_daemon_through_the_pid_file(tmp_path) -> No
     import subprocess as sp
     import sys as _sys
 
-    from tldops_mta.daemon import PID_FILE, wake
+    from tldops_mta.daemon.pid_files import PID_FILE, wake
 
     # A stale pid file naming some other process: SIGUSR1 would kill it, so it is left alone.
     other = sp.Popen([_sys.executable, "-c", "import time; time.sleep(60)"])
@@ -129,7 +129,7 @@ def test_the_cli_wakes_only_a_tldops_daemon_through_the_pid_file(tmp_path) -> No
 
 
 def test_the_pid_file_names_the_running_daemon_and_goes_with_it(start_daemon) -> None:
-    from tldops_mta.daemon import PID_FILE
+    from tldops_mta.daemon.pid_files import PID_FILE
 
     d = start_daemon()
     pid_file = d.state_dir / PID_FILE

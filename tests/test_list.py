@@ -28,9 +28,9 @@ from smtp_sink import Received
 from test_broadcast import keygen, verifies
 from test_workflow import JANE, JOHN, VALIDATOR, Flow, _text, flow, subscribed
 
-from tldops_mta import tlp
-from tldops_mta.housekeeping import purge
-from tldops_mta.list_desk import dmarc_tags
+from tldops_mta.desks.list_desk import dmarc_tags
+from tldops_mta.mail import tlp
+from tldops_mta.ops.housekeeping import purge
 
 LIST = f"list@{DOMAIN}"
 STRICT_DOMAIN = "mail.strict.example"

@@ -22,7 +22,7 @@ from smtp_checks import deliver, spool_count
 from smtp_raw import message
 from test_workflow import JANE, JOHN, flow, subscribed
 
-from tldops_mta import storage
+from tldops_mta.store import storage
 
 
 def tldops(d: DaemonProc, *args: str) -> subprocess.CompletedProcess[str]:

@@ -33,8 +33,8 @@ from daemon_proc import DOMAIN, DaemonProc
 from dkim_sign import dns_name
 from smtp_sink import SmtpSink
 
-from tldops_mta import health
-from tldops_mta.texts import counted
+from tldops_mta.daemon import health
+from tldops_mta.policy.texts import counted
 
 VALIDATOR = f"validator@{DOMAIN}"  # the configured default: its mail stays in the local outbox
 KEY_NAME = dns_name("sel", "nic.org.mt")

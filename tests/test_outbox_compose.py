@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tldops_mta import outbox
-from tldops_mta.tlp import Tlp, labelled
+from tldops_mta.mail import outbox
+from tldops_mta.mail.tlp import Tlp, labelled
 
 texts = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=400)
 

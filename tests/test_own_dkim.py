@@ -27,8 +27,9 @@ from daemon_proc import DOMAIN, write_config
 from dkim_sign import ed25519_key, rsa_key
 from dns_server import DnsServer
 
-from tldops_mta import config, dkim_keys, outbox
-from tldops_mta.tlp import Tlp
+from tldops_mta.mail import dkim_keys, outbox
+from tldops_mta.mail.tlp import Tlp
+from tldops_mta.settings import config
 
 
 def tldops(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

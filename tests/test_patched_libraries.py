@@ -31,8 +31,8 @@ WRITTEN_AGAINST = {"dkimpy": "1.1.8", "aiosmtpd": "1.4.6", "aiosmtplib": "5.1.3"
 
 TOP_LEVEL = {"dkimpy": "dkim", "aiosmtpd": "aiosmtpd", "aiosmtplib": "aiosmtplib", "authres": "authres"}
 
-OURS_MODULES = ("tldops_mta.dkim_verify", "tldops_mta.dkim_keys", "tldops_mta.smtp_server",
-                "tldops_mta.outbox")
+OURS_MODULES = ("tldops_mta.auth.dkim_verify", "tldops_mta.mail.dkim_keys", "tldops_mta.intake.smtp_server",
+                "tldops_mta.mail.outbox")
 """Where the copies and overrides live; imported so that their replacements are in place."""
 
 
@@ -49,103 +49,109 @@ class Upstream:
 
 PATCHED = (
     # dkimpy: verification
-    Upstream("dkim:DKIM.verify_sig", "dkimpy", ("tldops_mta.dkim_verify:_Verifier.verify_sig",),
+    Upstream("dkim:DKIM.verify_sig", "dkimpy", ("tldops_mta.auth.dkim_verify:_Verifier.verify_sig",),
              "copied there, the key loaded through evaluated_key, which parses it once per record",
              "32c48c63dfd05f786c6cdb00d724f1e9ba0af2fa169362b87c9af616607a069b"),
-    Upstream("dkim:load_pk_from_dns", "dkimpy", ("tldops_mta.dkim_verify:_Verifier.verify_sig",),
+    Upstream("dkim:load_pk_from_dns", "dkimpy", ("tldops_mta.auth.dkim_verify:_Verifier.verify_sig",),
              "what the copy of verify_sig does in its place (dnsfunc, then evaluate_pk)",
              "af3bac582f646481c66ca0b2a6698814f0863175224de473f671aa628585011c"),
-    Upstream("dkim:evaluate_pk", "dkimpy", ("tldops_mta.dkim_verify:evaluated_key",),
+    Upstream("dkim:evaluate_pk", "dkimpy", ("tldops_mta.auth.dkim_verify:evaluated_key",),
              "cached per (name, record), so it must stay a function of those two alone",
              "34a4ff7fe602586b2ea1c3ed0f6b45da049221a96f5f0a6bc80f92db5d541e89"),
     Upstream("dkim:DKIM.verify_sig_process", "dkimpy",
-             ("tldops_mta.dkim_verify:fast_rsassa_pkcs1_v1_5_verify",
-              "tldops_mta.dkim_verify:_Verifier.verify_sig"),
+             ("tldops_mta.auth.dkim_verify:fast_rsassa_pkcs1_v1_5_verify",
+              "tldops_mta.auth.dkim_verify:_Verifier.verify_sig"),
              "calls RSASSA_PKCS1_v1_5_verify by its name in dkim's namespace, where dkim_verify "
              "puts its own; reads the pk, keysize, ktag and seqtlsrpt the copy of verify_sig sets",
              "ab008897178aa566719f17da464ac72f4e7aac920559a2a78ad382c9613d4820"),
     Upstream("dkim.crypto:RSASSA_PKCS1_v1_5_verify", "dkimpy",
-             ("tldops_mta.dkim_verify:fast_rsassa_pkcs1_v1_5_verify",),
+             ("tldops_mta.auth.dkim_verify:fast_rsassa_pkcs1_v1_5_verify",),
              "done again by OpenSSL, replacing it process-wide: the answers must stay the same",
              "8398ae89bb481414f0b233a20daaa9d15e297dd5cc5e0bd505e4bc1e0c920311"),
     Upstream("dkim.crypto:parse_public_key", "dkimpy",
-             ("tldops_mta.dkim_verify:fast_rsassa_pkcs1_v1_5_verify",),
+             ("tldops_mta.auth.dkim_verify:fast_rsassa_pkcs1_v1_5_verify",),
              "makes the key dict (modulus, publicExponent) the replacement reads",
              "cbe192e778d395dc03db101b69e2b64238470779e35586bbcc508ececd19e069"),
     # dkimpy: signing
-    Upstream("dkim:DKIM.gen_header", "dkimpy", ("tldops_mta.dkim_keys:fast_rsassa_pkcs1_v1_5_sign",),
+    Upstream("dkim:DKIM.gen_header", "dkimpy", ("tldops_mta.mail.dkim_keys:fast_rsassa_pkcs1_v1_5_sign",),
              "calls RSASSA_PKCS1_v1_5_sign by its name in dkim's namespace, where dkim_keys puts "
              "its own",
              "e86f61152fe5939815530ae770bc54ffd03f2616b02e5b757b54255a8a2ba4b5"),
     Upstream("dkim.crypto:RSASSA_PKCS1_v1_5_sign", "dkimpy",
-             ("tldops_mta.dkim_keys:fast_rsassa_pkcs1_v1_5_sign",),
+             ("tldops_mta.mail.dkim_keys:fast_rsassa_pkcs1_v1_5_sign",),
              "done again by OpenSSL, replacing it process-wide: the octets must stay the same",
              "88352188b2ba2ad9476ce53da0b1644df622ac5b0b9e97292384b954853af766"),
     Upstream("dkim.crypto:parse_private_key", "dkimpy",
-             ("tldops_mta.dkim_keys:fast_rsassa_pkcs1_v1_5_sign",),
+             ("tldops_mta.mail.dkim_keys:fast_rsassa_pkcs1_v1_5_sign",),
              "makes the key dict (modulus, exponents, primes, coefficient) the replacement reads",
              "b44546bb74c4cae3ae4205c504579da91c24f8dac70d114a7dcb7104b23e970b"),
     # aiosmtpd
     Upstream("aiosmtpd.smtp:SMTP.__init__", "aiosmtpd",
-             ("tldops_mta.smtp_server:Protocol.__init__", "tldops_mta.smtp_server:Protocol.__dir__",
-              "tldops_mta.smtp_server:Intake.__dir__"),
+             ("tldops_mta.intake.smtp_server:Protocol.__init__",
+              "tldops_mta.intake.smtp_server:Protocol.__dir__",
+              "tldops_mta.intake.smtp_server:Intake.__dir__"),
              "builds its command and hook tables from dir() of the protocol and the handler and "
              "reads handle_EHLO's signature, which smtp_server answers in advance",
              "8a9ca80f23ad9bf273e58e284170e9f919dc6269b280ca0624ac0603a8ad3604"),
     Upstream("aiosmtpd.smtp:SMTP.connection_made", "aiosmtpd",
-             ("tldops_mta.smtp_server:Protocol.connection_made",
-              "tldops_mta.smtp_server:Protocol._reset_timeout"),
+             ("tldops_mta.intake.smtp_server:Protocol.connection_made",
+              "tldops_mta.intake.smtp_server:Protocol._reset_timeout"),
              "entered again after STARTTLS with the transport set (the override lets that "
              "through); calls _reset_timeout once (the command count starts at -1 for it); "
              "starts _handle_client as _handler_coroutine",
              "77a45df5065bba343a040b6f6c88de8907b40c80bc03727e7f18ede20d19f4bf"),
     Upstream("aiosmtpd.smtp:SMTP.smtp_STARTTLS", "aiosmtpd",
-             ("tldops_mta.smtp_server:Protocol.connection_made",),
+             ("tldops_mta.intake.smtp_server:Protocol.connection_made",),
              "sets the transport before the TLS layer enters connection_made again",
              "6565289f4131fa132ad3c517e8f2933a490043fc11da08a5be5dd73efc491bec"),
     Upstream("aiosmtpd.smtp:SMTP._handle_client", "aiosmtpd",
-             ("tldops_mta.smtp_server:Protocol._reset_timeout", "tldops_mta.smtp_server:Protocol.push",
-              "tldops_mta.smtp_server:Protocol.handle_exception"),
+             ("tldops_mta.intake.smtp_server:Protocol._reset_timeout",
+              "tldops_mta.intake.smtp_server:Protocol.push",
+              "tldops_mta.intake.smtp_server:Protocol.handle_exception"),
              "calls _reset_timeout once per valid command (the command count); answers a "
              "command's exception with handle_exception's reply (_PathRefused); runs as "
              "_handler_coroutine, which push cancels once the connection is closed",
              "0e4d096403af6c74c87b2fe722c213884e2140a9388e95feb05aec2f39e05556"),
     Upstream("aiosmtpd.smtp:SMTP._reset_timeout", "aiosmtpd",
-             ("tldops_mta.smtp_server:Protocol._reset_timeout",),
+             ("tldops_mta.intake.smtp_server:Protocol._reset_timeout",),
              "private, overridden to count commands",
              "fef19b94d28dff319ca0ca9ecc1884e8f419d9f016d1d25380b01d5e85ff3c78"),
-    Upstream("aiosmtpd.smtp:SMTP._timeout_cb", "aiosmtpd", ("tldops_mta.smtp_server:Protocol._timeout_cb",),
+    Upstream("aiosmtpd.smtp:SMTP._timeout_cb", "aiosmtpd",
+             ("tldops_mta.intake.smtp_server:Protocol._timeout_cb",),
              "private, overridden to say why before closing",
              "10a7351f9bec281831442cd03ddb4f403d0d3f18b939976ea4f83b9ff557c10d"),
-    Upstream("aiosmtpd.smtp:SMTP._getaddr", "aiosmtpd", ("tldops_mta.smtp_server:Protocol._getaddr",),
+    Upstream("aiosmtpd.smtp:SMTP._getaddr", "aiosmtpd", ("tldops_mta.intake.smtp_server:Protocol._getaddr",),
              "private, replaced by the strict reading of smtp_paths; the override keeps its "
              "results ((None, None) for a local part over local_part_limit)",
              "0aeb21c56ac1260e784e430a340459c83c23640a85965e7b8de3e1ada74d85f5"),
     Upstream("aiosmtpd.smtp:SMTP.smtp_MAIL", "aiosmtpd",
-             ("tldops_mta.smtp_server:Protocol.smtp_MAIL", "tldops_mta.smtp_server:Protocol._getaddr"),
+             ("tldops_mta.intake.smtp_server:Protocol.smtp_MAIL",
+              "tldops_mta.intake.smtp_server:Protocol._getaddr"),
              "calls _getaddr and reads its (address, rest)",
              "80dd938e7791acfb31bc6eef174b9c1af96d7bac54fe103198ec6ce3440e8043"),
     Upstream("aiosmtpd.smtp:SMTP.smtp_RCPT", "aiosmtpd",
-             ("tldops_mta.smtp_server:Protocol.smtp_RCPT", "tldops_mta.smtp_server:Protocol._getaddr"),
+             ("tldops_mta.intake.smtp_server:Protocol.smtp_RCPT",
+              "tldops_mta.intake.smtp_server:Protocol._getaddr"),
              "calls _getaddr and reads its (address, rest)",
              "a0d6605883c0e608df4fe4376f284be97e36a9b257d6401dd0116ec972c3e0ea"),
     Upstream("aiosmtpd.smtp:SMTP.smtp_DATA", "aiosmtpd",
-             ("tldops_mta.smtp_server:Protocol.smtp_DATA", "tldops_mta.smtp_server:Protocol.data_received"),
+             ("tldops_mta.intake.smtp_server:Protocol.smtp_DATA",
+              "tldops_mta.intake.smtp_server:Protocol.data_received"),
              "its reader keeps every fragment of an unended line, which LongLineGuard (in "
              "data_received) cuts short",
              "3a33f30d3fd6d02f39c7d78a08288bffea9170525b62e2161568041ae7e018df"),
     # aiosmtplib
     Upstream("aiosmtplib.protocol:SMTPProtocol.execute_data_command", "aiosmtplib",
-             ("tldops_mta.outbox:_data",),
+             ("tldops_mta.mail.outbox:_data",),
              "done again without normalising the message, with its private _command_lock and "
              "_response_pending",
              "a55f9634add2db0870711d0cac99ccba3240e58cb14deabdf7b9b12148b3060a"),
     # authres
     Upstream("authres.core:QuotableValue.quote_if_needed", "authres",
-             ("tldops_mta.dkim_verify:_Quoted.quote_if_needed",),
+             ("tldops_mta.auth.dkim_verify:_Quoted.quote_if_needed",),
              "what _Quoted stands in for (quoting a value that holds @ too)",
              "c608912a7ed5ed0b761c27ddf7d5f738d6a312f5c0d1557ce06d5864e6e84e29"),
-    Upstream("authres.core:AuthenticationResult.__str__", "authres", ("tldops_mta.dkim_verify:_Quoted",),
+    Upstream("authres.core:AuthenticationResult.__str__", "authres", ("tldops_mta.auth.dkim_verify:_Quoted",),
              "calls quote_if_needed on the reason as it was set, which is how _Quoted takes effect",
              "9b44c16f01ba3668a5999d3e4b1831cfce00aaf7e8f4273c01173f9172cb239c"),
 )
@@ -236,8 +242,8 @@ def test_every_replacement_inside_a_library_is_recorded() -> None:
 
 
 @pytest.mark.parametrize(("ours", "upstream"), [
-    ("tldops_mta.smtp_server:Protocol", "aiosmtpd.smtp:SMTP"),
-    ("tldops_mta.dkim_verify:_Verifier", "dkim:DKIM"),
+    ("tldops_mta.intake.smtp_server:Protocol", "aiosmtpd.smtp:SMTP"),
+    ("tldops_mta.auth.dkim_verify:_Verifier", "dkim:DKIM"),
 ])
 def test_every_private_override_is_recorded(ours: str, upstream: str) -> None:
     """A subclass overriding a private method of its library base depends on that method's

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from tldops_mta import policy, rules
-from tldops_mta.policy import RosterEntry, judge
-from tldops_mta.request_form import parse_form
+from tldops_mta.policy import roster_policy
+from tldops_mta.policy.request_form import parse_form
+from tldops_mta.policy.roster_policy import RosterEntry, judge
+from tldops_mta.settings import rules
 
 REPO_RULES = rules.load(Path(__file__).resolve().parent.parent / "rules")
 
@@ -25,7 +26,7 @@ def form(action: str, *blocks: str, extra: str = "") -> str:
     return f"Action: {action}\nccTLD: mt\n" + "".join(blocks) + extra
 
 
-def run(text: str, current: tuple[RosterEntry, ...] = (), tld: str = "mt") -> policy.Judgement:
+def run(text: str, current: tuple[RosterEntry, ...] = (), tld: str = "mt") -> roster_policy.Judgement:
     f = parse_form(text)
     assert f.ok, f.problems
     return judge(f, tld, current, REPO_RULES)
@@ -101,7 +102,7 @@ def test_a_ccTLD_without_a_country_wants_the_country_code() -> None:
     j = run(form("subscribe", ssc("primary", "A", "B", "02 123 4567", "a@eurid.eu")), tld="eu")
     assert any("not a valid number" in str(p) and "country code" in str(p) for p in j.problems)
     # An IDN ccTLD listed in rules/roster.toml: .рф reads Russian numbers.
-    assert policy.region_of("xn--p1ai", policy.table(REPO_RULES)) == "RU"
+    assert roster_policy.region_of("xn--p1ai", roster_policy.table(REPO_RULES)) == "RU"
 
 
 @pytest.mark.parametrize(("roster_toml", "expected"), [

@@ -18,7 +18,7 @@ from postfix_instance import PostfixInstance
 from smtp_checks import expect, queue_id
 from smtp_raw import RawClient, message, open_session
 
-from tldops_mta.smtp_server import xforward_attributes
+from tldops_mta.intake.smtp_server import xforward_attributes
 
 TRUSTED = {"server.trusted_relays": ["127.0.0.1/32"], "server.limit_exempt": ["127.0.0.0/8"]}
 

@@ -34,7 +34,8 @@ def test_no_runtime_state_is_tracked() -> None:
 def test_the_smtp_process_does_not_load_what_only_the_worker_needs() -> None:
     # bench/intake's idle memory figure (< 60 MB) rests on this: the SMTP process imports
     # work_due to ask when work is due, and must not pull in the worker's libraries.
-    code = ("import sys, tldops_mta.daemon; print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))")
+    code = ("import sys, tldops_mta.daemon.serve; "
+            "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))")
     loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                 timeout=60).stdout.split())
     assert loaded.isdisjoint({"vobject", "cryptography", "dkim", "nacl", "dns", "httpx", "aiosmtplib"})

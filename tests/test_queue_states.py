@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from tldops_mta.queue_states import FINAL, TRANSITIONS, Actor, Event, State, move
+from tldops_mta.policy.queue_states import FINAL, TRANSITIONS, Actor, Event, State, move
 
 # The whole table as the issue states it: who may do what, from where, to where.
 EXPECTED = {

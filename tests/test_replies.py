@@ -8,9 +8,9 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from tldops_mta import content_checks, replies
-from tldops_mta.config import defaults
-from tldops_mta.recipients import TAGGED, Recipient, Service, classify, local_parts
+from tldops_mta.intake import content_checks, replies
+from tldops_mta.settings.config import defaults
+from tldops_mta.settings.recipients import TAGGED, Recipient, Service, classify, local_parts
 
 ENHANCED = re.compile(r"^([245])(\d\d)([ -])([245])\.(\d{1,3})\.(\d{1,3})(?: |$)")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tldops_mta.request_form import RequestForm, SscEntry, parse_form
+from tldops_mta.policy.request_form import RequestForm, SscEntry, parse_form
 
 SUBSCRIBE = """Action: subscribe
 ccTLD: mt

@@ -8,8 +8,8 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tldops_mta import roster_formats as rf
-from tldops_mta.policy import RosterEntry
+from tldops_mta.policy.roster_policy import RosterEntry
+from tldops_mta.roster import formats as rf
 
 JANE = RosterEntry("primary", "Jane", "Doe", "+35621334455", "jane.doe@nic.org.mt")
 IVAN = RosterEntry("secondary", "Иван", "Петров, мл.", "+35929883000", "иван@регистър.бг")

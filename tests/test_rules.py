@@ -14,7 +14,8 @@ from pathlib import Path
 
 from daemon_proc import DOMAIN, DaemonProc, write_config
 
-from tldops_mta import cctlds, policy, rules
+from tldops_mta.policy import roster_policy
+from tldops_mta.settings import cctlds, rules
 
 SHIPPED_REPLIES = tomllib.loads((Path(__file__).resolve().parent.parent / "rules" / "replies.toml")
                                 .read_text("utf-8"))
@@ -41,8 +42,8 @@ def test_without_rules_dir_every_policy_file_is_the_shipped_one(tmp_path: Path) 
     assert rules.sources(None) == {"roster.toml": "shipped", "replies.toml": "shipped",
                                    "cctlds.csv": "shipped"}
     loaded = rules.load(None)
-    roles = policy.table(loaded)["addresses"]["role_local_parts"]
-    built_in = policy.DEFAULTS["addresses"]["role_local_parts"]
+    roles = roster_policy.table(loaded)["addresses"]["role_local_parts"]
+    built_in = roster_policy.DEFAULTS["addresses"]["role_local_parts"]
     assert {"cert", "csirt"} <= set(roles) and len(roles) > len(built_in)
     assert loaded["replies"]["help"] == SHIPPED_REPLIES["help"]
     assert {"mt", "xn--p1ai"} <= {c.tld for c in cctlds.load(None)}
@@ -57,7 +58,7 @@ def test_the_operators_file_replaces_only_the_shipped_file_of_its_name(tmp_path:
                                        "cctlds.csv": "shipped"}
     loaded = rules.load(tmp_path)
     assert loaded["replies"]["help"]["subject"] == OWN_HELP_SUBJECT
-    assert "csirt" in policy.table(loaded)["addresses"]["role_local_parts"]  # roster.toml: shipped
+    assert "csirt" in roster_policy.table(loaded)["addresses"]["role_local_parts"]  # roster.toml: shipped
     assert len(cctlds.load(tmp_path)) == len(cctlds.load(None))  # cctlds.csv: shipped
     (tmp_path / "cctlds.csv").write_text(",".join(cctlds.COLUMNS) + "\nmt,,Malta,EUR,1992-12-02,,yes\n")
     assert [c.tld for c in cctlds.load(tmp_path)] == ["mt"]

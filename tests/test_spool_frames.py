@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tldops_mta import spool_frames
-from tldops_mta.spool import Arrival
+from tldops_mta.intake import spool_frames
+from tldops_mta.store.spool import Arrival
 
 text = st.text(max_size=40)
 arrivals = st.builds(

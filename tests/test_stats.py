@@ -17,7 +17,8 @@ import pytest
 from auth_env import form
 from test_workflow import JANE, JOHN, flow
 
-from tldops_mta import cctlds, stats
+from tldops_mta.ops import stats
+from tldops_mta.settings import cctlds
 
 REPO = Path(__file__).resolve().parent.parent
 REPORT = Path(__file__).resolve().parent / "fixtures" / "secir" / "SECIR-final-report-v1.0.txt"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tldops_mta import spool, storage
+from tldops_mta.store import spool, storage
 
 
 def arrival(i: int, queue_id: str | None = None) -> spool.Arrival:

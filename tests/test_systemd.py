@@ -21,7 +21,7 @@ from daemon_proc import DaemonProc
 from notify_socket import NotifySocket
 from smtp_checks import deliver, spool_count
 
-from tldops_mta.systemd_notify import Notifier
+from tldops_mta.daemon.systemd_notify import Notifier
 
 REPO = Path(__file__).resolve().parent.parent
 UNITS = REPO / "systemd"

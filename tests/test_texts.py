@@ -8,7 +8,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-from tldops_mta import texts
+from tldops_mta.policy import texts
 
 RULES = Path(__file__).resolve().parent.parent / "rules"
 SHIPPED = {"replies": tomllib.loads((RULES / "replies.toml").read_text("utf-8"))}

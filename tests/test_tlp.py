@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tldops_mta.tlp import Tlp, for_reply, labelled, labels_in, of_message
+from tldops_mta.mail.tlp import Tlp, for_reply, labelled, labels_in, of_message
 
 
 @pytest.mark.parametrize(("text", "level"), [

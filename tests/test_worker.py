@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from tldops_mta import config, spool, storage
-from tldops_mta.live import Live
-from tldops_mta.message_facts import MessageFacts
-from tldops_mta.recipients import Service
-from tldops_mta.retry import backoff
-from tldops_mta.storage import Reader
-from tldops_mta.worker import Worker
+from tldops_mta.auth.message_facts import MessageFacts
+from tldops_mta.settings import config
+from tldops_mta.settings.live import Live
+from tldops_mta.settings.recipients import Service
+from tldops_mta.store import spool, storage
+from tldops_mta.store.retry import backoff
+from tldops_mta.store.storage import Reader
+from tldops_mta.worker.spool_loop import Worker
 
 
 def arrival(i: int, raw: bytes | None = None) -> spool.Arrival:

@@ -274,15 +274,15 @@ def test_removal_of_the_whole_cctld(f: Flow) -> None:
 
 
 def test_the_roster_is_shown_and_exported_from_the_command_line(f: Flow) -> None:
-    from tldops_mta import roster_formats
+    from tldops_mta.roster import formats
 
     subscribed(f, JANE, JOHN)
     shown = f.tldops("roster", "show").stdout
     assert shown.startswith("[TLP:AMBER] TLD-OPS roster") and "    +35621334455  jane.doe@nic.org.mt" in shown
-    exported = roster_formats.from_vcard(f.tldops("roster", "export", "--format", "vcard").stdout)
+    exported = formats.from_vcard(f.tldops("roster", "export", "--format", "vcard").stdout)
     assert [e.email for e in exported["mt"]] == ["jane.doe@nic.org.mt", "john.roe@nic.org.mt"]
     empty = f.tldops("roster", "export", "--tld", "nl").stdout.splitlines()
-    assert empty == [",".join(roster_formats.CSV_FIELDS)]
+    assert empty == [",".join(formats.CSV_FIELDS)]
 
 
 # -- refusals: nothing changes, and the sender learns every problem ----------------------------

@@ -55,6 +55,7 @@ class WorkerMetrics:
     only here and in the endpoint."""
 
     def __init__(self) -> None:
+        # prometheus_client is loaded only where metrics are counted or served
         from prometheus_client import Counter as PCounter
         from prometheus_client import Histogram
 
@@ -86,6 +87,7 @@ def worker_metrics() -> WorkerMetrics:
 def serve(host: str, port: int, counts: SmtpCounts, health_view: Callable[[], Any],
           sessions: Callable[[], int]) -> tuple[Any, int]:
     """Start the HTTP endpoint in a thread of its own; the server and its port."""
+    # prometheus_client is loaded only where metrics.listen is set
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -104,7 +106,7 @@ class _DaemonCollector:
         self.sessions = sessions
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # at scrape time
 
         replies = CounterMetricFamily(f"{PREFIX}_smtp_replies", "SMTP replies sent, by code", labels=["code"])
         for code, n in sorted(self.counts.replies.items()):

@@ -13,4 +13,4 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fuzz._atheris import main
 
-main("address", include=("tldops_mta.addresses",))
+main("address", include=("tldops_mta.auth.addresses",))

@@ -13,4 +13,4 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fuzz._atheris import main
 
-main("form", include=("tldops_mta.request_form",))
+main("form", include=("tldops_mta.policy.request_form",))

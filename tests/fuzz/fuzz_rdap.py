@@ -12,4 +12,4 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fuzz._atheris import main
 
-main("rdap", include=("tldops_mta.iana", "tldops_mta.iana_answers"))
+main("rdap", include=("tldops_mta.auth.iana", "tldops_mta.auth.iana_answers"))

@@ -23,26 +23,17 @@ from typing import Any
 
 import structlog
 
-from tldops_mta import (
-    addresses,
-    content_checks,
-    dkim_verify,
-    iana,
-    iana_answers,
-    logs,
-    message_facts,
-    replies,
-    request_form,
-    smtp_paths,
-    spool,
-    storage,
-    tlp,
-)
-from tldops_mta import config as config_mod
-from tldops_mta.appender import Appender
-from tldops_mta.children import SpoolLink
-from tldops_mta.recipients import classify
-from tldops_mta.smtp_server import Runtime
+from tldops_mta import logs
+from tldops_mta.auth import addresses, dkim_verify, iana, iana_answers, message_facts
+from tldops_mta.daemon.children import SpoolLink
+from tldops_mta.intake import content_checks, replies, smtp_paths
+from tldops_mta.intake.appender import Appender
+from tldops_mta.intake.smtp_server import Runtime
+from tldops_mta.mail import tlp
+from tldops_mta.policy import request_form
+from tldops_mta.settings import config as config_mod
+from tldops_mta.settings.recipients import classify
+from tldops_mta.store import spool, storage
 
 REPO = Path(__file__).resolve().parents[2]
 

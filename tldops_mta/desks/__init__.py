@@ -1,0 +1,1 @@
+"""One desk per service address: what the worker does with a message sent to it."""

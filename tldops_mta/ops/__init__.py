@@ -1,0 +1,1 @@
+"""Operator tasks: statistics, outreach, personal data, housekeeping, the files the configuration names."""

@@ -1,0 +1,215 @@
+"""The roster policy (rules/roster.toml) applied to a request form: pure decisions.
+
+What a request would make of a ccTLD's roster, and whether that is allowed: at most
+``max_per_cctld`` SSCs (blocking), at least ``min_per_cctld`` (a warning for the Validator),
+people only (role mailboxes refused), phone numbers valid and stored as E.164 (read in the
+ccTLD's country when written without a country code), addresses valid (IDN domains and
+SMTPUTF8 local parts allowed) and stored normalised. One person may be an SSC of several
+ccTLDs: nothing here looks at other ccTLDs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
+
+from tldops_mta.policy.request_form import FormProblem, RequestForm, SscEntry
+from tldops_mta.policy.texts import counted
+
+DEFAULTS: dict[str, Any] = {
+    "ssc": {"max_per_cctld": 3, "min_per_cctld": 2},
+    "addresses": {"role_local_parts": ["info", "noc", "hostmaster", "security", "abuse",
+                                       "postmaster", "webmaster", "admin", "support"]},
+    "phones": {"region_of": {}},
+    "workflow": {"self_administration": False},
+}
+
+
+@dataclass(frozen=True)
+class RosterEntry:
+    """A current SSC of the ccTLD, as the roster holds it."""
+
+    role: str
+    first_name: str
+    last_name: str
+    phone: str
+    email: str
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """``problems`` block the request (it changes nothing and its sender is told);
+    ``warnings`` go to the Validator with it; ``roster`` is what it would make."""
+
+    problems: tuple[FormProblem, ...]
+    warnings: tuple[str, ...]
+    roster: tuple[RosterEntry, ...]
+    entries: tuple[SscEntry, ...]
+    """The form's SSCs with their phone in E.164 and their address normalised."""
+
+
+def table(rules: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """rules/roster.toml over the defaults."""
+    given = rules.get("roster", {})
+    return {section: {**defaults, **given.get(section, {})} for section, defaults in DEFAULTS.items()}
+
+
+def check(rules: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """What is wrong with rules/roster.toml, for ``tldops config check`` and SIGHUP."""
+    t = table(rules)
+    out: list[str] = []
+    given = rules.get("roster", {})
+    for section in given:
+        if section not in DEFAULTS:
+            out.append(f"rules/roster.toml: unknown section [{section}]")
+    high, low = t["ssc"]["max_per_cctld"], t["ssc"]["min_per_cctld"]
+    if not (isinstance(high, int) and isinstance(low, int) and 1 <= low <= high <= 10):
+        out.append("rules/roster.toml: [ssc] wants whole numbers 1 <= min_per_cctld <= "
+                   f"max_per_cctld <= 10 (has {low!r} and {high!r})")
+    parts = t["addresses"]["role_local_parts"]
+    if not (isinstance(parts, list) and all(isinstance(p, str) and p for p in parts)):
+        out.append("rules/roster.toml: [addresses] role_local_parts wants a list of local parts")
+    if not isinstance(t["workflow"]["self_administration"], bool):
+        out.append("rules/roster.toml: [workflow] self_administration wants true or false")
+    regions = t["phones"]["region_of"]
+    if not isinstance(regions, dict):
+        out.append("rules/roster.toml: [phones] region_of wants a table of ccTLD = \"XX\"")
+    else:
+        for tld, region in regions.items():
+            if region not in phonenumbers.SUPPORTED_REGIONS:
+                out.append(f"rules/roster.toml: [phones] region_of.{tld} = {region!r} is not "
+                           "a country code phonenumbers knows")
+    return out
+
+
+def region_of(tld: str, t: Mapping[str, Any]) -> str | None:
+    """The country a number without country code is read in, for this ccTLD (A-label)."""
+    key = tld.lower().lstrip(".")
+    mapped = t["phones"]["region_of"].get(key)
+    if isinstance(mapped, str):
+        return mapped
+    code = key.upper()
+    return code if len(code) == 2 and code in phonenumbers.SUPPORTED_REGIONS else None
+
+
+def e164(phone: str, region: str | None) -> str | None:
+    """The number in E.164, or None when it is not a valid number."""
+    try:
+        number = phonenumbers.parse(phone, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number):
+        return None
+    return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
+
+
+def judge(form: RequestForm, tld: str, current: Sequence[RosterEntry],
+          rules: Mapping[str, Mapping[str, Any]]) -> Judgement:
+    """Apply the policy to a well-formed ``form`` for ``tld`` (A-label) and its ``current``
+    roster."""
+    t = table(rules)
+    problems: list[FormProblem] = []
+    warnings: list[str] = []
+    roles = {p.lower() for p in t["addresses"]["role_local_parts"]}
+    region = region_of(tld, t)
+    entries = _checked_entries(form.sscs, region, roles, problems)
+    roster = _after(form, entries, current, problems)
+    high, low = t["ssc"]["max_per_cctld"], t["ssc"]["min_per_cctld"]
+    if len(roster) > high:
+        problems.append(FormProblem(None, f"the ccTLD would have {len(roster)} SSCs; at most "
+                                    f"{high} are allowed", "Name fewer SSCs, or replace one.",
+                                    private=True))
+    elif 0 < len(roster) < low:
+        warnings.append(f"the ccTLD would have {counted(len(roster), 'SSC')}; {low} are expected")
+    emails = [r.email.lower() for r in roster]
+    if len(set(emails)) != len(emails):
+        problems.append(FormProblem(None, "the same address would hold two roles",
+                                    "Give each SSC their own address.", private=True))
+    return Judgement(tuple(sorted(problems, key=lambda p: p.line or 0)), tuple(warnings),
+                     tuple(roster), tuple(entries))
+
+
+def entry_problems(form: RequestForm, tld: str | None,
+                   rules: Mapping[str, Mapping[str, Any]]) -> list[FormProblem]:
+    """The checks of each SSC alone (address, role mailbox, phone), which need no roster:
+    run on a form that has other problems too, so its one reply lists them all."""
+    t = table(rules)
+    problems: list[FormProblem] = []
+    region = region_of(tld, t) if tld else None
+    _checked_entries(form.sscs, region, {p.lower() for p in t["addresses"]["role_local_parts"]},
+                     problems)
+    return problems
+
+
+def _checked_entries(sscs: Sequence[SscEntry], region: str | None, roles: set[str],
+                     problems: list[FormProblem]) -> list[SscEntry]:
+    """The SSCs with their address normalised and phone in E.164, where valid; a problem,
+    at the line of the value, where not."""
+    entries: list[SscEntry] = []
+    for s in sscs:
+        entry = s
+        try:
+            valid = validate_email(s.email, check_deliverability=False, allow_smtputf8=True)
+        except EmailNotValidError as e:
+            problems.append(FormProblem(s.email_line or s.line, f"the {s.role} SSC's address "
+                                        f"{s.email[:60]!r} is not valid ({e})",
+                                        "Give the SSC's own address."))
+        else:
+            local = valid.local_part.split("+", 1)[0].lower()
+            if local in roles:
+                problems.append(FormProblem(
+                    s.email_line or s.line, f"{valid.normalized[:60]} is a role mailbox, not a person",
+                    "TLD-OPS lists people: give the SSC's personal address."))
+            entry = replace(entry, email=valid.normalized)
+        number = e164(s.phone, region)
+        if number is None:
+            how = ("with its country code, such as +356 2133 4455" if region is None else
+                   f"with its country code, or as dialled in {region}")
+            problems.append(FormProblem(s.phone_line or s.line, f"the {s.role} SSC's phone "
+                                        f"{s.phone[:40]!r} is not a valid number", f"Write it {how}."))
+        else:
+            entry = replace(entry, phone=number)
+        entries.append(entry)
+    return entries
+
+
+def _after(form: RequestForm, entries: Sequence[SscEntry], current: Sequence[RosterEntry],
+           problems: list[FormProblem]) -> list[RosterEntry]:
+    """The roster the request would leave (problems where it names what is not there)."""
+    on_roster = {r.email.lower(): r for r in current}
+    new = [RosterEntry(e.role, e.first_name, e.last_name, e.phone, e.email) for e in entries]
+    if form.action == "subscribe":
+        if current:
+            problems.append(FormProblem(None, "the ccTLD is already subscribed",
+                                        "Send 'Action: update' to change its SSCs.", private=True))
+            return list(current)
+        return new
+    if form.action == "remove":
+        if form.remove_all:
+            return []
+        for address in form.removals:
+            if address.lower() not in on_roster:
+                problems.append(FormProblem(None, f"{address} is not an SSC of this ccTLD",
+                                            "Name SSCs by the address the roster has for them.",
+                                            private=True))
+        return [r for r in current if r.email.lower() not in {a.lower() for a in form.removals}]
+    # update: each new SSC takes the place of the one it names
+    leaving = set()
+    for e in entries:
+        if e.replaces is None or e.replaces.lower() not in on_roster:
+            problems.append(FormProblem(e.line, f"Replaces: {e.replaces} is not an SSC of this "
+                                        "ccTLD", "Name the SSC being replaced by their roster address.",
+                                        private=True))
+        else:
+            leaving.add(e.replaces.lower())
+    staying = [r for r in current if r.email.lower() not in leaving]
+    for n in new:
+        holder = next((r for r in staying if r.role == n.role), None)
+        if holder is not None:
+            problems.append(FormProblem(None, f"the {n.role} role is held by an SSC who stays",
+                                        "Replace that SSC, or give the new one another role.", private=True))
+    return staying + new

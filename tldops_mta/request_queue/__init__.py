@@ -1,0 +1,1 @@
+"""The Validator's queue: moves between states and their effects, reminders and expiry, reads."""

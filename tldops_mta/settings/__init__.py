@@ -1,0 +1,1 @@
+"""What the operator sets: the configuration file and the policy files in force."""

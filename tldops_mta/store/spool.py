@@ -1,0 +1,381 @@
+"""The spool: what was accepted, and where each message stands.
+
+Functions here build writer jobs (run inside the Writer's transaction) and read queries.
+State machine: received -> processing -> done | rejected | failed, and processing ->
+received again when an attempt errs (with a backoff) or the daemon restarts mid-way.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from tldops_mta.policy.texts import counted
+from tldops_mta.store.storage import Grouped
+
+
+class Status(StrEnum):
+    RECEIVED = "received"
+    PROCESSING = "processing"
+    DONE = "done"
+    REJECTED = "rejected"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A message as the SMTP session hands it over, before it is committed."""
+
+    queue_id: str
+    received_at: float
+    session_id: str
+    client_addr: str
+    client_port: int | None
+    helo: str | None
+    mail_from: str
+    rcpt_to: tuple[str, ...]
+    smtputf8: bool
+    raw: bytes
+    relay_addr: str | None = None
+    """The trusted relay that handed it over (XFORWARD); client_* are then the relay's word."""
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A message the worker is about to process."""
+
+    id: int
+    queue_id: str
+    mail_from: str
+    rcpt_to: tuple[str, ...]
+    attempts: int
+    raw: bytes
+
+
+Effect = Callable[[sqlite3.Connection], Any]
+"""A change made in the transaction that records a message's outcome. One that returns a
+``Verdict`` settles that outcome's status and reason from what the database says then."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What an effect decided inside the outcome's transaction (a token found used, a
+    request already decided): it replaces the status and reason the handler proposed, so
+    the row never says what the committed effects contradict."""
+
+    status: Status
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The end of one processing attempt, and what it changes elsewhere.
+
+    ``effects`` (request rows, tokens, outbox mail) commit in the same transaction as the
+    status, so a crash keeps both or neither, and reprocessing never doubles them.
+    A deferral (status received, ``counts_attempt`` False) waits for a lookup to work again
+    and does not use up an attempt.
+    """
+
+    id: int
+    status: Status
+    reason: str | None = None
+    services: tuple[str, ...] = ()
+    retry_at: float = 0.0
+    effects: tuple[Effect, ...] = ()
+    counts_attempt: bool = True
+    ids: dict[str, int] = field(default_factory=dict)
+    """Filled by the effects as they run (the id of the request row they make), so that the
+    log line after the commit ties the message to what it became."""
+    after_commit: Callable[[], None] | None = None
+    """Called once the outcome and its effects committed (not when a retry replaced them):
+    the handler's log line of what its effects found, said only when the database holds it."""
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What ``finish`` committed other than the outcomes it was given."""
+
+    retries: list[Outcome]
+    """In place of outcomes whose effects failed."""
+    settled: dict[int, Verdict]
+    """By spool id: the status and reason an effect's Verdict gave in place of the handler's."""
+    dropped: set[int]
+    """Spool ids of outcomes written by nobody: another worker holds the message now."""
+
+
+WAITING = "waiting"
+"""What a person reads for a message deferred by ``waiting``: stored as received (the worker
+takes it up again), its reason says for which lookup."""
+
+
+def waiting(spool_id: int, service: str, reason: str, retry_after: float) -> Outcome:
+    """A deferral: the message waits for a lookup (DNS, IANA) to work again, without using
+    up an attempt. The wait counts from now, after the lookups: timed from before them,
+    lookups that time out would use it up and the retry would follow at once."""
+    return Outcome(spool_id, Status.RECEIVED, f"{WAITING}: {reason}"[:1000], (service,),
+                   retry_at=time.time() + retry_after, counts_attempt=False)
+
+
+@dataclass
+class Entry:
+    id: int
+    queue_id: str
+    received_at: float
+    status: str
+    attempts: int
+    size: int
+    mail_from: str
+    rcpt_to: list[str]
+    client_addr: str
+    session_id: str
+    helo: str | None
+    services: list[str] | None
+    reason: str | None
+    updated_at: float
+    relay_addr: str | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @property
+    def shown_status(self) -> str:
+        """The status as ``spool list`` shows it: ``waiting`` for a message deferred until a
+        lookup works again, instead of the ``received`` it is stored as."""
+        if self.status == Status.RECEIVED and (self.reason or "").startswith(f"{WAITING}: "):
+            return WAITING
+        return self.status
+
+
+def new_queue_id(now: float | None = None) -> str:
+    """Sortable by time (milliseconds), unique by 32 random bits. Not a secret, so the
+    process's own generator serves (no system call per message); the UNIQUE column backs it."""
+    ms = int((time.time() if now is None else now) * 1000)
+    return f"{ms:011X}{random.getrandbits(32):08X}"
+
+
+def insert(arrival: Arrival) -> Grouped[Arrival, None]:
+    """The writer job that spools one arrival; concurrent ones are inserted together."""
+    return Grouped(insert_all, arrival)
+
+
+def insert_all(conn: sqlite3.Connection, arrivals: list[Arrival]) -> list[None]:
+    """Spool several arrivals with two statements, however many there are (in chunks that
+    stay under SQLite's limit on parameters): see ``storage.Grouped`` for why."""
+    for start in range(0, len(arrivals), _INSERT_CHUNK):
+        chunk = arrivals[start:start + _INSERT_CHUNK]
+        rows: list[Any] = []
+        blobs: list[Any] = []
+        for a in chunk:
+            rows += (a.queue_id, a.received_at, a.session_id, a.client_addr, a.client_port,
+                     a.helo, a.mail_from, json.dumps(list(a.rcpt_to)), int(a.smtputf8),
+                     len(a.raw), a.received_at, a.relay_addr)
+            blobs += (a.queue_id, a.raw)
+        conn.execute(_insert_sql(len(chunk)), rows)
+        # The raw octets go to the rows just made, found by their (unique) queue ids.
+        conn.execute(_insert_raw_sql(len(chunk)), blobs)
+    # No 'received' event row: the spool row holds that moment (received_at), and
+    # ``show`` puts it first in the history. One statement less per accepted message.
+    return [None] * len(arrivals)
+
+
+def _insert_sql(n: int) -> str:
+    rows = ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?)"] * n)  # placeholders only: no data in the SQL
+    return ("INSERT INTO spool (queue_id, received_at, session_id, client_addr, client_port,"  # noqa: S608
+            f" helo, mail_from, rcpt_to, smtputf8, size, updated_at, relay_addr) VALUES {rows}")
+
+
+def _insert_raw_sql(n: int) -> str:
+    rows = ",".join(["(?,?)"] * n)
+    return ("INSERT INTO spool_messages (id, raw) SELECT s.id, v.column2"  # noqa: S608
+            f" FROM (VALUES {rows}) AS v JOIN spool AS s ON s.queue_id = v.column1")
+
+
+_INSERT_CHUNK = 64
+"""Arrivals per statement: 11 parameters each stays under SQLite's historical limit of 999,
+and the writer's statement cache holds every size up to it."""
+
+
+def requeue_interrupted(conn: sqlite3.Connection) -> int:
+    """At start-up: attempts cut short by a crash go back to received."""
+    now = time.time()
+    rows = conn.execute(
+        "UPDATE spool SET status = 'received', claimed_by = NULL, updated_at = ?"
+        " WHERE status = 'processing' RETURNING id", (now,)).fetchall()
+    conn.executemany(
+        "INSERT INTO spool_events (spool_id, at, status, reason) VALUES (?,?,?,?)",
+        [(r[0], now, Status.RECEIVED.value, "requeued: processing was interrupted") for r in rows],
+    )
+    return len(rows)
+
+
+def due(conn: sqlite3.Connection, now: float, limit: int) -> list[Pending]:
+    """Messages waiting for the worker, oldest first."""
+    rows = conn.execute(
+        "SELECT s.id, s.queue_id, s.mail_from, s.rcpt_to, s.attempts, m.raw"
+        " FROM spool s JOIN spool_messages m ON m.id = s.id"
+        " WHERE s.status = 'received' AND s.next_attempt_at <= ?"
+        " ORDER BY s.next_attempt_at, s.id LIMIT ?", (now, limit)).fetchall()
+    return [Pending(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], r[5]) for r in rows]
+
+
+def next_due_at(conn: sqlite3.Connection) -> float | None:
+    row = conn.execute(
+        "SELECT min(next_attempt_at) FROM spool WHERE status = 'received'").fetchone()
+    return None if row[0] is None else float(row[0])
+
+
+def claim(ids: Iterable[int], now: float, owner: str) -> Callable[[sqlite3.Connection], list[int]]:
+    """Mark messages as being processed and count the attempt before any work starts.
+
+    Counting first means a message that crashes the daemon every time still reaches
+    max_attempts and stops being retried.
+    """
+    id_list = list(ids)
+
+    def job(conn: sqlite3.Connection) -> list[int]:
+        # One statement for the batch (ids are integers we read: only placeholders in SQL).
+        marks = ",".join("?" * len(id_list))
+        claimed = sorted(r[0] for r in conn.execute(
+            "UPDATE spool SET status = 'processing', attempts = attempts + 1, updated_at = ?,"  # noqa: S608
+            f" claimed_by = ? WHERE status = 'received' AND id IN ({marks}) RETURNING id",
+            (now, owner, *id_list)).fetchall()) if id_list else []
+        conn.executemany(
+            "INSERT INTO spool_events (spool_id, at, status, reason) VALUES (?,?,?,?)",
+            [(i, now, Status.PROCESSING.value, None) for i in claimed])
+        return claimed
+
+    return job
+
+
+def finish(outcomes: Iterable[Outcome], now: float, retry_at: float, owner: str,
+           ) -> Callable[[sqlite3.Connection], Finished]:
+    """Commit outcomes, each in its own savepoint: an outcome whose effects fail is
+    replaced by a retry at ``retry_at`` (returned, so the caller can log it) and the
+    others still commit. An outcome for a message ``owner`` no longer holds is dropped
+    with its effects: whoever holds it now will write its own."""
+    rows = list(outcomes)
+    done = Finished([], {}, set())
+
+    def write(conn: sqlite3.Connection, o: Outcome) -> None:
+        cur = conn.execute(
+            "UPDATE spool SET status = ?, reason = ?, services = ?, next_attempt_at = ?,"
+            " updated_at = ?, attempts = attempts - ?, claimed_by = NULL"
+            " WHERE id = ? AND status = 'processing' AND claimed_by = ?",
+            (o.status.value, o.reason, json.dumps(list(o.services)) if o.services else None,
+             o.retry_at, now, 0 if o.counts_attempt else 1, o.id, owner))
+        if cur.rowcount != 1:
+            done.dropped.add(o.id)
+            return
+        status, reason = o.status, o.reason
+        for effect in o.effects:
+            verdict = effect(conn)
+            if isinstance(verdict, Verdict):
+                status, reason = verdict.status, verdict.reason
+        if (status, reason) != (o.status, o.reason):
+            done.settled[o.id] = Verdict(status, reason)
+            conn.execute("UPDATE spool SET status = ?, reason = ? WHERE id = ?",
+                         (status.value, reason, o.id))
+        conn.execute("INSERT INTO spool_events (spool_id, at, status, reason) VALUES (?,?,?,?)",
+                     (o.id, now, status.value, reason))
+
+    def job(conn: sqlite3.Connection) -> Finished:
+        for o in rows:
+            conn.execute("SAVEPOINT outcome")
+            try:
+                write(conn, o)
+            except Exception as e:
+                if not conn.in_transaction:
+                    raise
+                conn.execute("ROLLBACK TO outcome")
+                done.settled.pop(o.id, None)
+                retry = Outcome(o.id, Status.RECEIVED, f"could not record the outcome: {e}"[:500],
+                                o.services, retry_at)
+                write(conn, retry)
+                done.retries.append(retry)
+            conn.execute("RELEASE outcome")
+        return done
+
+    return job
+
+
+def requeue(conn: sqlite3.Connection, spool_id: int, now: float, reason: str,
+            raw: bytes | None = None, *, keep_attempts: bool = False) -> None:
+    """Back to 'received' for the worker, with an event saying why (an operator's retry, a
+    list post released or confirmed); ``raw`` puts back octets the retention purge took.
+    ``keep_attempts``: the attempts so far still count (the next one adds to them)."""
+    if raw is not None:
+        conn.execute("INSERT OR IGNORE INTO spool_messages (id, raw) VALUES (?, ?)", (spool_id, raw))
+    conn.execute("UPDATE spool SET status = 'received', attempts = CASE WHEN ? THEN attempts ELSE 0 END,"
+                 " next_attempt_at = 0, updated_at = ? WHERE id = ?", (keep_attempts, now, spool_id))
+    conn.execute("INSERT INTO spool_events (spool_id, at, status, reason) VALUES (?,?,?,?)",
+                 (spool_id, now, Status.RECEIVED.value, reason))
+
+
+def retry(queue_id: str, now: float) -> Callable[[sqlite3.Connection], bool]:
+    """Put a failed or rejected message back for processing (an operator's decision)."""
+
+    def job(conn: sqlite3.Connection) -> bool:
+        # A message whose octets the retention purge removed cannot be processed again.
+        row = conn.execute(
+            "SELECT id, attempts FROM spool WHERE queue_id = ? AND status IN ('failed', 'rejected')"
+            " AND EXISTS (SELECT 1 FROM spool_messages m WHERE m.id = spool.id)", (queue_id,)).fetchone()
+        if row:
+            # Counted on, not from zero: the attempts column says how often it was processed.
+            requeue(conn, row[0], now, f"requeued by operator after {counted(row[1], 'attempt')}",
+                    keep_attempts=True)
+        return row is not None
+
+    return job
+
+
+_ENTRY_COLUMNS = (
+    "id, queue_id, received_at, status, attempts, size, mail_from, rcpt_to, client_addr,"
+    " session_id, helo, services, reason, updated_at, relay_addr"
+)
+
+
+def _entry(r: tuple[Any, ...]) -> Entry:
+    return Entry(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), r[8], r[9], r[10],
+                 json.loads(r[11]) if r[11] else None, r[12], r[13], r[14])
+
+
+def listing(conn: sqlite3.Connection, status: str | None = None, limit: int = 100,
+            service: str | None = None) -> list[Entry]:
+    """Newest first; only ``status``, and only mail handled for ``service``, when given."""
+    rows = conn.execute(
+        f"SELECT {_ENTRY_COLUMNS} FROM spool WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL"  # noqa: S608
+        " OR EXISTS (SELECT 1 FROM json_each(spool.services) WHERE value = ?2))"
+        " ORDER BY id DESC LIMIT ?3", (status or None, service or None, limit)).fetchall()
+    return [_entry(r) for r in rows]
+
+
+def show(conn: sqlite3.Connection, queue_id: str) -> tuple[Entry, bytes] | None:
+    row = conn.execute(
+        f"SELECT {_ENTRY_COLUMNS} FROM spool WHERE queue_id = ?", (queue_id,)).fetchone()  # noqa: S608
+    if row is None:
+        return None
+    entry = _entry(row)
+    entry.events = [{"at": entry.received_at, "status": Status.RECEIVED.value,
+                     "reason": "accepted over SMTP"}] + [
+        {"at": at, "status": st, "reason": reason}
+        for at, st, reason in conn.execute(
+            "SELECT at, status, reason FROM spool_events WHERE spool_id = ? ORDER BY at, rowid",
+            (entry.id,))
+    ]
+    row = conn.execute("SELECT raw FROM spool_messages WHERE id = ?", (entry.id,)).fetchone()
+    return entry, b"" if row is None else bytes(row[0])  # b"": purged (storage.retention_days)
+
+
+def counts(conn: sqlite3.Connection) -> dict[str, int]:
+    out = {s.value: 0 for s in Status}
+    for st, n in conn.execute("SELECT status, count(*) FROM spool GROUP BY status"):
+        out[st] = n
+    return out
