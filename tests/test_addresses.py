@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from tldops_mta.auth.addresses import MAX_MAILBOXES, AddressError, Mailbox, parse_address_list, parse_single
 
-SOURCE = Path(__file__).resolve().parent.parent / "tldops_mta" / "addresses.py"
+SOURCE = Path(__file__).resolve().parent.parent / "tldops_mta" / "auth" / "addresses.py"
 
 
 def b64(text: str) -> str:

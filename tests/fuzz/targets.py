@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 # -- addresses -------------------------------------------------------------------------------
 
-_SOURCE = (REPO / "tldops_mta" / "addresses.py").read_text(encoding="utf-8")
+_SOURCE = (REPO / "tldops_mta" / "auth" / "addresses.py").read_text(encoding="utf-8")
 ADDRESS_CODES = frozenset(re.findall(r"""(?:AddressError|fail)\(\s*"([a-z_]+)\"""", _SOURCE))
 """Every refusal code the parser can give, read from its source: a code outside this set
 means an AddressError was made somewhere else than the parser's own refusals."""
