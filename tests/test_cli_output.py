@@ -42,7 +42,7 @@ def test_the_script_and_python_m_are_one_entry_point() -> None:
     for argv in ([str(script)], [sys.executable, "-m", "tldops_mta"]):
         r = run(*argv, "--version")
         assert (r.returncode, r.stdout, r.stderr) == (0, f"tldops-mta {__version__}\n", ""), argv
-    # cli.py is a module, not a second entry point: run as a script it defines the commands
+    # cli/main.py is a module, not a second entry point: run as a script it defines the commands
     # and stops (no half-defined command table, no NameError).
     r = run(sys.executable, "-m", "tldops_mta.cli.main", "stats")
     assert (r.returncode, r.stdout, r.stderr) == (0, "", "")

@@ -19,7 +19,7 @@ EXPECTED = {
     (State.AWAITING_VALIDATOR, Event.ESCALATE, Actor.VALIDATOR): State.ESCALATED,
     (State.AWAITING_VALIDATOR, Event.EXPIRE, Actor.SCHEDULER): State.EXPIRED,
     (State.AWAITING_VALIDATOR, Event.WITHDRAW, Actor.ADMIN): State.WITHDRAWN,
-    # A Validator takes back what self-administration applied (decisions.act checks that
+    # A Validator takes back what self-administration applied (transitions.act checks that
     # the approval was the policy's, not a Validator's).
     (State.APPROVED, Event.REVERSE, Actor.VALIDATOR): State.DENIED,
     (State.ESCALATED, Event.APPROVE, Actor.VALIDATOR): State.APPROVED,

@@ -1,4 +1,4 @@
-"""``python -m tldops_mta``: the ``tldops`` command (both call cli.main, the one entry point)."""
+"""``python -m tldops_mta``: the ``tldops`` command (both call cli.main.main, the one entry point)."""
 
 import sys
 

@@ -1,7 +1,7 @@
 """The SMTP process's children: the worker and the spool appender, kept running.
 
 Postfix's shape: one job per process, a master that restarts a child that dies. Each child
-also dies with the SMTP process (``child.die_with_parent``), so a kill -9 of the daemon never
+also dies with the SMTP process (``child_setup.die_with_parent``), so a kill -9 of the daemon never
 leaves half of it running.
 """
 

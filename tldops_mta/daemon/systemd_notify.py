@@ -74,7 +74,7 @@ class Notifier:
 def take_environment() -> Notifier:
     """The notifier for this process; the variables systemd set are then removed from
     ``os.environ`` (sd_notify's ``unset_environment``), after the caller has read the
-    listening sockets (``daemon.inherited_sockets`` reads LISTEN_FDS first)."""
+    listening sockets (``serve.inherited_sockets`` reads LISTEN_FDS first)."""
     notifier = Notifier()
     for name in _TAKEN:
         os.environ.pop(name, None)

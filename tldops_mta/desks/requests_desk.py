@@ -1,6 +1,6 @@
 """requests@: a request to change a ccTLD's roster, and who may make it.
 
-The imperative shell around ``auth_decision.decide``: it gathers the facts (strictly parsed
+The imperative shell around ``trust.decide``: it gathers the facts (strictly parsed
 addresses, the sender's DKIM, IANA's answer, replay history), asks the pure decision, and
 turns its verdict into effects that commit with the spool outcome: a request row with its
 evidence, a token and the mail carrying it, or a refusal. A lookup that fails makes the

@@ -4,7 +4,7 @@ An item is born ``awaiting-confirmation`` (the IANA admin was only in Cc and mus
 or ``awaiting-validator`` (the admin sent it, DKIM-verified, or has confirmed). From there
 only the events below move it; every move is one row of the audit log. ``approved``,
 ``denied``, ``expired`` and ``withdrawn`` are final (except that a Validator may reverse
-an approval made by self-administration: decisions.act checks who approved);
+an approval made by self-administration: transitions.act checks who approved);
 ``escalated`` waits for the Standing Committee, whose answer comes back through a
 Validator (approve or deny).
 """

@@ -143,7 +143,7 @@ class FormProblem:
     fix: str
     private: bool = False
     """It tells something of the current roster: said only to the ccTLD's authenticated
-    administrative contact (policy.judge sets it)."""
+    administrative contact (roster_policy.judge sets it)."""
 
     def __str__(self) -> str:
         where = f"line {self.line}: " if self.line is not None else ""

@@ -1,7 +1,7 @@
 """The request queue as the Validator and the CLI see it: reads over the ``requests`` table.
 
 Items are made by requests_desk (verified or awaiting confirmation); their states are those
-of queue_states; decisions.act moves them and writes the audit log shown here.
+of queue_states; transitions.act moves them and writes the audit log shown here.
 """
 
 from __future__ import annotations

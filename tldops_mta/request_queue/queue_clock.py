@@ -5,7 +5,7 @@ A request waiting for its IANA admin's confirmation expires with its token
 ``validation.remind_after`` and expires ``validation.expire_after`` after it began to wait;
 an escalated one waits for the Standing Committee without end. Times are computed from the
 configuration in force, so a SIGHUP that shortens them applies to waiting requests too.
-Expiry goes through decisions.act like any decision (audit row, requester told).
+Expiry goes through transitions.act like any decision (audit row, requester told).
 """
 
 from __future__ import annotations

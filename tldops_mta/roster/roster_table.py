@@ -1,6 +1,6 @@
 """The roster in SQLite: the current SSCs of a ccTLD, and replacing them as one change.
 
-The decisions about what a roster may become are policy.judge's; this module only reads
+The decisions about what a roster may become are roster_policy.judge's; this module only reads
 and writes it, and records each change whole (before and after) in roster_changes.
 """
 

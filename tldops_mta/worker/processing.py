@@ -43,7 +43,7 @@ IDLE_CHECK = 5.0
 WORKER_NICENESS = 10
 """Processing yields the CPU to SMTP intake when both want it: a 250 reply is what a
 sending server waits for, while a decision can come a moment later (worker.cpu_class
-'batch'; 'idle' yields further, see child.yield_to_intake)."""
+'batch'; 'idle' yields further, see child_setup.yield_to_intake)."""
 
 
 async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mapping[str, Any],
