@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import config_sections as sections
+
 Check = Callable[[Any], str | None]
 """Returns None when a value is acceptable, else what is allowed."""
 
@@ -453,17 +455,68 @@ class ConfigError(Exception):
 
 
 class Config:
-    """The effective configuration: defaults overlaid with the file and the flags."""
+    """The effective configuration: defaults overlaid with the file and the flags.
+
+    Each section is a typed, frozen attribute (``cfg.server.domain``); components keep the
+    sections they read, and SIGHUP hands them new ones.
+    """
+
+    server: sections.ServerConfig
+    addresses: sections.AddressesConfig
+    postmaster: sections.PostmasterConfig
+    storage: sections.StorageConfig
+    housekeeping: sections.HousekeepingConfig
+    worker: sections.WorkerConfig
+    dns: sections.DnsConfig
+    dkim: sections.DkimConfig
+    iana: sections.IanaConfig
+    auth: sections.AuthConfig
+    outbox: sections.OutboxConfig
+    validation: sections.ValidationConfig
+    broadcast: sections.BroadcastConfig
+    list: sections.ListConfig
+    redelegation: sections.RedelegationConfig
+    bounces: sections.BouncesConfig
+    log: sections.LogConfig
+    metrics: sections.MetricsConfig
+    mailman: sections.MailmanConfig
+    outreach: sections.OutreachConfig
+    rules: sections.RulesConfig
 
     def __init__(self, values: Mapping[str, Any], source: str | None = None) -> None:
         self._values = dict(values)
         self.source = source
+        by_section: dict[str, dict[str, object]] = {s: {} for s in SECTIONS}
+        for k in SCHEMA:
+            by_section[k.section][k.name] = self._values[k.dotted]
+        self.server = sections.build(sections.ServerConfig, by_section["server"])
+        self.addresses = sections.build(sections.AddressesConfig, by_section["addresses"])
+        self.postmaster = sections.build(sections.PostmasterConfig, by_section["postmaster"])
+        self.storage = sections.build(sections.StorageConfig, by_section["storage"])
+        self.housekeeping = sections.build(sections.HousekeepingConfig, by_section["housekeeping"])
+        self.worker = sections.build(sections.WorkerConfig, by_section["worker"])
+        self.dns = sections.build(sections.DnsConfig, by_section["dns"])
+        self.dkim = sections.build(sections.DkimConfig, by_section["dkim"])
+        self.iana = sections.build(sections.IanaConfig, by_section["iana"])
+        self.auth = sections.build(sections.AuthConfig, by_section["auth"])
+        self.outbox = sections.build(sections.OutboxConfig, by_section["outbox"])
+        self.validation = sections.build(sections.ValidationConfig, by_section["validation"])
+        self.broadcast = sections.build(sections.BroadcastConfig, by_section["broadcast"])
+        self.list = sections.build(sections.ListConfig, by_section["list"])
+        self.redelegation = sections.build(sections.RedelegationConfig, by_section["redelegation"])
+        self.bounces = sections.build(sections.BouncesConfig, by_section["bounces"])
+        self.log = sections.build(sections.LogConfig, by_section["log"])
+        self.metrics = sections.build(sections.MetricsConfig, by_section["metrics"])
+        self.mailman = sections.build(sections.MailmanConfig, by_section["mailman"])
+        self.outreach = sections.build(sections.OutreachConfig, by_section["outreach"])
+        self.rules = sections.build(sections.RulesConfig, by_section["rules"])
 
     def __getitem__(self, dotted: str) -> Any:
         return self._values[dotted]
 
-    def as_dict(self) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    def as_dict(self) -> dict[str, dict[str, object]]:
+        """Section -> key -> value, as the file or the defaults gave it (``config show``)."""
+        out: dict[str, dict[str, object]] = {s: {} for s in SECTIONS}
         for k in SCHEMA:
             out[k.section][k.name] = self._values[k.dotted]
         return out
@@ -479,25 +532,25 @@ class Config:
 
     @property
     def hostname(self) -> str:
-        return str(self["server.hostname"] or self["server.domain"])
+        return self.server.hostname or self.server.domain
 
     @property
     def state_dir(self) -> Path:
-        return Path(str(self["storage.state_dir"]))
+        return Path(self.storage.state_dir)
 
     @property
     def database_path(self) -> Path:
-        return self.state_dir / str(self["storage.database"])
+        return self.state_dir / self.storage.database
 
     @property
     def rules_dir(self) -> Path | None:
         """The operator's policy directory, or None: the shipped policy files only."""
-        return Path(str(self["rules.dir"])) if self["rules.dir"] else None
+        return Path(self.rules.dir) if self.rules.dir else None
 
     def file_path(self, dotted: str) -> Path | None:
         """The file a path key names, as the daemon opens it; None when the key is empty."""
-        value = str(self[dotted])
-        if not value:
+        value = self._values[dotted]
+        if not isinstance(value, str) or not value:
             return None
         path = Path(value)
         return self.state_dir / path if _BY_DOTTED[dotted].under_state and not path.is_absolute() else path
@@ -509,8 +562,13 @@ class Config:
 
     @property
     def dkim_selector(self) -> str:
-        """dkim.selector, else (left at its default) its old name broadcast.dkim_selector."""
-        return str(_aliased(self._values, "dkim.selector", "broadcast.dkim_selector"))
+        """dkim.selector, else (left at its default) its old name broadcast.dkim_selector.
+
+        validate_values refuses two different values set under both names.
+        """
+        if self.dkim.selector == _BY_DOTTED["dkim.selector"].default:
+            return self.broadcast.dkim_selector
+        return self.dkim.selector
 
 
 def validate_values(values: Mapping[str, Any]) -> list[Problem]:

@@ -24,7 +24,7 @@ class Live:
         if rules is not None:
             self.rules = rules
             self._cctlds = None  # read again with the other rules (SIGHUP)
-        self.parts: dict[str, Service] = local_parts(cfg.as_dict()["addresses"])
+        self.parts: dict[str, Service] = local_parts(cfg.addresses.as_mapping())
 
     def service_address(self, service: str, tag: str | None = None) -> str:
         """Our own address for ``service`` (``confirm+TAG@domain``), as configured."""
