@@ -242,7 +242,7 @@ def open_db(cfg: config_mod.Config) -> sqlite3.Connection:
     if not path.exists():
         raise CliError(f"no database at {path}: start the daemon or run 'tldops db migrate'")
     secure_state(cfg)
-    conn = storage.connect(path, busy_timeout_ms=cfg["storage.busy_timeout_ms"])
+    conn = storage.connect(path, busy_timeout_ms=cfg.storage.busy_timeout_ms)
     have = storage.check_schema(conn)
     if have < storage.latest_version():
         raise CliError(f"database schema is version {have}, {storage.latest_version()} is "
@@ -362,7 +362,7 @@ def cmd_config_docs(args: argparse.Namespace) -> int:
 def cmd_db_migrate(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     secure_state(cfg)
-    conn = storage.connect(cfg.database_path, busy_timeout_ms=cfg["storage.busy_timeout_ms"])
+    conn = storage.connect(cfg.database_path, busy_timeout_ms=cfg.storage.busy_timeout_ms)
     try:
         applied = storage.migrate(conn)
         version = storage.schema_version(conn)
@@ -592,7 +592,7 @@ def cmd_roster_export(args: argparse.Namespace) -> int:
     else:
         tlds = [r[0] for r in conn.execute("SELECT DISTINCT tld FROM roster ORDER BY tld")]
     table = roster_formats.rows({tld: roster.current(conn, tld) for tld in tlds})
-    label, now = f"TLP:{cfg['broadcast.tlp']}", time.time()
+    label, now = f"TLP:{cfg.broadcast.tlp}", time.time()
     out = {"text": lambda: roster_formats.text(table, now, label),
            "csv": lambda: roster_formats.to_csv(table), "vcard": lambda: roster_formats.to_vcard(table),
            "json": lambda: roster_formats.to_json(table, now, label)}[args.format]()
@@ -652,7 +652,7 @@ def cmd_dkim_keygen(args: argparse.Namespace) -> int:
     selector = cfg.dkim_selector
     print(f"private key written to {args.out}; set dkim.key to it. Publish:")
     chunks = " ".join(f'"{record[i:i + 250]}"' for i in range(0, len(record), 250))  # 255 a string
-    print(f'{selector}._domainkey.{cfg["server.domain"]}. IN TXT ( {chunks} )')
+    print(f'{selector}._domainkey.{cfg.server.domain}. IN TXT ( {chunks} )')
     return EXIT_OK
 
 
@@ -672,7 +672,7 @@ def cmd_dkim_check(args: argparse.Namespace) -> int:
         key = dkim_keys.read_key_file(path)
     except dkim_keys.KeyFileError as e:
         raise CliError(f"dkim.key: {e}") from e
-    name = f"{cfg.dkim_selector}._domainkey.{cfg['server.domain']}"
+    name = f"{cfg.dkim_selector}._domainkey.{cfg.server.domain}"
     problem: str | None
     try:
         record = asyncio.run(KeyResolver.from_config(cfg).fetch(name))
@@ -846,7 +846,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     if cfg.database_path.exists():
         secure_state(cfg)
     try:
-        done = backups.backup(cfg.database_path, args.file, busy_timeout_ms=cfg["storage.busy_timeout_ms"])
+        done = backups.backup(cfg.database_path, args.file, busy_timeout_ms=cfg.storage.busy_timeout_ms)
     except backups.BackupError as e:
         raise CliError(str(e)) from e
     if args.json:
@@ -971,7 +971,7 @@ def cmd_mailman_sync(args: argparse.Namespace) -> int:
             storage.commit_one(conn, lambda c: mailman.arm(c, cfg, time.time()))
         diff = mailman.sync(conn, cfg, dry_run=args.dry_run)
     except Exception as e:  # mailmanclient raises many kinds: say which, in one line
-        raise CliError(f"Mailman at {cfg['mailman.rest_url']}: {type(e).__name__}: {e}") from e
+        raise CliError(f"Mailman at {cfg.mailman.rest_url}: {type(e).__name__}: {e}") from e
     if args.json:
         _print_json({**diff.as_dict(), "applied": not args.dry_run})
     else:
@@ -983,5 +983,5 @@ def cmd_mailman_sync(args: argparse.Namespace) -> int:
         for a, (old, new) in diff.rename.items():
             print(f"~ {a}: {verb}rename {old!r} -> {new!r}")
         if diff.empty():
-            print(f"{cfg['mailman.list']}: the members are the roster's SSCs")
+            print(f"{cfg.mailman.list}: the members are the roster's SSCs")
     return EXIT_ERROR if args.dry_run and not diff.empty() else EXIT_OK

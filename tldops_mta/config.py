@@ -511,9 +511,6 @@ class Config:
         self.outreach = sections.build(sections.OutreachConfig, by_section["outreach"])
         self.rules = sections.build(sections.RulesConfig, by_section["rules"])
 
-    def __getitem__(self, dotted: str) -> Any:
-        return self._values[dotted]
-
     def as_dict(self) -> dict[str, dict[str, object]]:
         """Section -> key -> value, as the file or the defaults gave it (``config show``)."""
         out: dict[str, dict[str, object]] = {s: {} for s in SECTIONS}

@@ -207,8 +207,8 @@ class KeyResolver:
 
     @classmethod
     def from_config(cls, config: Config) -> KeyResolver:
-        return cls(list(config["dns.nameservers"]), port=int(config["dns.port"]),
-                   timeout=float(config["dns.timeout"]))
+        return cls(config.dns.nameservers, port=config.dns.port,
+                   timeout=config.dns.timeout)
 
     async def fetch(self, name: str) -> bytes | None:
         """The key record at ``name`` (its strings joined), or None if there is none.

@@ -249,8 +249,8 @@ class IanaClient:
         at = time.time() if now is None else now
         memo = self._memo.get(a_label)
         if memo is not None and not refresh and cache_use(
-                memo.fetched_at, at, fresh_for=float(self._cfg["iana.fresh_for"]),
-                usable_for=float(self._cfg["iana.usable_for"])) is CacheUse.FRESH:
+                memo.fetched_at, at, fresh_for=self._cfg.iana.fresh_for,
+                usable_for=self._cfg.iana.usable_for) is CacheUse.FRESH:
             return _contact(a_label, u_label, memo,
                             f"cached {memo.source} answer, {at - memo.fetched_at:.0f} s old")
         # One lookup per TLD at a time: a burst of requests from one ccTLD asks IANA once,
@@ -262,8 +262,8 @@ class IanaClient:
             return await self._lookup(a_label, u_label, refresh, time.time() if now is None else now)
 
     async def _lookup(self, a_label: str, u_label: str, refresh: bool, now: float) -> AdminContact:
-        fresh_for = float(self._cfg["iana.fresh_for"])
-        usable_for = float(self._cfg["iana.usable_for"])
+        fresh_for = self._cfg.iana.fresh_for
+        usable_for = self._cfg.iana.usable_for
         cached = await self._reader.run(newest_usable, a_label)
         self._memo.pop(a_label, None)
         if cached is not None:
@@ -322,8 +322,8 @@ class IanaClient:
         raise LookupUnavailable(reason)
 
     async def _ask_rdap(self, a_label: str) -> Answer:
-        timeout = float(self._cfg["iana.timeout"])
-        url = f"{self._cfg['iana.rdap_url']}domain/{a_label}"
+        timeout = self._cfg.iana.timeout
+        url = f"{self._cfg.iana.rdap_url}domain/{a_label}"
         # identity: a compressed body could expand far past MAX_ANSWER before we count it.
         # trust_env=False: IANA is asked directly, never through a proxy taken from the
         # environment (and a loopback test server stays on loopback).
@@ -350,8 +350,8 @@ class IanaClient:
         return read_rdap(status, body, a_label)
 
     async def _ask_whois(self, a_label: str) -> Answer:
-        timeout = float(self._cfg["iana.timeout"])
-        host, port = str(self._cfg["iana.whois_host"]), int(self._cfg["iana.whois_port"])
+        timeout = self._cfg.iana.timeout
+        host, port = self._cfg.iana.whois_host, self._cfg.iana.whois_port
         try:
             async with asyncio.timeout(timeout):
                 reader, writer = await asyncio.open_connection(host, port)

@@ -28,8 +28,8 @@ class Live:
 
     def service_address(self, service: str, tag: str | None = None) -> str:
         """Our own address for ``service`` (``confirm+TAG@domain``), as configured."""
-        local = self.cfg[f"addresses.{service}"]
-        domain = self.cfg["server.domain"]
+        local = self.cfg.addresses.local_part(service)
+        domain = self.cfg.server.domain
         return f"{local}+{tag}@{domain}" if tag else f"{local}@{domain}"
 
     def cctld_table(self) -> list[cctlds.Cctld]:

@@ -46,13 +46,13 @@ class SenderAuth:
 
     async def verify(self, raw: bytes, from_domain: str, now: float | None = None) -> Signed:
         cfg = self.rt.cfg
-        report = await verify(raw, self.resolver, min_rsa_bits=cfg["dkim.min_rsa_bits"],
+        report = await verify(raw, self.resolver, min_rsa_bits=cfg.dkim.min_rsa_bits,
                               now=time.time() if now is None else now, offload=self.offload)
-        alignment = cfg["dkim.alignment"]
+        alignment = cfg.dkim.alignment
         return Signed(report, report.counting(from_domain, alignment),
                       report.temporary(from_domain, alignment))
 
     def wait(self, spool_id: int, service: str, why: str) -> spool.Outcome:
         """The outcome of a message that comes back after ``worker.retry_base``: a lookup
         failed, and it names which and how, so an operator sees which service is down."""
-        return spool.waiting(spool_id, service, why, float(self.rt.cfg["worker.retry_base"]))
+        return spool.waiting(spool_id, service, why, self.rt.cfg.worker.retry_base)
