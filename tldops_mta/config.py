@@ -1,20 +1,22 @@
 """Configuration: one TOML file, every key declared once with its default, check and doc.
 
 The schema is data (``SCHEMA``) so that validation, ``config show``, ``docs/configuration.md``
-and the test that keeps the docs complete all read the same table.
+and the test that keeps the docs complete all read the same table. The code reads the values
+through one frozen dataclass per section (``cfg.server.domain`` is a ``str``), which
+tests/test_config_sections.py keeps in step with the schema.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 import tomllib
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from . import config_sections as sections
+from typing import Any, TypeVar
 
 Check = Callable[[Any], str | None]
 """Returns None when a value is acceptable, else what is allowed."""
@@ -437,6 +439,284 @@ SECTIONS: tuple[str, ...] = tuple(dict.fromkeys(k.section for k in SCHEMA))
 _BY_DOTTED: dict[str, Key] = {k.dotted: k for k in SCHEMA}
 
 
+# The sections as the daemon's code reads them. SCHEMA stays the one table of keys, defaults,
+# checks and docs; each class below names the same keys with their Python types, so a reader
+# gets ``cfg.server.domain`` as a ``str`` rather than an untyped value. tests/test_config_sections.py
+# keeps the two in step (same sections, same keys, defaults of the declared types). Lists become
+# tuples: a section is immutable, and SIGHUP replaces it whole.
+
+S = TypeVar("S")
+"""A section class."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """[server]: The SMTP listener: where, as whom, and the limits each connection meets."""
+
+    listen: tuple[str, ...]
+    domain: str
+    hostname: str
+    max_message_size: int
+    max_connections: int
+    max_connections_per_ip: int
+    limit_exempt: tuple[str, ...]
+    trusted_relays: tuple[str, ...]
+    max_recipients: int
+    idle_timeout: float
+    session_timeout: float
+    max_commands: int
+    tls_cert: str
+    tls_key: str
+    shutdown_grace: float
+
+
+@dataclass(frozen=True)
+class AddressesConfig:
+    """[addresses]: The local parts of the service addresses at server.domain."""
+
+    requests: str
+    confirm: str
+    decide: str
+    who: str
+    list: str
+    update: str
+    help: str
+    bounces: str
+    postmaster: str
+    abuse: str
+
+    def local_part(self, service: str) -> str:
+        """The local part of the service named ``service`` (a recipients.Service value)."""
+        return self.as_mapping()[service]
+
+    def as_mapping(self) -> dict[str, str]:
+        """Service name -> local part, for recipients.local_parts."""
+        return {"requests": self.requests, "confirm": self.confirm, "decide": self.decide, "who": self.who,
+                "list": self.list, "update": self.update, "help": self.help, "bounces": self.bounces,
+                "postmaster": self.postmaster, "abuse": self.abuse}
+
+
+@dataclass(frozen=True)
+class PostmasterConfig:
+    """[postmaster]: Where mail to postmaster@ and abuse@ is forwarded."""
+
+    forward_to: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """[storage]: The state directory, the database and how it is written."""
+
+    state_dir: str
+    database: str
+    retention_days: int
+    busy_timeout_ms: int
+    max_size_mb: int
+    commit_timeout: float
+    group_commit_max: int
+
+
+@dataclass(frozen=True)
+class HousekeepingConfig:
+    """[housekeeping]: The nightly retention purge and the monthly statistics mail."""
+
+    hour: int
+    monthly_stats: bool
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """[worker]: The worker process: batches, retries and its share of the CPU."""
+
+    batch_size: int
+    linger: float
+    max_idle: float
+    cpu_class: str
+    max_attempts: int
+    retry_base: float
+    retry_max: float
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    """[dns]: The resolvers used for DKIM key lookups."""
+
+    nameservers: tuple[str, ...]
+    port: int
+    timeout: float
+
+
+@dataclass(frozen=True)
+class DkimConfig:
+    """[dkim]: Checking senders' DKIM signatures, and the key that signs our own mail."""
+
+    min_rsa_bits: int
+    alignment: str
+    key: str
+    selector: str
+
+
+@dataclass(frozen=True)
+class IanaConfig:
+    """[iana]: Where and how the IANA root zone database is asked, and how long answers count."""
+
+    rdap_url: str
+    whois_host: str
+    whois_port: int
+    timeout: float
+    fresh_for: float
+    usable_for: float
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """[auth]: Token lifetimes and the replay and refusal windows of sender authentication."""
+
+    token_ttl: float
+    replay_window: float
+    refusal_interval: float
+
+
+@dataclass(frozen=True)
+class OutboxConfig:
+    """[outbox]: How outgoing mail leaves: a smarthost, or files in a directory."""
+
+    smarthost: str
+    maildir: str
+    smarthost_tls: str
+    smarthost_user: str
+    smarthost_password_file: str
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """[validation]: The Validators, the Standing Committee, and how long a request waits for them."""
+
+    validators: tuple[str, ...]
+    committee: str
+    decision_auth: str
+    remind_after: float
+    expire_after: float
+
+
+@dataclass(frozen=True)
+class BroadcastConfig:
+    """[broadcast]: The schedule and the label of the roster broadcast."""
+
+    enabled: bool
+    weekday: str
+    hour: int
+    weekly_if_changed: bool
+    catch_up: float
+    dkim_key: str
+    dkim_selector: str
+    tlp: str
+
+
+@dataclass(frozen=True)
+class ListConfig:
+    """[list]: The built-in TLD-OPS list."""
+
+    name: str
+    moderate_first_posts: bool
+
+
+@dataclass(frozen=True)
+class RedelegationConfig:
+    """[redelegation]: How often and how gently ccTLD administrative contacts are checked at IANA."""
+
+    check_every: float
+    spacing: float
+
+
+@dataclass(frozen=True)
+class BouncesConfig:
+    """[bounces]: When repeated delivery failures of an SSC address are reported."""
+
+    threshold: int
+    window: float
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """[log]: How much the daemon logs."""
+
+    level: str
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """[metrics]: The Prometheus endpoint."""
+
+    listen: str
+
+
+@dataclass(frozen=True)
+class MailmanConfig:
+    """[mailman]: The Mailman 3 list kept as the roster's SSCs, and how it is reached."""
+
+    rest_url: str
+    user: str
+    password_file: str
+    list: str
+    lmtp: str
+    retry_base: float
+    retry_max: float
+
+
+@dataclass(frozen=True)
+class OutreachConfig:
+    """[outreach]: Invitations to ccTLDs that are not subscribed."""
+
+    interval_days: int
+    home_url: str
+
+
+@dataclass(frozen=True)
+class RulesConfig:
+    """[rules]: The operator's policy directory."""
+
+    dir: str
+
+
+def build_section(cls: type[S], values: Mapping[str, object]) -> S:
+    """An instance of the section class ``cls`` from its checked values (by key name).
+
+    Lists become tuples and integers given for a float key become floats, so each field
+    holds exactly its declared type; anything else that does not fit raises TypeError (the
+    schema and the class disagree, which tests/test_config_sections.py catches first).
+    """
+    kwargs: dict[str, object] = {}
+    for name, hint in field_types(cls).items():
+        kwargs[name] = coerce_field(hint, values[name], f"{cls.__name__}.{name}")
+    return cls(**kwargs)
+
+
+def coerce_field(hint: object, value: object, where: str) -> object:
+    """``value`` (as TOML gives it, already checked) in the field type ``hint``."""
+    if hint == tuple[str, ...]:
+        if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+    elif hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is bool or hint is str:
+        if isinstance(value, hint):
+            return value
+    else:
+        raise TypeError(f"{where}: field type {hint!r} is not one a configuration key may have")
+    raise TypeError(f"{where}: {value!r} is not a {hint!r}")
+
+
+def field_types(cls: type) -> dict[str, object]:
+    """The fields of a section class and their types, in declaration order."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
 @dataclass(frozen=True)
 class Problem:
     key: str
@@ -461,27 +741,27 @@ class Config:
     sections they read, and SIGHUP hands them new ones.
     """
 
-    server: sections.ServerConfig
-    addresses: sections.AddressesConfig
-    postmaster: sections.PostmasterConfig
-    storage: sections.StorageConfig
-    housekeeping: sections.HousekeepingConfig
-    worker: sections.WorkerConfig
-    dns: sections.DnsConfig
-    dkim: sections.DkimConfig
-    iana: sections.IanaConfig
-    auth: sections.AuthConfig
-    outbox: sections.OutboxConfig
-    validation: sections.ValidationConfig
-    broadcast: sections.BroadcastConfig
-    list: sections.ListConfig
-    redelegation: sections.RedelegationConfig
-    bounces: sections.BouncesConfig
-    log: sections.LogConfig
-    metrics: sections.MetricsConfig
-    mailman: sections.MailmanConfig
-    outreach: sections.OutreachConfig
-    rules: sections.RulesConfig
+    server: ServerConfig
+    addresses: AddressesConfig
+    postmaster: PostmasterConfig
+    storage: StorageConfig
+    housekeeping: HousekeepingConfig
+    worker: WorkerConfig
+    dns: DnsConfig
+    dkim: DkimConfig
+    iana: IanaConfig
+    auth: AuthConfig
+    outbox: OutboxConfig
+    validation: ValidationConfig
+    broadcast: BroadcastConfig
+    list: ListConfig
+    redelegation: RedelegationConfig
+    bounces: BouncesConfig
+    log: LogConfig
+    metrics: MetricsConfig
+    mailman: MailmanConfig
+    outreach: OutreachConfig
+    rules: RulesConfig
 
     def __init__(self, values: Mapping[str, Any], source: str | None = None) -> None:
         self._values = dict(values)
@@ -489,27 +769,27 @@ class Config:
         by_section: dict[str, dict[str, object]] = {s: {} for s in SECTIONS}
         for k in SCHEMA:
             by_section[k.section][k.name] = self._values[k.dotted]
-        self.server = sections.build(sections.ServerConfig, by_section["server"])
-        self.addresses = sections.build(sections.AddressesConfig, by_section["addresses"])
-        self.postmaster = sections.build(sections.PostmasterConfig, by_section["postmaster"])
-        self.storage = sections.build(sections.StorageConfig, by_section["storage"])
-        self.housekeeping = sections.build(sections.HousekeepingConfig, by_section["housekeeping"])
-        self.worker = sections.build(sections.WorkerConfig, by_section["worker"])
-        self.dns = sections.build(sections.DnsConfig, by_section["dns"])
-        self.dkim = sections.build(sections.DkimConfig, by_section["dkim"])
-        self.iana = sections.build(sections.IanaConfig, by_section["iana"])
-        self.auth = sections.build(sections.AuthConfig, by_section["auth"])
-        self.outbox = sections.build(sections.OutboxConfig, by_section["outbox"])
-        self.validation = sections.build(sections.ValidationConfig, by_section["validation"])
-        self.broadcast = sections.build(sections.BroadcastConfig, by_section["broadcast"])
-        self.list = sections.build(sections.ListConfig, by_section["list"])
-        self.redelegation = sections.build(sections.RedelegationConfig, by_section["redelegation"])
-        self.bounces = sections.build(sections.BouncesConfig, by_section["bounces"])
-        self.log = sections.build(sections.LogConfig, by_section["log"])
-        self.metrics = sections.build(sections.MetricsConfig, by_section["metrics"])
-        self.mailman = sections.build(sections.MailmanConfig, by_section["mailman"])
-        self.outreach = sections.build(sections.OutreachConfig, by_section["outreach"])
-        self.rules = sections.build(sections.RulesConfig, by_section["rules"])
+        self.server = build_section(ServerConfig, by_section["server"])
+        self.addresses = build_section(AddressesConfig, by_section["addresses"])
+        self.postmaster = build_section(PostmasterConfig, by_section["postmaster"])
+        self.storage = build_section(StorageConfig, by_section["storage"])
+        self.housekeeping = build_section(HousekeepingConfig, by_section["housekeeping"])
+        self.worker = build_section(WorkerConfig, by_section["worker"])
+        self.dns = build_section(DnsConfig, by_section["dns"])
+        self.dkim = build_section(DkimConfig, by_section["dkim"])
+        self.iana = build_section(IanaConfig, by_section["iana"])
+        self.auth = build_section(AuthConfig, by_section["auth"])
+        self.outbox = build_section(OutboxConfig, by_section["outbox"])
+        self.validation = build_section(ValidationConfig, by_section["validation"])
+        self.broadcast = build_section(BroadcastConfig, by_section["broadcast"])
+        self.list = build_section(ListConfig, by_section["list"])
+        self.redelegation = build_section(RedelegationConfig, by_section["redelegation"])
+        self.bounces = build_section(BouncesConfig, by_section["bounces"])
+        self.log = build_section(LogConfig, by_section["log"])
+        self.metrics = build_section(MetricsConfig, by_section["metrics"])
+        self.mailman = build_section(MailmanConfig, by_section["mailman"])
+        self.outreach = build_section(OutreachConfig, by_section["outreach"])
+        self.rules = build_section(RulesConfig, by_section["rules"])
 
     def as_dict(self) -> dict[str, dict[str, object]]:
         """Section -> key -> value, as the file or the defaults gave it (``config show``)."""
