@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
@@ -147,11 +148,12 @@ class BroadcastClock(DueLoop):
 
     wake_gap = 1.0  # woken after every batch of the worker; each look is five queries
 
-    def __init__(self, cfg_of: Any, writer: Writer, reader: Reader) -> None:
+    def __init__(self, cfg_of: Callable[[], Config], writer: Writer, reader: Reader) -> None:
         super().__init__(reader, logs.get("broadcast"))
-        self.cfg_of = cfg_of  # () -> Config: the configuration in force (SIGHUP)
+        self.cfg_of = cfg_of
+        """The configuration in force, asked at each look (a SIGHUP replaces it)."""
         self.writer = writer
-        self.on_mail: Any = lambda: None
+        self.on_mail: Callable[[], None] = lambda: None
 
     def next_due(self, conn: sqlite3.Connection) -> float | None:
         return next_due_at(conn, self.cfg_of())

@@ -675,7 +675,7 @@ def cmd_dkim_check(args: argparse.Namespace) -> int:
     name = f"{cfg.dkim_selector}._domainkey.{cfg.server.domain}"
     problem: str | None
     try:
-        record = asyncio.run(KeyResolver.from_config(cfg).fetch(name))
+        record = asyncio.run(KeyResolver.from_config(cfg.dns).fetch(name))
     except KeyTemporaryError as e:
         raise CliError(f"cannot look up the TXT record at {name} now: {e}") from e
     except KeyRecordError as e:

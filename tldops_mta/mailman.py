@@ -19,6 +19,7 @@ import asyncio
 import smtplib
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -214,9 +215,10 @@ class MailmanLoop(DueLoop):
 
     wake_gap = 0.5
 
-    def __init__(self, cfg_of: Any, writer: Writer, reader: Reader) -> None:
+    def __init__(self, cfg_of: Callable[[], Config], writer: Writer, reader: Reader) -> None:
         super().__init__(reader, logs.get("mailman"))
         self.cfg_of = cfg_of
+        """The configuration in force, asked at each step (a SIGHUP replaces it)."""
         self.writer = writer
         self._armed: tuple[str, str] | None = None
         """The configuration last written by ``arm`` (again after a reload changes it)."""

@@ -80,7 +80,7 @@ async def _run(live: Live, table: list[cctlds.Cctld], region: str | None, dry_ru
         day = dt.datetime.fromtimestamp(now, dt.UTC).date()
         subscribed = await reader.run(stats.subscribed_now)
         last = await reader.run(stats.last_invitations)
-        iana = IanaClient(cfg, writer, reader)
+        iana = IanaClient(cfg.iana, writer, reader)
         out: list[Invite] = []
         failed: list[str] = []
         for c in candidates(table, subscribed, day, region):

@@ -59,8 +59,8 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
                                             busy_timeout_ms=cfg.storage.busy_timeout_ms), inline=True)
     live = Live(cfg, rules.load(cfg.rules_dir))
     # This process serves no SMTP session: DKIM's CPU work runs on its loop, not in a thread.
-    senders = SenderAuth(live, KeyResolver.from_config(cfg), offload=False)
-    iana = IanaClient(cfg, writer, reader)
+    senders = SenderAuth(live, KeyResolver.from_config(cfg.dns), offload=False)
+    iana = IanaClient(cfg.iana, writer, reader)
     worker = Worker(live, writer, reader, dispatch.Dispatcher(dispatch.desks(live, reader, senders, iana)))
     deliverer = Deliverer(cfg, writer, reader)
     clock = QueueClock(live, writer, reader)
@@ -130,8 +130,8 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
         try:
             new = config_mod.load(config_path, overrides)
             live.apply(new, rules.load(new.rules_dir))
-            senders.reconfigure(new)  # new DNS servers and IANA settings: from the next message
-            iana.reconfigure(new)
+            senders.reconfigure(new.dns)  # new DNS servers and IANA settings: from the next message
+            iana.reconfigure(new.iana)
             deliverer.reconfigure(new)
             log.info("worker reloaded")
         except (config_mod.ConfigError, rules.RulesError) as e:

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 
 from . import spool
-from .config import Config
+from .config import DnsConfig
 from .dkim_verify import DkimReport, KeyResolver, SignatureResult, verify
 from .live import Live
 
@@ -40,9 +40,9 @@ class SenderAuth:
         self.offload = offload
         """DKIM's CPU work in a thread, for a loop that serves others (not the worker's)."""
 
-    def reconfigure(self, cfg: Config) -> None:
+    def reconfigure(self, dns_cfg: DnsConfig) -> None:
         """New DNS servers apply to the next message (SIGHUP)."""
-        self.resolver = KeyResolver.from_config(cfg)
+        self.resolver = KeyResolver.from_config(dns_cfg)
 
     async def verify(self, raw: bytes, from_domain: str, now: float | None = None) -> Signed:
         cfg = self.rt.cfg
