@@ -15,7 +15,6 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 from . import logs, spool, spool_frames
 from .config import Config
@@ -132,7 +131,7 @@ class WorkerProcess(Supervised):
     name = "worker"
     POLL = 5.0
 
-    def __init__(self, config_path: Path | None, overrides: Mapping[str, Any],
+    def __init__(self, config_path: Path | None, overrides: Mapping[str, object],
                  gap: float = 0.0, *, next_work_at: Callable[[], float | None] = lambda: 0.0,
                  max_idle: float = 0.0) -> None:
         super().__init__()

@@ -291,7 +291,7 @@ def _when(t: float) -> str:
     return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
+def flag_overrides(args: argparse.Namespace) -> dict[str, object]:
     """The configuration keys that command-line flags set (flags win over the file)."""
     flags = {"server.listen": getattr(args, "listen", None),
              "server.domain": getattr(args, "domain", None),

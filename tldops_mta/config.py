@@ -763,12 +763,10 @@ class Config:
     outreach: OutreachConfig
     rules: RulesConfig
 
-    def __init__(self, values: Mapping[str, Any], source: str | None = None) -> None:
+    def __init__(self, values: Mapping[str, object], source: str | None = None) -> None:
         self._values = dict(values)
         self.source = source
-        by_section: dict[str, dict[str, object]] = {s: {} for s in SECTIONS}
-        for k in SCHEMA:
-            by_section[k.section][k.name] = self._values[k.dotted]
+        by_section = self.as_dict()
         self.server = build_section(ServerConfig, by_section["server"])
         self.addresses = build_section(AddressesConfig, by_section["addresses"])
         self.postmaster = build_section(PostmasterConfig, by_section["postmaster"])
@@ -798,7 +796,7 @@ class Config:
             out[k.section][k.name] = self._values[k.dotted]
         return out
 
-    def replace(self, **dotted: Any) -> Config:
+    def replace(self, **dotted: object) -> Config:
         """A copy with some keys changed (``replace(**{"server.domain": "x"})``), checked."""
         values = dict(self._values)
         values.update(dotted)
@@ -907,7 +905,7 @@ def defaults() -> dict[str, Any]:
     return {k.dotted: k.default for k in SCHEMA}
 
 
-def load(path: Path | None, overrides: Mapping[str, Any] | None = None) -> Config:
+def load(path: Path | None, overrides: Mapping[str, object] | None = None) -> Config:
     """Read ``path`` (None: defaults only), apply overrides, and check everything.
 
     Raises ConfigError listing every problem, so an operator fixes them in one pass.

@@ -39,7 +39,7 @@ def inherited_sockets() -> list[socket.socket]:
 
 
 class Daemon:
-    def __init__(self, config_path: Path | None, overrides: Mapping[str, Any]) -> None:
+    def __init__(self, config_path: Path | None, overrides: Mapping[str, object]) -> None:
         self.config_path = config_path
         self.overrides = dict(overrides)
         self.cfg = config_mod.load(config_path, self.overrides)
@@ -217,7 +217,7 @@ def _fmt(addr: Any) -> str:
     return str(addr)
 
 
-def serve(config_path: Path | None, overrides: Mapping[str, Any]) -> int:
+def serve(config_path: Path | None, overrides: Mapping[str, object]) -> int:
     """Run until SIGTERM; the exit code."""
     daemon = Daemon(config_path, overrides)
     logs.setup(daemon.cfg.log.level)

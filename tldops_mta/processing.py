@@ -17,7 +17,6 @@ import signal
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from . import config as config_mod
 from . import dispatch, logs, rules, spool, storage, work_due
@@ -43,7 +42,7 @@ sending server waits for, while a decision can come a moment later (worker.cpu_c
 'batch'; 'idle' yields further, see child.yield_to_intake)."""
 
 
-async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mapping[str, Any],
+async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mapping[str, object],
               wake_fd: int | None, ready_fd: int | None = None, cpu_class: str | None = None) -> int:
     """``config_path`` and ``overrides`` are kept to re-read the configuration on SIGHUP."""
     log = logs.get("worker")
@@ -169,7 +168,7 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
     return 0
 
 
-def main(config_path: Path | None, overrides: Mapping[str, Any], wake_fd: int | None,
+def main(config_path: Path | None, overrides: Mapping[str, object], wake_fd: int | None,
          ready_fd: int | None = None) -> int:
     if wake_fd is not None:
         die_with_parent()
