@@ -451,7 +451,7 @@ S = TypeVar("S")
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """[server]: The SMTP listener: where, as whom, and the limits each connection meets."""
+    """[server] The SMTP listener: where, as whom, and the limits each connection meets."""
 
     listen: tuple[str, ...]
     domain: str
@@ -472,7 +472,7 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class AddressesConfig:
-    """[addresses]: The local parts of the service addresses at server.domain."""
+    """[addresses] The local parts of the service addresses at server.domain."""
 
     requests: str
     confirm: str
@@ -498,14 +498,14 @@ class AddressesConfig:
 
 @dataclass(frozen=True)
 class PostmasterConfig:
-    """[postmaster]: Where mail to postmaster@ and abuse@ is forwarded."""
+    """[postmaster] Where mail to postmaster@ and abuse@ is forwarded."""
 
     forward_to: tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class StorageConfig:
-    """[storage]: The state directory, the database and how it is written."""
+    """[storage] The state directory, the database and how it is written."""
 
     state_dir: str
     database: str
@@ -518,7 +518,7 @@ class StorageConfig:
 
 @dataclass(frozen=True)
 class HousekeepingConfig:
-    """[housekeeping]: The nightly retention purge and the monthly statistics mail."""
+    """[housekeeping] The nightly retention purge and the monthly statistics mail."""
 
     hour: int
     monthly_stats: bool
@@ -526,7 +526,7 @@ class HousekeepingConfig:
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    """[worker]: The worker process: batches, retries and its share of the CPU."""
+    """[worker] The worker process: batches, retries and its share of the CPU."""
 
     batch_size: int
     linger: float
@@ -539,7 +539,7 @@ class WorkerConfig:
 
 @dataclass(frozen=True)
 class DnsConfig:
-    """[dns]: The resolvers used for DKIM key lookups."""
+    """[dns] The resolvers used for DKIM key lookups."""
 
     nameservers: tuple[str, ...]
     port: int
@@ -548,7 +548,7 @@ class DnsConfig:
 
 @dataclass(frozen=True)
 class DkimConfig:
-    """[dkim]: Checking senders' DKIM signatures, and the key that signs our own mail."""
+    """[dkim] Checking senders' DKIM signatures, and the key that signs our own mail."""
 
     min_rsa_bits: int
     alignment: str
@@ -558,7 +558,7 @@ class DkimConfig:
 
 @dataclass(frozen=True)
 class IanaConfig:
-    """[iana]: Where and how the IANA root zone database is asked, and how long answers count."""
+    """[iana] Where and how the IANA root zone database is asked, and how long answers count."""
 
     rdap_url: str
     whois_host: str
@@ -570,7 +570,7 @@ class IanaConfig:
 
 @dataclass(frozen=True)
 class AuthConfig:
-    """[auth]: Token lifetimes and the replay and refusal windows of sender authentication."""
+    """[auth] Token lifetimes and the replay and refusal windows of sender authentication."""
 
     token_ttl: float
     replay_window: float
@@ -579,7 +579,7 @@ class AuthConfig:
 
 @dataclass(frozen=True)
 class OutboxConfig:
-    """[outbox]: How outgoing mail leaves: a smarthost, or files in a directory."""
+    """[outbox] How outgoing mail leaves: a smarthost, or files in a directory."""
 
     smarthost: str
     maildir: str
@@ -590,7 +590,7 @@ class OutboxConfig:
 
 @dataclass(frozen=True)
 class ValidationConfig:
-    """[validation]: The Validators, the Standing Committee, and how long a request waits for them."""
+    """[validation] The Validators, the Standing Committee, and how long a request waits for them."""
 
     validators: tuple[str, ...]
     committee: str
@@ -601,7 +601,7 @@ class ValidationConfig:
 
 @dataclass(frozen=True)
 class BroadcastConfig:
-    """[broadcast]: The schedule and the label of the roster broadcast."""
+    """[broadcast] The schedule and the label of the roster broadcast."""
 
     enabled: bool
     weekday: str
@@ -615,7 +615,7 @@ class BroadcastConfig:
 
 @dataclass(frozen=True)
 class ListConfig:
-    """[list]: The built-in TLD-OPS list."""
+    """[list] The built-in TLD-OPS list."""
 
     name: str
     moderate_first_posts: bool
@@ -623,7 +623,7 @@ class ListConfig:
 
 @dataclass(frozen=True)
 class RedelegationConfig:
-    """[redelegation]: How often and how gently ccTLD administrative contacts are checked at IANA."""
+    """[redelegation] How often and how gently ccTLD administrative contacts are checked at IANA."""
 
     check_every: float
     spacing: float
@@ -631,7 +631,7 @@ class RedelegationConfig:
 
 @dataclass(frozen=True)
 class BouncesConfig:
-    """[bounces]: When repeated delivery failures of an SSC address are reported."""
+    """[bounces] When repeated delivery failures of an SSC address are reported."""
 
     threshold: int
     window: float
@@ -639,21 +639,21 @@ class BouncesConfig:
 
 @dataclass(frozen=True)
 class LogConfig:
-    """[log]: How much the daemon logs."""
+    """[log] How much the daemon logs."""
 
     level: str
 
 
 @dataclass(frozen=True)
 class MetricsConfig:
-    """[metrics]: The Prometheus endpoint."""
+    """[metrics] The Prometheus endpoint."""
 
     listen: str
 
 
 @dataclass(frozen=True)
 class MailmanConfig:
-    """[mailman]: The Mailman 3 list kept as the roster's SSCs, and how it is reached."""
+    """[mailman] The Mailman 3 list kept as the roster's SSCs, and how it is reached."""
 
     rest_url: str
     user: str
@@ -666,7 +666,7 @@ class MailmanConfig:
 
 @dataclass(frozen=True)
 class OutreachConfig:
-    """[outreach]: Invitations to ccTLDs that are not subscribed."""
+    """[outreach] Invitations to ccTLDs that are not subscribed."""
 
     interval_days: int
     home_url: str
@@ -674,7 +674,7 @@ class OutreachConfig:
 
 @dataclass(frozen=True)
 class RulesConfig:
-    """[rules]: The operator's policy directory."""
+    """[rules] The operator's policy directory."""
 
     dir: str
 
@@ -711,10 +711,16 @@ def coerce_field(hint: object, value: object, where: str) -> object:
     raise TypeError(f"{where}: {value!r} is not a {hint!r}")
 
 
-def field_types(cls: type) -> dict[str, object]:
-    """The fields of a section class and their types, in declaration order."""
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+def field_types(cls: type) -> Mapping[str, object]:
+    """The fields of a section class and their types, in declaration order (read once)."""
+    found = _FIELD_TYPES.get(cls)
+    if found is None:
+        hints = typing.get_type_hints(cls)
+        found = _FIELD_TYPES[cls] = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+    return found
+
+
+_FIELD_TYPES: dict[type, Mapping[str, object]] = {}
 
 
 @dataclass(frozen=True)
