@@ -252,7 +252,7 @@ def hold(live: Live, p: spool.Pending, facts: MessageFacts, author: str, subject
     """The effect that holds a first post, and tells its author and the Validators."""
     original_id = facts.message_id or ""
     text = facts.text
-    validators = list(live.cfg.validation.validators)
+    validators = live.cfg.validation.validators
 
     def job(conn: sqlite3.Connection) -> None:
         now = time.time()

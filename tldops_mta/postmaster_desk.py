@@ -55,14 +55,14 @@ def forward(live: Live, p: spool.Pending, facts: MessageFacts,
     """The outcome for a mail to postmaster@ or abuse@: forwarded to the operators, or kept."""
     service = Service.POSTMASTER if Service.POSTMASTER in services else Service.ABUSE
     domain = live.cfg.server.domain
-    operators = list(live.cfg.postmaster.forward_to)
+    operators = live.cfg.postmaster.forward_to
     header = facts.message or BytesHeaderParser(policy=compat32).parsebytes(p.raw)
     kept = why_kept(p.mail_from, header, facts.automatic, domain)
     if kept is None and not operators:
         kept = "no operator to forward to (postmaster.forward_to)"
     reason = (f"{service.value}: kept, unread: {kept}" if kept
               else f"{service.value}: forwarded to {len(operators)} operator(s)")
-    effect = _record(live, p, facts, service, operators if kept is None else [], kept)
+    effect = _record(live, p, facts, service, operators if kept is None else (), kept)
     return spool.Outcome(p.id, spool.Status.DONE, reason, (service.value,), effects=(effect,))
 
 
