@@ -121,7 +121,7 @@ async def test_the_dispatcher_has_a_desk_for_every_service(tmp_path: Path) -> No
     live, writer, reader = await make(tmp_path)
     try:
         desks = dispatch.desks(live, reader, SenderAuth(live, KeyResolver()),
-                               IanaClient(live.cfg, writer, reader))
+                               IanaClient(live.cfg.iana, writer, reader))
         assert set(desks) == set(Service)
         assert set(dispatch.ORDER) == set(Service) and len(dispatch.ORDER) == len(Service)
         dispatch.Dispatcher(desks)

@@ -396,7 +396,7 @@ async def test_garbage_key_record(dns_server: DnsServer, resolver: KeyResolver) 
 async def test_resolver_from_config(zone: DnsServer) -> None:
     cfg = config.load(None, {"dns.nameservers": [zone.host], "dns.port": zone.port,
                              "dns.timeout": 2.0})
-    resolver = KeyResolver.from_config(cfg)
+    resolver = KeyResolver.from_config(cfg.dns)
     assert await resolver.fetch(dns_name(SEL, ORG)) == rsa_key(2048).record_text().encode()
     assert await resolver.fetch(dns_name("nothing", ORG)) is None
 

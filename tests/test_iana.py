@@ -97,7 +97,7 @@ async def db(tmp_path: Path) -> AsyncIterator[Db]:
 def client(rdap: RdapServer, whois: WhoisServer, db: Db, tmp_path: Path) -> Callable[..., IanaClient]:
     def make(**extra: Any) -> IanaClient:
         cfg = config.load(None, settings_for(rdap, whois, tmp_path / "state", **extra))
-        return IanaClient(cfg, db.writer, db.reader)
+        return IanaClient(cfg.iana, db.writer, db.reader)
 
     return make
 

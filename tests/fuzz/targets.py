@@ -481,12 +481,12 @@ class SmtpHarness:
         if not reset:
             assert len(rows) == len(queued) == self.spooled, \
                 f"{len(rows)} spooled, {len(queued)} replies say so, {self.spooled} counted"
-        domain, parts = self.cfg["server.domain"], self.rt.parts
+        domain, parts = self.cfg.server.domain, self.rt.parts
         for queue_id, mail_from, rcpt_json, raw in rows:
             assert content_checks.refusal(raw) is None, f"{queue_id}: spooled content that is refused"
-            assert len(raw) <= self.cfg["server.max_message_size"], f"{queue_id}: over the size limit"
+            assert len(raw) <= self.cfg.server.max_message_size, f"{queue_id}: over the size limit"
             rcpts = json.loads(rcpt_json)
-            assert 1 <= len(rcpts) <= self.cfg["server.max_recipients"], f"{queue_id}: {rcpts}"
+            assert 1 <= len(rcpts) <= self.cfg.server.max_recipients, f"{queue_id}: {rcpts}"
             assert all(classify(r, domain, parts) is not None for r in rcpts), f"{queue_id}: {rcpts}"
             assert not any(ord(c) < 0x20 or ord(c) == 0x7F for c in mail_from), \
                 f"{queue_id}: control characters in MAIL FROM {mail_from!r}"

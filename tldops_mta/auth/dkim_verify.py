@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from publicsuffixlist import PublicSuffixList
 
 from tldops_mta import metrics
-from tldops_mta.settings.config import Config
+from tldops_mta.settings.config import DnsConfig
 
 T = TypeVar("T")
 
@@ -206,9 +206,9 @@ class KeyResolver:
         self._records: dict[str, tuple[float, bytes]] = {}
 
     @classmethod
-    def from_config(cls, config: Config) -> KeyResolver:
-        return cls(list(config["dns.nameservers"]), port=int(config["dns.port"]),
-                   timeout=float(config["dns.timeout"]))
+    def from_config(cls, dns_cfg: DnsConfig) -> KeyResolver:
+        """A resolver for the [dns] section in force."""
+        return cls(dns_cfg.nameservers, port=dns_cfg.port, timeout=dns_cfg.timeout)
 
     async def fetch(self, name: str) -> bytes | None:
         """The key record at ``name`` (its strings joined), or None if there is none.

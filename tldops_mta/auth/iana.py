@@ -27,7 +27,7 @@ from tldops_mta import logs, metrics
 from tldops_mta.auth import iana_answers as answers
 from tldops_mta.auth.iana_answers import MAX_ANSWER, AnswerError, NotDelegated
 from tldops_mta.settings.cctlds import tld_labels
-from tldops_mta.settings.config import Config
+from tldops_mta.settings.config import Config, IanaConfig
 from tldops_mta.store import storage
 from tldops_mta.store.storage import Reader, Writer
 
@@ -199,7 +199,7 @@ def _failure(e: BaseException) -> str:
 class IanaClient:
     """Looks up administrative contacts; one per daemon, sharing its Writer and Reader."""
 
-    def __init__(self, cfg: Config, writer: Writer, reader: Reader) -> None:
+    def __init__(self, cfg: IanaConfig, writer: Writer, reader: Reader) -> None:
         self._cfg = cfg
         self._writer = writer
         self._reader = reader
@@ -208,7 +208,7 @@ class IanaClient:
         """The newest stored answer per TLD as last read: while it is fresh, requests need
         not ask the database (or IANA) at all."""
 
-    def reconfigure(self, cfg: Config) -> None:
+    def reconfigure(self, cfg: IanaConfig) -> None:
         """New URLs, ports and cache ages apply to the next lookup (SIGHUP)."""
         self._cfg = cfg
 
@@ -222,8 +222,8 @@ class IanaClient:
         at = time.time() if now is None else now
         memo = self._memo.get(a_label)
         if memo is not None and not refresh and cache_use(
-                memo.fetched_at, at, fresh_for=float(self._cfg["iana.fresh_for"]),
-                usable_for=float(self._cfg["iana.usable_for"])) is CacheUse.FRESH:
+                memo.fetched_at, at, fresh_for=self._cfg.fresh_for,
+                usable_for=self._cfg.usable_for) is CacheUse.FRESH:
             return _contact(a_label, u_label, memo,
                             f"cached {memo.source} answer, {at - memo.fetched_at:.0f} s old")
         # One lookup per TLD at a time: a burst of requests from one ccTLD asks IANA once,
@@ -235,8 +235,8 @@ class IanaClient:
             return await self._lookup(a_label, u_label, refresh, time.time() if now is None else now)
 
     async def _lookup(self, a_label: str, u_label: str, refresh: bool, now: float) -> AdminContact:
-        fresh_for = float(self._cfg["iana.fresh_for"])
-        usable_for = float(self._cfg["iana.usable_for"])
+        fresh_for = self._cfg.fresh_for
+        usable_for = self._cfg.usable_for
         cached = await self._reader.run(newest_usable, a_label)
         self._memo.pop(a_label, None)
         if cached is not None:
@@ -295,8 +295,8 @@ class IanaClient:
         raise LookupUnavailable(reason)
 
     async def _ask_rdap(self, a_label: str) -> Answer:
-        timeout = float(self._cfg["iana.timeout"])
-        url = f"{self._cfg['iana.rdap_url']}domain/{a_label}"
+        timeout = self._cfg.timeout
+        url = f"{self._cfg.rdap_url}domain/{a_label}"
         # identity: a compressed body could expand far past MAX_ANSWER before we count it.
         # trust_env=False: IANA is asked directly, never through a proxy taken from the
         # environment (and a loopback test server stays on loopback).
@@ -323,8 +323,8 @@ class IanaClient:
         return read_rdap(status, body, a_label)
 
     async def _ask_whois(self, a_label: str) -> Answer:
-        timeout = float(self._cfg["iana.timeout"])
-        host, port = str(self._cfg["iana.whois_host"]), int(self._cfg["iana.whois_port"])
+        timeout = self._cfg.timeout
+        host, port = self._cfg.whois_host, self._cfg.whois_port
         try:
             async with asyncio.timeout(timeout):
                 reader, writer = await asyncio.open_connection(host, port)
@@ -367,7 +367,7 @@ def lookup_blocking(cfg: Config, tld: str, *, refresh: bool = False) -> AdminCon
 
     async def run() -> AdminContact:
         async with storage.standalone(cfg) as (writer, reader):
-            return await IanaClient(cfg, writer, reader).admin_contact(tld, refresh=refresh)
+            return await IanaClient(cfg.iana, writer, reader).admin_contact(tld, refresh=refresh)
 
     return asyncio.run(run())
 

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 
 from tldops_mta.auth.dkim_verify import DkimReport, KeyResolver, SignatureResult, verify
-from tldops_mta.settings.config import Config
+from tldops_mta.settings.config import DnsConfig
 from tldops_mta.settings.live import Live
 from tldops_mta.store import spool
 
@@ -40,19 +40,19 @@ class SenderAuth:
         self.offload = offload
         """DKIM's CPU work in a thread, for a loop that serves others (not the worker's)."""
 
-    def reconfigure(self, cfg: Config) -> None:
+    def reconfigure(self, dns_cfg: DnsConfig) -> None:
         """New DNS servers apply to the next message (SIGHUP)."""
-        self.resolver = KeyResolver.from_config(cfg)
+        self.resolver = KeyResolver.from_config(dns_cfg)
 
     async def verify(self, raw: bytes, from_domain: str, now: float | None = None) -> Signed:
         cfg = self.rt.cfg
-        report = await verify(raw, self.resolver, min_rsa_bits=cfg["dkim.min_rsa_bits"],
+        report = await verify(raw, self.resolver, min_rsa_bits=cfg.dkim.min_rsa_bits,
                               now=time.time() if now is None else now, offload=self.offload)
-        alignment = cfg["dkim.alignment"]
+        alignment = cfg.dkim.alignment
         return Signed(report, report.counting(from_domain, alignment),
                       report.temporary(from_domain, alignment))
 
     def wait(self, spool_id: int, service: str, why: str) -> spool.Outcome:
         """The outcome of a message that comes back after ``worker.retry_base``: a lookup
         failed, and it names which and how, so an operator sees which service is down."""
-        return spool.waiting(spool_id, service, why, float(self.rt.cfg["worker.retry_base"]))
+        return spool.waiting(spool_id, service, why, self.rt.cfg.worker.retry_base)

@@ -74,7 +74,7 @@ def cmd_config_docs(args: argparse.Namespace) -> int:
 def cmd_db_migrate(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     secure_state(cfg)
-    conn = storage.connect(cfg.database_path, busy_timeout_ms=cfg["storage.busy_timeout_ms"])
+    conn = storage.connect(cfg.database_path, busy_timeout_ms=cfg.storage.busy_timeout_ms)
     try:
         applied = storage.migrate(conn)
         version = storage.schema_version(conn)
@@ -100,7 +100,7 @@ def cmd_dkim_keygen(args: argparse.Namespace) -> int:
     selector = cfg.dkim_selector
     print(f"private key written to {args.out}; set dkim.key to it. Publish:")
     chunks = " ".join(f'"{record[i:i + 250]}"' for i in range(0, len(record), 250))  # 255 a string
-    print(f'{selector}._domainkey.{cfg["server.domain"]}. IN TXT ( {chunks} )')
+    print(f'{selector}._domainkey.{cfg.server.domain}. IN TXT ( {chunks} )')
     return EXIT_OK
 
 
@@ -116,10 +116,10 @@ def cmd_dkim_check(args: argparse.Namespace) -> int:
         key = dkim_keys.read_key_file(path)
     except dkim_keys.KeyFileError as e:
         raise CliError(f"dkim.key: {e}") from e
-    name = f"{cfg.dkim_selector}._domainkey.{cfg['server.domain']}"
+    name = f"{cfg.dkim_selector}._domainkey.{cfg.server.domain}"
     problem: str | None
     try:
-        record = asyncio.run(KeyResolver.from_config(cfg).fetch(name))
+        record = asyncio.run(KeyResolver.from_config(cfg.dns).fetch(name))
     except KeyTemporaryError as e:
         raise CliError(f"cannot look up the TXT record at {name} now: {e}") from e
     except KeyRecordError as e:

@@ -37,7 +37,7 @@ def cmd_roster_export(args: argparse.Namespace) -> int:
     else:
         tlds = [r[0] for r in conn.execute("SELECT DISTINCT tld FROM roster ORDER BY tld")]
     table = formats.rows({tld: roster_table.current(conn, tld) for tld in tlds})
-    label, now = f"TLP:{cfg['broadcast.tlp']}", time.time()
+    label, now = f"TLP:{cfg.broadcast.tlp}", time.time()
     out = {"text": lambda: formats.text(table, now, label),
            "csv": lambda: formats.to_csv(table), "vcard": lambda: formats.to_vcard(table),
            "json": lambda: formats.to_json(table, now, label)}[args.format]()
@@ -115,7 +115,7 @@ def cmd_mailman_sync(args: argparse.Namespace) -> int:
             storage.commit_one(conn, lambda c: mailman.arm(c, cfg, time.time()))
         diff = mailman.sync(conn, cfg, dry_run=args.dry_run)
     except Exception as e:  # mailmanclient raises many kinds: say which, in one line
-        raise CliError(f"Mailman at {cfg['mailman.rest_url']}: {type(e).__name__}: {e}") from e
+        raise CliError(f"Mailman at {cfg.mailman.rest_url}: {type(e).__name__}: {e}") from e
     if args.json:
         print_json({**diff.as_dict(), "applied": not args.dry_run})
     else:
@@ -127,5 +127,5 @@ def cmd_mailman_sync(args: argparse.Namespace) -> int:
         for a, (old, new) in diff.rename.items():
             print(f"~ {a}: {verb}rename {old!r} -> {new!r}")
         if diff.empty():
-            print(f"{cfg['mailman.list']}: the members are the roster's SSCs")
+            print(f"{cfg.mailman.list}: the members are the roster's SSCs")
     return EXIT_ERROR if args.dry_run and not diff.empty() else EXIT_OK

@@ -105,7 +105,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     if cfg.database_path.exists():
         secure_state(cfg)
     try:
-        done = backups.backup(cfg.database_path, args.file, busy_timeout_ms=cfg["storage.busy_timeout_ms"])
+        done = backups.backup(cfg.database_path, args.file, busy_timeout_ms=cfg.storage.busy_timeout_ms)
     except backups.BackupError as e:
         raise CliError(str(e)) from e
     if args.json:

@@ -43,7 +43,7 @@ def open_db(cfg: config_mod.Config) -> sqlite3.Connection:
     if not path.exists():
         raise CliError(f"no database at {path}: start the daemon or run 'tldops db migrate'")
     secure_state(cfg)
-    conn = storage.connect(path, busy_timeout_ms=cfg["storage.busy_timeout_ms"])
+    conn = storage.connect(path, busy_timeout_ms=cfg.storage.busy_timeout_ms)
     have = storage.check_schema(conn)
     if have < storage.latest_version():
         raise CliError(f"database schema is version {have}, {storage.latest_version()} is "
@@ -92,7 +92,7 @@ def when(t: float) -> str:
     return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
+def flag_overrides(args: argparse.Namespace) -> dict[str, object]:
     """The configuration keys that command-line flags set (flags win over the file)."""
     flags = {"server.listen": getattr(args, "listen", None),
              "server.domain": getattr(args, "domain", None),

@@ -15,7 +15,6 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 from tldops_mta import logs
 from tldops_mta.intake import spool_frames
@@ -134,7 +133,7 @@ class WorkerProcess(Supervised):
     name = "worker"
     POLL = 5.0
 
-    def __init__(self, config_path: Path | None, overrides: Mapping[str, Any],
+    def __init__(self, config_path: Path | None, overrides: Mapping[str, object],
                  gap: float = 0.0, *, next_work_at: Callable[[], float | None] = lambda: 0.0,
                  max_idle: float = 0.0) -> None:
         super().__init__()
@@ -323,10 +322,10 @@ class AppenderProcess(Supervised):
         await asyncio.get_running_loop().create_unix_connection(lambda: link, sock=ours)
         argv = [sys.executable, "-m", "tldops_mta.intake.appender", "--fd", str(theirs.fileno()),
                 "--database", str(cfg.database_path),
-                "--busy-timeout-ms", str(cfg["storage.busy_timeout_ms"]),
-                "--max-size-mb", str(cfg["storage.max_size_mb"]),
-                "--group-commit-max", str(cfg["storage.group_commit_max"]),
-                "--log-level", cfg["log.level"]]
+                "--busy-timeout-ms", str(cfg.storage.busy_timeout_ms),
+                "--max-size-mb", str(cfg.storage.max_size_mb),
+                "--group-commit-max", str(cfg.storage.group_commit_max),
+                "--log-level", cfg.log.level]
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv, pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL)
@@ -354,6 +353,6 @@ class AppenderProcess(Supervised):
             # Shielded: a timeout stops the wait, not the commit (which may still happen;
             # the 4xx then makes a second copy possible, never a loss).
             await asyncio.wait_for(asyncio.shield(self.link.append(arrival)),
-                                   self.cfg["storage.commit_timeout"])
+                                   self.cfg.storage.commit_timeout)
         except TimeoutError as e:
             raise StorageError("the spool appender did not confirm in time") from e

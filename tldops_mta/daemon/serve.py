@@ -45,7 +45,7 @@ def inherited_sockets() -> list[socket.socket]:
 
 
 class Daemon:
-    def __init__(self, config_path: Path | None, overrides: Mapping[str, Any]) -> None:
+    def __init__(self, config_path: Path | None, overrides: Mapping[str, object]) -> None:
         self.config_path = config_path
         self.overrides = dict(overrides)
         self.cfg = config_mod.load(config_path, self.overrides)
@@ -58,7 +58,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self.inherited = inherited_sockets()
         self.notifier: Notifier = take_environment()
-        if self.cfg["metrics.listen"]:
+        if self.cfg.metrics.listen:
             metrics.prepare_directory(self.cfg.state_dir)  # before any child starts
 
     async def run(self) -> int:
@@ -68,8 +68,8 @@ class Daemon:
         if tightened:
             self.log.warning("permissions tightened", count=len(tightened),
                              tightened=[t.as_dict() for t in tightened[:private_state.SHOWN]])
-        conn = storage.connect(cfg.database_path, busy_timeout_ms=cfg["storage.busy_timeout_ms"],
-                               max_size_mb=cfg["storage.max_size_mb"])
+        conn = storage.connect(cfg.database_path, busy_timeout_ms=cfg.storage.busy_timeout_ms,
+                               max_size_mb=cfg.storage.max_size_mb)
         try:
             applied = storage.migrate(conn)
             requeued = storage.commit_one(conn, spool.requeue_interrupted)
@@ -81,9 +81,9 @@ class Daemon:
         # now and then, while no worker runs.
         appender = AppenderProcess(cfg)
         await appender.start()
-        worker = WorkerProcess(self.config_path, self.overrides, gap=cfg["worker.linger"],
+        worker = WorkerProcess(self.config_path, self.overrides, gap=cfg.worker.linger,
                                next_work_at=lambda: work_due.next_work_at(conn, rt.cfg),
-                               max_idle=cfg["worker.max_idle"])
+                               max_idle=cfg.worker.max_idle)
         rt = Runtime(cfg, appender.append, on_spooled=worker.wake)
 
         servers = []
@@ -93,7 +93,7 @@ class Daemon:
             for sock in inherited:
                 servers.append(await loop.create_server(factory, sock=sock))
         else:
-            for spec in cfg["server.listen"]:
+            for spec in cfg.server.listen:
                 host, port = config_mod.parse_listen(spec)
                 servers.append(await loop.create_server(factory, host, port, reuse_address=True))
         listening = [_fmt(s.getsockname()) for srv in servers for s in srv.sockets]
@@ -111,7 +111,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGUSR1, worker.wake)
         pid_file = pid_files.write(cfg.state_dir)
         self.log.info("ready", listening=listening, database=str(cfg.database_path),
-                      migrations_applied=applied, requeued=requeued, domain=cfg["server.domain"],
+                      migrations_applied=applied, requeued=requeued, domain=cfg.server.domain,
                       pid=os.getpid(), systemd_sockets=bool(inherited), metrics=metrics_at,
                       rules=self.rule_sources)
         if self.notifier.enabled:
@@ -130,7 +130,7 @@ class Daemon:
         self.log.info("stopping", open_sessions=len(rt.sessions))
         for srv in servers:
             srv.close()
-        await rt.shutdown(rt.cfg["server.shutdown_grace"])
+        await rt.shutdown(rt.cfg.server.shutdown_grace)
         if metrics_server is not None:
             await asyncio.to_thread(metrics_server.shutdown)
         worker_exit = await worker.stop()
@@ -145,7 +145,7 @@ class Daemon:
     def start_metrics(self, rt: Runtime) -> tuple[Any, str | None]:
         """The Prometheus endpoint, or (None, None) when configured off or its port is taken
         (logged: mail intake matters more than its figures)."""
-        spec = self.cfg["metrics.listen"]
+        spec = self.cfg.metrics.listen
         if not spec:
             return None, None
         host, port = config_mod.parse_listen(spec)
@@ -204,12 +204,12 @@ class Daemon:
                            problems=str(e))  # each problem in words, "; " between
             return
         changed = [k for k, v in cfg.as_dict().items() if v != self.cfg.as_dict()[k]]
-        if cfg["server.listen"] != self.cfg["server.listen"]:
+        if cfg.server.listen != self.cfg.server.listen:
             self.log.warning("listen addresses change only on restart")
         self.cfg, self.rules, self.rule_sources = cfg, new_rules, new_sources
         rt.reconfigure(cfg)
-        worker.gap = cfg["worker.linger"]
-        worker.max_idle = cfg["worker.max_idle"]
+        worker.gap = cfg.worker.linger
+        worker.max_idle = cfg.worker.max_idle
         appender.cfg = cfg  # commit_timeout now; its storage settings at its next start
         worker.signal(signal.SIGHUP)
         self.log.info("reloaded", changed_sections=changed, rules=new_sources)
@@ -223,8 +223,8 @@ def _fmt(addr: Any) -> str:
     return str(addr)
 
 
-def serve(config_path: Path | None, overrides: Mapping[str, Any]) -> int:
+def serve(config_path: Path | None, overrides: Mapping[str, object]) -> int:
     """Run until SIGTERM; the exit code."""
     daemon = Daemon(config_path, overrides)
-    logs.setup(daemon.cfg["log.level"])
+    logs.setup(daemon.cfg.log.level)
     return asyncio.run(daemon.run())

@@ -41,18 +41,18 @@ def failures(conn: sqlite3.Connection, address: str, since: float) -> int:
 
 def report_if_failing(live: Live, conn: sqlite3.Connection, address: str, now: float) -> bool:
     """Tell the Validators once per window about an SSC address that keeps failing."""
-    window = float(live.cfg["bounces.window"])
+    window = live.cfg.bounces.window
     tlds = [r[0] for r in conn.execute("SELECT tld FROM roster WHERE lower(email) = ? ORDER BY tld",
                                        (address,))]
     if not tlds:
         return False  # not an SSC (a refusal to a stranger bounced, say): nobody to tell about
     count = failures(conn, address, now - window)
     last = conn.execute("SELECT reported_at FROM bounce_reports WHERE address = ?", (address,)).fetchone()
-    if count < int(live.cfg["bounces.threshold"]) or (last is not None and last[0] > now - window):
+    if count < live.cfg.bounces.threshold or (last is not None and last[0] > now - window):
         return False
-    mailing.send(live, conn, "bouncing", live.cfg["validation.validators"], {
+    mailing.send(live, conn, "bouncing", live.cfg.validation.validators, {
         "address": address, "tlds": ", ".join(f".{t}" for t in tlds), "failures": count,
-        "days": f"{window / 86400:g}"}, tlp=Tlp.parse(str(live.cfg["broadcast.tlp"])),
+        "days": f"{window / 86400:g}"}, tlp=Tlp.parse(live.cfg.broadcast.tlp),
         bounce_tag="report", purpose="bouncing")
     conn.execute("INSERT INTO bounce_reports (address, reported_at, failures) VALUES (?,?,?)"
                  " ON CONFLICT (address) DO UPDATE SET reported_at = excluded.reported_at,"

@@ -93,7 +93,7 @@ class DecisionDesk:
             sender = addresses.parse_single(facts.from_value or "", field="From")
         except addresses.AddressError as e:
             return dropped(e.reason)
-        if sender.key not in {v.lower() for v in cfg["validation.validators"]}:
+        if sender.key not in {v.lower() for v in cfg.validation.validators}:
             return dropped("the sender is not a Validator")
         # From here on the answer goes to a Validator's own address: safe to send, even if
         # this mail was forged in their name (they then learn of the attempt).
@@ -106,7 +106,7 @@ class DecisionDesk:
         text = facts.text
         wanted = command(text)
         label = tlp.of_message(facts.subject or "", text)
-        confirmable = cfg["validation.decision_auth"] == "dkim-or-confirmation"
+        confirmable = cfg.validation.decision_auth == "dkim-or-confirmation"
         if found is None:
             why = "this decision address is unknown or has expired; answer the newest mail about the request"
         elif found[1] != sender.key:
@@ -143,7 +143,7 @@ class DecisionDesk:
                     "dkim": [dict(s.__dict__) for s in counting]}
         live = self.rt
 
-        once = facts.message_id or f"<spool-{p.id}@{cfg['server.domain']}>"
+        once = facts.message_id or f"<spool-{p.id}@{cfg.server.domain}>"
 
         results: list[transitions.Result] = []
 

@@ -164,10 +164,10 @@ def build(live: Live, raw: bytes, subject: str, label: tlp.Tlp, author: addresse
     """The copy of ``raw`` that every SSC gets (see the module's docstring), unsigned: it is
     signed where it is queued, as every mail the daemon sends."""
     cfg = live.cfg
-    domain = str(cfg["server.domain"])
-    name = str(cfg["list.name"])
+    domain = cfg.server.domain
+    name = cfg.list.name
     list_address = live.service_address("list")
-    list_id = f"{cfg['addresses.list']}.{domain}"  # RFC 2919: the list's address, dotted
+    list_id = f"{cfg.addresses.list}.{domain}"  # RFC 2919: the list's address, dotted
     fields, body = header_fields(raw)
     message_id = make_msgid(domain=domain)
     out: list[bytes] = []
@@ -201,8 +201,8 @@ def distribute(live: Live, post: Post, original_id: str, author: str, spool_id: 
     Message-ID was distributed before queues nothing (the UNIQUE column decides, at the
     commit) and its outcome says so."""
     cfg = live.cfg
-    domain = str(cfg["server.domain"])
-    bounces = str(cfg["addresses.bounces"])
+    domain = cfg.server.domain
+    bounces = cfg.addresses.bounces
 
     def job(conn: sqlite3.Connection) -> spool.Verdict | None:
         now = time.time()
@@ -257,7 +257,7 @@ def hold(live: Live, p: spool.Pending, facts: MessageFacts, author: str, subject
     """The effect that holds a first post, and tells its author and the Validators."""
     original_id = facts.message_id or ""
     text = facts.text
-    validators = list(live.cfg["validation.validators"])
+    validators = live.cfg.validation.validators
 
     def job(conn: sqlite3.Connection) -> None:
         now = time.time()
@@ -457,7 +457,7 @@ class ListDesk:
         if held == "rejected":
             return spool.Outcome(p.id, spool.Status.REJECTED, "list: a Validator rejected this post",
                                  ("list",))
-        if (held is None and cfg["list.moderate_first_posts"]
+        if (held is None and cfg.list.moderate_first_posts
                 and not await self.reader.run(has_posted, author.key)):
             log.info("list post held: a first post", tlp=label.label)
             return spool.Outcome(p.id, spool.Status.DONE,

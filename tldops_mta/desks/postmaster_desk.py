@@ -56,15 +56,15 @@ def forward(live: Live, p: spool.Pending, facts: MessageFacts,
             services: frozenset[Service]) -> spool.Outcome:
     """The outcome for a mail to postmaster@ or abuse@: forwarded to the operators, or kept."""
     service = Service.POSTMASTER if Service.POSTMASTER in services else Service.ABUSE
-    domain = str(live.cfg["server.domain"])
-    operators = list(live.cfg["postmaster.forward_to"])
+    domain = live.cfg.server.domain
+    operators = live.cfg.postmaster.forward_to
     header = facts.message or BytesHeaderParser(policy=compat32).parsebytes(p.raw)
     kept = why_kept(p.mail_from, header, facts.automatic, domain)
     if kept is None and not operators:
         kept = "no operator to forward to (postmaster.forward_to)"
     reason = (f"{service.value}: kept, unread: {kept}" if kept
               else f"{service.value}: forwarded to {len(operators)} operator(s)")
-    effect = _record(live, p, facts, service, operators if kept is None else [], kept)
+    effect = _record(live, p, facts, service, operators if kept is None else (), kept)
     return spool.Outcome(p.id, spool.Status.DONE, reason, (service.value,), effects=(effect,))
 
 
@@ -73,7 +73,7 @@ def _record(live: Live, p: spool.Pending, facts: MessageFacts, service: Service,
     """The effect: the message's row and, unless kept, its forward in the outbox (once)."""
     address = live.service_address(service.value)
     bounces = live.service_address("bounces", "forward")
-    rules, domain = live.rules, str(live.cfg["server.domain"])
+    rules, domain = live.rules, live.cfg.server.domain
 
     def job(conn: sqlite3.Connection) -> None:
         row = conn.execute("SELECT received_at, client_addr, helo FROM spool WHERE id = ?",

@@ -76,7 +76,7 @@ class RequestsDesk:
         except cctlds.CctldsError as e:
             log.error("requests wait: rules/cctlds.csv cannot be read", problems=e.problems[:3])
             return spool.waiting(p.id, "requests", f"rules/cctlds.csv cannot be read: {e.problems[0]}",
-                                 float(cfg["worker.retry_base"]))
+                                 cfg.worker.retry_base)
         # Before DKIM and IANA: a name that is no ccTLD costs no lookup.
         cctld, tld_problem = _cctld_of(form, table, dt.datetime.fromtimestamp(now, dt.UTC).date())
         if not form.ok or tld_problem is not None:
@@ -175,7 +175,7 @@ class RequestsDesk:
         return job
 
     async def _replayed(self, facts: MessageFacts, now: float) -> tuple[bool, str | None]:
-        window = float(self.rt.cfg["auth.replay_window"])
+        window = self.rt.cfg.auth.replay_window
         try:
             sent = parsedate_to_datetime(facts.date_value or "").timestamp()
         except (TypeError, ValueError, IndexError):
@@ -203,13 +203,13 @@ class RequestsDesk:
             "subject": (facts.subject or "")[:200], "date": (facts.date_value or "")[:100],
             "why": d.reason, "request": _quote(facts.text),
             "confirm_address": confirm_addr,
-            "expires": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(now + cfg["auth.token_ttl"])),
+            "expires": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(now + cfg.auth.token_ttl)),
         })
         raw = outbox.compose(
             from_addr=f"TLD-OPS <{confirm_addr}>", to=admin, subject=subject, body=body,
             tlp=tlp.Tlp[change["tlp"]],  # it quotes the request: labelled as the request is
-            domain=cfg["server.domain"], reply_to=confirm_addr, in_reply_to=facts.message_id)
-        ttl = float(cfg["auth.token_ttl"])
+            domain=cfg.server.domain, reply_to=confirm_addr, in_reply_to=facts.message_id)
+        ttl = cfg.auth.token_ttl
         request = _new_request(p.id, d, action, requester, "token", State.AWAITING_CONFIRMATION,
                                evidence, change, now)
 

@@ -47,9 +47,9 @@ class Limiter:
 
     def admit(self, ip: str, cfg: Config) -> str | None:
         """The refusal for a new connection from ``ip``, or None after counting it in."""
-        if self.total >= cfg["server.max_connections"]:
+        if self.total >= cfg.server.max_connections:
             return replies.TOO_MANY_CONNECTIONS
-        if self.by_ip[ip] >= cfg["server.max_connections_per_ip"] and not _exempt(ip, cfg):
+        if self.by_ip[ip] >= cfg.server.max_connections_per_ip and not _exempt(ip, cfg):
             return replies.TOO_MANY_FROM_YOU
         self.total += 1
         self.by_ip[ip] += 1
@@ -68,15 +68,15 @@ def _networks(specs: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress
 
 
 def _exempt(ip: str, cfg: Config) -> bool:
-    return _in(ip, cfg["server.limit_exempt"])
+    return _in(ip, cfg.server.limit_exempt)
 
 
 def _trusted_relay(ip: str, cfg: Config) -> bool:
-    return _in(ip, cfg["server.trusted_relays"])
+    return _in(ip, cfg.server.trusted_relays)
 
 
-def _in(ip: str, specs: list[str]) -> bool:
-    nets = _networks(tuple(specs))
+def _in(ip: str, specs: tuple[str, ...]) -> bool:
+    nets = _networks(specs)
     if not nets:
         return False
     try:
@@ -88,7 +88,7 @@ def _in(ip: str, specs: list[str]) -> bool:
 
 def tls_context(cfg: Config) -> ssl.SSLContext | None:
     """STARTTLS context (TLS 1.2 or newer) when a certificate is configured."""
-    cert, key = cfg["server.tls_cert"], cfg["server.tls_key"]
+    cert, key = cfg.server.tls_cert, cfg.server.tls_key
     if not cert:
         return None
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -136,11 +136,11 @@ class Runtime(Live):
                 loop=loop,  # else aiosmtpd asks asyncio for it, warnings machinery and all
                 hostname=cfg.hostname,
                 ident="tldops-mta",
-                data_size_limit=cfg["server.max_message_size"],
+                data_size_limit=cfg.server.max_message_size,
                 enable_SMTPUTF8=True,
                 decode_data=False,
                 tls_context=self.tls,
-                timeout=cfg["server.idle_timeout"],
+                timeout=cfg.server.idle_timeout,
             )
 
         return make
@@ -210,7 +210,7 @@ class Protocol(SMTP):
         # SMTP lines are short: asyncio's 256 KiB read buffer costs an mmap/munmap per read.
         transport.max_size = 64 * 1024  # type: ignore[attr-defined]
         self._deadline = self.loop.call_later(
-            self.runtime.cfg["server.session_timeout"], self.close_with, replies.SESSION_TIMEOUT)
+            self.runtime.cfg.server.session_timeout, self.close_with, replies.SESSION_TIMEOUT)
         self.log.debug("connection opened", client=ip)
 
     def connection_lost(self, error: Exception | None) -> None:
@@ -251,7 +251,7 @@ class Protocol(SMTP):
         before running it: the one place to count commands without wrapping every command
         method of every session."""
         self._commands += 1
-        if self._commands > self.runtime.cfg["server.max_commands"]:
+        if self._commands > self.runtime.cfg.server.max_commands:
             self.close_with(replies.TOO_MANY_COMMANDS)
             return
         super()._reset_timeout(duration)
@@ -388,7 +388,7 @@ class Protocol(SMTP):
     async def smtp_DATA(self, arg: str) -> None:
         self.in_data = True
         self._guard = content_checks.LongLineGuard(
-            self.data_size_limit or self.runtime.cfg["server.max_message_size"])
+            self.data_size_limit or self.runtime.cfg.server.max_message_size)
         try:
             await super().smtp_DATA(arg)
         finally:
@@ -424,12 +424,12 @@ class Intake:
     async def handle_RCPT(self, server: Protocol, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
         cfg = self.rt.cfg
-        recipient = classify(address, cfg["server.domain"], self.rt.parts)
+        recipient = classify(address, cfg.server.domain, self.rt.parts)
         if recipient is None:
             server.log.info("recipient refused", reason="not a service address",
                             rcpt=logs.redact_address(address))
             return replies.NO_SUCH_USER
-        if len(envelope.rcpt_tos) >= cfg["server.max_recipients"]:
+        if len(envelope.rcpt_tos) >= cfg.server.max_recipients:
             return replies.TOO_MANY_RECIPIENTS
         envelope.rcpt_tos.append(address)
         # Kept for the log line of the spooled message: each address is classified once.

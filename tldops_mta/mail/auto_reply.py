@@ -21,7 +21,7 @@ from tldops_mta.store import spool
 def may_answer(live: Live, p: spool.Pending, facts: MessageFacts) -> bool:
     """Whether this message may get an automatic reply at all (RFC 3834)."""
     to = p.mail_from
-    own = "@" + str(live.cfg["server.domain"]).lower()
+    own = "@" + live.cfg.server.domain.lower()
     return bool(to) and not facts.automatic and not to.lower().endswith(own)
 
 
@@ -33,9 +33,9 @@ def reply(live: Live, p: spool.Pending, facts: MessageFacts, *, kind: str, subje
         return _nothing
     cfg = live.cfg
     to = p.mail_from
-    interval = float(cfg["auth.refusal_interval"])
+    interval = cfg.auth.refusal_interval
     from_addr = f"TLD-OPS <{live.service_address('postmaster')}>"
-    domain = str(cfg["server.domain"])
+    domain = cfg.server.domain
     queue_id, in_reply_to = p.queue_id, facts.message_id
 
     def job(conn: sqlite3.Connection) -> None:

@@ -156,7 +156,7 @@ def sign_outgoing(cfg: Config, raw: bytes) -> bytes:
     path = cfg.dkim_key
     if path is None:
         return raw
-    return sign(raw, domain=str(cfg["server.domain"]), selector=cfg.dkim_selector,
+    return sign(raw, domain=cfg.server.domain, selector=cfg.dkim_selector,
                 key=read_key_file(path))
 
 

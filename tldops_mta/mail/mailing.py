@@ -21,7 +21,7 @@ def one_time_address(live: Live, conn: sqlite3.Connection, purpose: str, *, to: 
     """A token for ``purpose``, issued to ``to`` (default life ``auth.token_ttl``), and the
     SERVICE+TOKEN@ address that carries it (confirm+, or decide+ for the Validators)."""
     token = tokens.new_token()
-    life = float(live.cfg["auth.token_ttl"]) if ttl is None else ttl
+    life = live.cfg.auth.token_ttl if ttl is None else ttl
     tokens.issue(token, purpose, request_id, to, now=now, ttl=life, payload=payload)(conn)
     return live.service_address(service, token)
 
@@ -38,6 +38,6 @@ def send(live: Live, conn: sqlite3.Connection, template: str, to: Sequence[str],
     bounces = live.service_address("bounces", bounce_tag)
     for rcpt in to:
         raw = outbox.compose(from_addr=f"TLD-OPS <{sender}>", to=rcpt, subject=subject, body=body,
-                             domain=str(live.cfg["server.domain"]), tlp=tlp, reply_to=reply_to,
+                             domain=live.cfg.server.domain, tlp=tlp, reply_to=reply_to,
                              auto=auto, in_reply_to=in_reply_to)
         outbox.enqueue(raw, bounces, [rcpt], purpose, ref=ref, cfg=live.cfg)(conn)

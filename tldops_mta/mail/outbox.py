@@ -256,13 +256,13 @@ class Deliverer(DueLoop):
 
     @property
     def maildir(self) -> Path:
-        d = Path(str(self.cfg["outbox.maildir"]))
+        d = Path(self.cfg.outbox.maildir)
         return d if d.is_absolute() else self.cfg.state_dir / d
 
     async def step(self, now: float | None = None) -> bool:
         now = time.time() if now is None else now
         batch = await self.reader.run(due, now, 32)
-        if batch and not self.cfg["outbox.smarthost"]:
+        if batch and not self.cfg.outbox.smarthost:
             await self._write_files(batch)
             return True
         recording: list[asyncio.Future[None]] = []
@@ -334,7 +334,7 @@ class Deliverer(DueLoop):
             await self.writer.run(record(d.id, "failed", f"gave up: {error}", 0))
             log.error("delivery failed after retries", attempts=attempts, error=logged)
             return
-        delay = backoff(attempts, self.cfg["worker.retry_base"], self.cfg["worker.retry_max"])
+        delay = backoff(attempts, self.cfg.worker.retry_base, self.cfg.worker.retry_max)
         await self.writer.run(record(d.id, "queued", error, time.time() + delay))
         log.warning("delivery deferred", attempts=attempts, retry_in=delay, error=logged)
 
@@ -343,11 +343,11 @@ class Deliverer(DueLoop):
         # this module (work_due) without ever relaying.
         import aiosmtplib
 
-        host, port = parse_listen(str(self.cfg["outbox.smarthost"]))
-        mode = self.cfg["outbox.smarthost_tls"]
-        user = str(self.cfg["outbox.smarthost_user"]) or None
+        host, port = parse_listen(self.cfg.outbox.smarthost)
+        mode = self.cfg.outbox.smarthost_tls
+        user = self.cfg.outbox.smarthost_user or None
         password = None
-        if user and self.cfg["outbox.smarthost_password_file"]:
+        if user and self.cfg.outbox.smarthost_password_file:
             password = self._password()
         tls = None
         if mode != "none":
@@ -385,7 +385,7 @@ class Deliverer(DueLoop):
 
     def _password(self) -> str:
         """Read at each relay, so a changed password file needs no restart."""
-        text = Path(self.cfg["outbox.smarthost_password_file"]).read_text(encoding="utf-8")
+        text = Path(self.cfg.outbox.smarthost_password_file).read_text(encoding="utf-8")
         return (text.splitlines() or [""])[0]
 
     def _write_batch(self, batch: Sequence[Due]) -> list[OSError | None]:

@@ -76,18 +76,18 @@ class Housekeeping(DueLoop):
         """Called when the monthly statistics were queued for the outbox."""
 
     def next_due(self, conn: sqlite3.Connection) -> float | None:
-        return next_due_at(conn, int(self.rt.cfg["housekeeping.hour"]))
+        return next_due_at(conn, self.rt.cfg.housekeeping.hour)
 
     async def step(self, now: float | None = None) -> bool:
         now = time.time() if now is None else now
         cfg = self.rt.cfg
-        hour = int(cfg["housekeeping.hour"])
+        hour = cfg.housekeeping.hour
         if await self.reader.run(lambda c: next_due_at(c, hour, now)) > now:
             return False
         day = dt.datetime.fromtimestamp(now, dt.UTC).date()
-        cutoff = now - int(cfg["storage.retention_days"]) * DAY
+        cutoff = now - cfg.storage.retention_days * DAY
         table = None
-        if cfg["housekeeping.monthly_stats"]:
+        if cfg.housekeeping.monthly_stats:
             try:
                 table = cctlds.load(cfg.rules_dir)
             except cctlds.CctldsError as e:
@@ -120,7 +120,7 @@ def monthly_stats(live: Live, conn: sqlite3.Connection, table: list[cctlds.Cctld
     """The month's statistics to the Validators and the Standing Committee, once per month
     (claimed in stats_reports); False when already sent or nobody to send to."""
     cfg = live.cfg
-    to = sorted({*cfg["validation.validators"], cfg["validation.committee"]} - {""})
+    to = sorted({*cfg.validation.validators, cfg.validation.committee} - {""})
     if not to:
         return False
     period = f"stats-{day:%Y-%m}"

@@ -78,12 +78,12 @@ def run(cfg: Config, *, region: str | None, dry_run: bool, now: float | None = N
 async def _run(live: Live, table: list[cctlds.Cctld], region: str | None, dry_run: bool,
                now: float) -> list[Invite]:
     cfg = live.cfg
-    interval = int(cfg["outreach.interval_days"])
+    interval = cfg.outreach.interval_days
     async with storage.standalone(cfg) as (writer, reader):
         day = dt.datetime.fromtimestamp(now, dt.UTC).date()
         subscribed = await reader.run(stats.subscribed_now)
         last = await reader.run(stats.last_invitations)
-        iana = IanaClient(cfg, writer, reader)
+        iana = IanaClient(cfg.iana, writer, reader)
         out: list[Invite] = []
         failed: list[str] = []
         for c in candidates(table, subscribed, day, region):
@@ -123,7 +123,7 @@ def _invitation(live: Live, c: cctlds.Cctld, admin: str, now: float, interval: i
         why = too_soon(last, now, interval)
         if why:
             return why
-        home = str(live.cfg["outreach.home_url"])
+        home = live.cfg.outreach.home_url
         mailing.send(live, conn, "invitation", [admin],
                      {"tld": c.unicode or c.tld, "country": c.country,
                       "requests": live.service_address("requests"), "help": live.service_address("help"),

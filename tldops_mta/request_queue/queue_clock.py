@@ -26,8 +26,8 @@ WAKE_GAP = 1.0
 
 
 def _times(cfg: Config) -> tuple[float, float, float]:
-    return (float(cfg["auth.token_ttl"]), float(cfg["validation.remind_after"]),
-            float(cfg["validation.expire_after"]))
+    return (cfg.auth.token_ttl, cfg.validation.remind_after,
+            cfg.validation.expire_after)
 
 
 def next_due_at(conn: sqlite3.Connection, cfg: Config) -> float | None:
@@ -78,7 +78,7 @@ class QueueClock(DueLoop):
             done = []
             for request_id, what in due(conn, live.cfg, now):
                 if what == "expire":
-                    days = float(live.cfg["validation.expire_after"]) / 86400
+                    days = live.cfg.validation.expire_after / 86400
                     result = transitions.act(live, conn, request_id, Event.EXPIRE, scheduler,
                                            f"nobody decided within {days:g} days", now=now)
                     done.append((request_id, what, result.message))

@@ -153,7 +153,7 @@ def act(live: Live, conn: sqlite3.Connection, request_id: int, event: Event, by:
         _tell_requester(live, conn, r, "reversed by a Validator", reason, restored)
         done = f"request #{r.id} reversed: the roster of .{r.tld} is back as it was"
     elif event is Event.ESCALATE:
-        committee = str(live.cfg["validation.committee"])
+        committee = live.cfg.validation.committee
         if not committee:
             return Result(False, "no Standing Committee address is configured "
                           "(validation.committee)", r.state.value)
@@ -180,10 +180,10 @@ def ask_validators(live: Live, conn: sqlite3.Connection, request_id: int, *, now
     r = load(conn, request_id)
     assert r is not None
     expires = time.strftime("%Y-%m-%d %H:%M UTC",
-                            time.gmtime(r.updated_at + float(live.cfg["validation.expire_after"])))
-    rule = decision_rule(str(live.cfg["validation.decision_auth"]))
+                            time.gmtime(r.updated_at + live.cfg.validation.expire_after))
+    rule = decision_rule(live.cfg.validation.decision_auth)
     sent = 0
-    for validator in live.cfg["validation.validators"]:
+    for validator in live.cfg.validation.validators:
         decide_address = mailing.one_time_address(live, conn, PURPOSE_DECIDE, to=validator.lower(), now=now,
                                                   ttl=DECIDE_TOKEN_TTL, request_id=r.id, service="decide")
         values: dict[str, object] = {**_summary(live, conn, r), "decide_address": decide_address,
@@ -220,7 +220,7 @@ def acknowledge(live: Live, conn: sqlite3.Connection, request_id: int, *, now: f
     if not r.change.get("reply_ok", True):
         return
     address = mailing.one_time_address(live, conn, PURPOSE_WITHDRAW, to=r.admin_email, now=now,
-                                       ttl=float(live.cfg["validation.expire_after"]), request_id=request_id)
+                                       ttl=live.cfg.validation.expire_after, request_id=request_id)
     _mail(live, conn, r, "received", [r.admin_email], {
         "id": r.id, "tld": r.tld, "action": r.action, "withdraw_address": address,
         "diff": _summary(live, conn, r)["diff"]},
@@ -240,7 +240,7 @@ def ask_to_confirm(live: Live, conn: sqlite3.Connection, request_id: int, valida
                                        payload=json.dumps({"event": event.value, "reason": reason}))
     _mail(live, conn, r, "decision_confirmation", [validator], {
         "id": r.id, "tld": r.tld, "decision": f"{event.value} {reason or ''}".strip(),
-        "confirm_address": address, "expires": _when(now + float(live.cfg["auth.token_ttl"]))},
+        "confirm_address": address, "expires": _when(now + live.cfg.auth.token_ttl)},
         reply_to=address, auto="auto-replied", in_reply_to=in_reply_to, answered=answered)
 
 
@@ -304,7 +304,7 @@ ANSWERS_THE_REQUEST = frozenset({"received", "outcome"})
 
 
 def _label(live: Live, r: Request | None, template: str, answered: Tlp) -> Tlp:
-    roster_label = Tlp.parse(str(live.cfg["broadcast.tlp"]))
+    roster_label = Tlp.parse(live.cfg.broadcast.tlp)
     if template in ROSTER_MAIL:
         return roster_label
     if template in ANSWERS_THE_REQUEST and r is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
@@ -30,13 +31,13 @@ from tldops_mta.store.storage import Reader, Writer
 
 
 def schedule(cfg: Config) -> Schedule:
-    return Schedule(weekday=WEEKDAYS.index(str(cfg["broadcast.weekday"])), hour=int(cfg["broadcast.hour"]),
-                    weekly_if_changed=bool(cfg["broadcast.weekly_if_changed"]),
-                    catch_up=float(cfg["broadcast.catch_up"]))
+    return Schedule(weekday=WEEKDAYS.index(cfg.broadcast.weekday), hour=cfg.broadcast.hour,
+                    weekly_if_changed=cfg.broadcast.weekly_if_changed,
+                    catch_up=cfg.broadcast.catch_up)
 
 
 def due_period(conn: sqlite3.Connection, cfg: Config, now: float) -> Period | None:
-    if not cfg["broadcast.enabled"]:
+    if not cfg.broadcast.enabled:
         return None
     claimed = {r[0] for r in conn.execute("SELECT period FROM broadcasts")}
     roster_since = conn.execute("SELECT min(since) FROM roster").fetchone()[0]
@@ -48,7 +49,7 @@ def due_period(conn: sqlite3.Connection, cfg: Config, now: float) -> Period | No
 
 def next_due_at(conn: sqlite3.Connection, cfg: Config, now: float | None = None) -> float | None:
     """For work_due: now when a period is due, else when one may next be."""
-    if not cfg["broadcast.enabled"]:
+    if not cfg.broadcast.enabled:
         return None
     now = time.time() if now is None else now
     return now if due_period(conn, cfg, now) is not None else next_check(now, schedule(cfg))
@@ -71,20 +72,20 @@ def build(conn: sqlite3.Connection, cfg: Config, now: float, period: str, to: st
 
     tlds = [r[0] for r in conn.execute("SELECT DISTINCT tld FROM roster ORDER BY tld")]
     table = formats.rows({tld: roster_table.current(conn, tld) for tld in tlds})
-    label = Tlp.parse(str(cfg["broadcast.tlp"]))
-    domain = str(cfg["server.domain"])
+    label = Tlp.parse(cfg.broadcast.tlp)
+    domain = cfg.server.domain
     ccs, sscs = formats.counts(table)
     day = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%d")
     msg = EmailMessage()
-    msg["From"] = f"TLD-OPS <{cfg['addresses.postmaster']}@{domain}>"
-    msg["To"] = f"TLD-OPS Security and Stability Contacts <{to or cfg['addresses.who'] + '@' + domain}>"
+    msg["From"] = f"TLD-OPS <{cfg.addresses.postmaster}@{domain}>"
+    msg["To"] = f"TLD-OPS Security and Stability Contacts <{to or cfg.addresses.who + '@' + domain}>"
     msg["Subject"] = (f"[{label.label}] TLD-OPS roster {day}: {counted(ccs, 'ccTLD')}, "
                       f"{counted(sscs, 'contact')}")
     msg["Date"] = format_datetime(dt.datetime.fromtimestamp(now, dt.UTC))
     msg["Message-ID"] = make_msgid(idstring=period, domain=domain)
     msg["Auto-Submitted"] = "auto-generated"
     msg.set_content(formats.text(table, now, label.label)
-                    + f"\nAsk for the current roster at any time: mail {cfg['addresses.who']}@{domain}.\n"
+                    + f"\nAsk for the current roster at any time: mail {cfg.addresses.who}@{domain}.\n"
                     + "The roster is attached as CSV and as vCards for your address book.\n")
     msg.add_attachment(formats.to_csv(table).encode(), maintype="text", subtype="csv",
                        filename="tld-ops-roster.csv")
@@ -101,13 +102,13 @@ def claim_and_queue(conn: sqlite3.Connection, cfg: Config, period: str, kind: st
     None when the period was already claimed (nothing is queued twice)."""
     if conn.execute("SELECT 1 FROM broadcasts WHERE period = ?", (period,)).fetchone():
         return None
-    domain = str(cfg["server.domain"])
-    bounces = str(cfg["addresses.bounces"])
+    domain = cfg.server.domain
+    bounces = cfg.addresses.bounces
     if mailman.enabled(cfg):
         # One post to the list (Mailman delivers it to its members, the roster's SSCs).
         from tldops_mta.mail import dkim_keys  # the post skips the outbox: signed as outbox.enqueue signs
 
-        built = build(conn, cfg, now, period, to=str(cfg["mailman.list"]))
+        built = build(conn, cfg, now, period, to=cfg.mailman.list)
         mailman.queue_post(conn, period, dkim_keys.sign_outgoing(cfg, built.raw), f"{bounces}@{domain}", now)
         conn.execute("INSERT INTO broadcasts (period, kind, claimed_at, outbox_message_id, recipients, tlp)"
                      " VALUES (?,?,?,NULL,?,?)", (period, kind, now, len(built.recipients),
@@ -127,7 +128,7 @@ def claim_and_queue(conn: sqlite3.Connection, cfg: Config, period: str, kind: st
 def send_one(conn: sqlite3.Connection, cfg: Config, to: str, now: float) -> None:
     """The broadcast's mail, built now for one SSC (a who@ query), through the outbox."""
     built = build(conn, cfg, now, f"who-{int(now)}")
-    outbox.enqueue(built.raw, f"{cfg['addresses.bounces']}+who@{cfg['server.domain']}", [to], "who",
+    outbox.enqueue(built.raw, f"{cfg.addresses.bounces}+who@{cfg.server.domain}", [to], "who",
                    cfg=cfg)(conn)
 
 
@@ -149,11 +150,12 @@ class BroadcastClock(DueLoop):
 
     wake_gap = 1.0  # woken after every batch of the worker; each look is five queries
 
-    def __init__(self, cfg_of: Any, writer: Writer, reader: Reader) -> None:
+    def __init__(self, cfg_of: Callable[[], Config], writer: Writer, reader: Reader) -> None:
         super().__init__(reader, logs.get("broadcast"))
-        self.cfg_of = cfg_of  # () -> Config: the configuration in force (SIGHUP)
+        self.cfg_of = cfg_of
+        """The configuration in force, asked at each look (a SIGHUP replaces it)."""
         self.writer = writer
-        self.on_mail: Any = lambda: None
+        self.on_mail: Callable[[], None] = lambda: None
 
     def next_due(self, conn: sqlite3.Connection) -> float | None:
         return next_due_at(conn, self.cfg_of())

@@ -19,6 +19,7 @@ import asyncio
 import smtplib
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +33,7 @@ BATCH = 50
 
 
 def enabled(cfg: Config) -> bool:
-    return bool(cfg["mailman.rest_url"])
+    return bool(cfg.mailman.rest_url)
 
 
 def arm(conn: sqlite3.Connection, cfg: Config, now: float) -> None:
@@ -44,7 +45,7 @@ def arm(conn: sqlite3.Connection, cfg: Config, now: float) -> None:
         conn.execute("DELETE FROM mailman_backend")
         conn.execute("DELETE FROM mailman_pending")
         return
-    name = str(cfg["mailman.list"])
+    name = cfg.mailman.list
     row = conn.execute("SELECT list FROM mailman_backend").fetchone()
     if row is not None and row[0] == name:
         return
@@ -59,7 +60,7 @@ def unarmed(conn: sqlite3.Connection, cfg: Config) -> bool:
     row = conn.execute("SELECT list FROM mailman_backend").fetchone()
     if not enabled(cfg):
         return row is not None
-    return row is None or row[0] != cfg["mailman.list"]
+    return row is None or row[0] != cfg.mailman.list
 
 
 def _password(cfg: Config) -> str:
@@ -101,9 +102,9 @@ class ListClient:
 
         # mailmanclient sets no timeout: a Mailman that accepts and never answers would hold
         # the loop for ever. Its request hooks may add one to each call.
-        self.client = Client(str(cfg["mailman.rest_url"]), str(cfg["mailman.user"]), _password(cfg),
+        self.client = Client(cfg.mailman.rest_url, cfg.mailman.user, _password(cfg),
                              request_hooks=[_with_timeout])
-        self.list_name = str(cfg["mailman.list"])
+        self.list_name = cfg.mailman.list
         self._list: Any = None
 
     def mlist(self) -> Any:
@@ -201,10 +202,10 @@ def next_due_at(conn: sqlite3.Connection, cfg: Config) -> float | None:
 
 
 def _lmtp_post(cfg: Config, mail_from: str, raw: bytes) -> None:
-    host, _, port = str(cfg["mailman.lmtp"]).rpartition(":")
+    host, _, port = cfg.mailman.lmtp.rpartition(":")
     with smtplib.LMTP(host.strip("[]"), int(port), timeout=30) as lmtp:
         lmtp.ehlo_or_helo_if_needed()
-        refused = lmtp.sendmail(mail_from, [str(cfg["mailman.list"])], raw)
+        refused = lmtp.sendmail(mail_from, [cfg.mailman.list], raw)
         if refused:
             raise smtplib.SMTPRecipientsRefused(refused)
 
@@ -214,9 +215,10 @@ class MailmanLoop(DueLoop):
 
     wake_gap = 0.5
 
-    def __init__(self, cfg_of: Any, writer: Writer, reader: Reader) -> None:
+    def __init__(self, cfg_of: Callable[[], Config], writer: Writer, reader: Reader) -> None:
         super().__init__(reader, logs.get("mailman"))
         self.cfg_of = cfg_of
+        """The configuration in force, asked at each step (a SIGHUP replaces it)."""
         self.writer = writer
         self._armed: tuple[str, str] | None = None
         """The configuration last written by ``arm`` (again after a reload changes it)."""
@@ -227,7 +229,7 @@ class MailmanLoop(DueLoop):
     async def step(self, now: float | None = None) -> bool:
         cfg = self.cfg_of()
         now = time.time() if now is None else now
-        armed = (str(cfg["mailman.rest_url"]), str(cfg["mailman.list"]))
+        armed = (cfg.mailman.rest_url, cfg.mailman.list)
         if armed != self._armed or await self.reader.run(lambda conn: unarmed(conn, cfg)):
             await self.writer.run(lambda conn: arm(conn, cfg, now))
             self._armed = armed
@@ -272,13 +274,13 @@ class MailmanLoop(DueLoop):
                              (time.time(), post_id))
 
             await self.writer.run(posted)
-            self.log.info("broadcast posted to the list", period=period, list=cfg["mailman.list"])
+            self.log.info("broadcast posted to the list", period=period, list=cfg.mailman.list)
         return True
 
     async def _failed(self, table: str, key: str, value: object, attempts: int, e: Exception,
                       cfg: Config) -> None:
         attempts += 1
-        delay = backoff(attempts, float(cfg["mailman.retry_base"]), float(cfg["mailman.retry_max"]))
+        delay = backoff(attempts, cfg.mailman.retry_base, cfg.mailman.retry_max)
         reason = f"{type(e).__name__}: {e}"[:500]
 
         def job(conn: sqlite3.Connection) -> None:

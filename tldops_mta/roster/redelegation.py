@@ -34,7 +34,7 @@ def next_check(conn: sqlite3.Connection, cfg: Config) -> tuple[str, float] | Non
     row = conn.execute("SELECT c.tld, c.checked_at FROM cctlds c WHERE EXISTS"
                        " (SELECT 1 FROM roster r WHERE r.tld = c.tld) ORDER BY c.checked_at, c.tld LIMIT 1"
                        ).fetchone()
-    return None if row is None else (str(row[0]), float(row[1]) + float(cfg["redelegation.check_every"]))
+    return None if row is None else (str(row[0]), float(row[1]) + cfg.redelegation.check_every)
 
 
 def record(live: Live, conn: sqlite3.Connection, tld: str, contact: AdminContact | None,
@@ -55,9 +55,9 @@ def record(live: Live, conn: sqlite3.Connection, tld: str, contact: AdminContact
     conn.execute("INSERT INTO redelegations (tld, detected_at, old_admin, new_admin) VALUES (?,?,?,?)",
                  (tld, now, old, new))
     conn.execute("UPDATE cctlds SET needs_reconfirmation = 1 WHERE tld = ?", (tld,))
-    label = Tlp.parse(str(live.cfg["broadcast.tlp"]))
+    label = Tlp.parse(live.cfg.broadcast.tlp)
     listing = "\n".join(f"  {roster_table.line(e)}" for e in roster_table.current(conn, tld))
-    mailing.send(live, conn, "redelegation", live.cfg["validation.validators"], {
+    mailing.send(live, conn, "redelegation", live.cfg.validation.validators, {
         "tld": tld, "old": old, "new": new or "(none: IANA lists no usable contact)", "roster": listing},
         tlp=label, bounce_tag="redelegation", purpose="redelegation")
     if new is not None:
@@ -98,14 +98,14 @@ class RedelegationWatch(DueLoop):
         found = next_check(conn, self.rt.cfg)
         if found is None:
             return None
-        wait = self._last + float(self.rt.cfg["redelegation.spacing"]) - time.monotonic()
+        wait = self._last + self.rt.cfg.redelegation.spacing - time.monotonic()
         spaced = time.time() + max(0.0, wait)
         return max(found[1], spaced)
 
     async def step(self, now: float | None = None) -> bool:
         now = time.time() if now is None else now
         found = await self.reader.run(lambda c: next_check(c, self.rt.cfg))
-        spacing = float(self.rt.cfg["redelegation.spacing"])
+        spacing = self.rt.cfg.redelegation.spacing
         if found is None or found[1] > now or time.monotonic() - self._last < spacing:
             return False
         tld = found[0]
@@ -114,7 +114,7 @@ class RedelegationWatch(DueLoop):
         try:
             contact: AdminContact | None = await self.iana.admin_contact(tld, refresh=True)
         except LookupUnavailable as e:
-            retry = now - float(live.cfg["redelegation.check_every"]) + RETRY_AFTER_FAILURE
+            retry = now - live.cfg.redelegation.check_every + RETRY_AFTER_FAILURE
             await self.writer.run(lambda c: c.execute("UPDATE cctlds SET checked_at = ? WHERE tld = ?",
                                                       (retry, tld)))
             self.log.warning("redelegation check deferred", tld=tld, reason=e.reason)

@@ -1,19 +1,23 @@
 """Configuration: one TOML file, every key declared once with its default, check and doc.
 
 The schema is data (``SCHEMA``) so that validation, ``config show``, ``docs/configuration.md``
-and the test that keeps the docs complete all read the same table.
+and the test that keeps the docs complete all read the same table. The code reads the values
+through one frozen dataclass per section (``cfg.server.domain`` is a ``str``), which
+tests/test_config_sections.py keeps in step with the schema.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import re
 import tomllib
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 Check = Callable[[Any], str | None]
 """Returns None when a value is acceptable, else what is allowed."""
@@ -436,6 +440,290 @@ SECTIONS: tuple[str, ...] = tuple(dict.fromkeys(k.section for k in SCHEMA))
 _BY_DOTTED: dict[str, Key] = {k.dotted: k for k in SCHEMA}
 
 
+# The sections as the daemon's code reads them. SCHEMA stays the one table of keys, defaults,
+# checks and docs; each class below names the same keys with their Python types, so a reader
+# gets ``cfg.server.domain`` as a ``str`` rather than an untyped value. tests/test_config_sections.py
+# keeps the two in step (same sections, same keys, defaults of the declared types). Lists become
+# tuples: a section is immutable, and SIGHUP replaces it whole.
+
+S = TypeVar("S")
+"""A section class."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """[server] The SMTP listener: where, as whom, and the limits each connection meets."""
+
+    listen: tuple[str, ...]
+    domain: str
+    hostname: str
+    max_message_size: int
+    max_connections: int
+    max_connections_per_ip: int
+    limit_exempt: tuple[str, ...]
+    trusted_relays: tuple[str, ...]
+    max_recipients: int
+    idle_timeout: float
+    session_timeout: float
+    max_commands: int
+    tls_cert: str
+    tls_key: str
+    shutdown_grace: float
+
+
+@dataclass(frozen=True)
+class AddressesConfig:
+    """[addresses] The local parts of the service addresses at server.domain."""
+
+    requests: str
+    confirm: str
+    decide: str
+    who: str
+    list: str
+    update: str
+    help: str
+    bounces: str
+    postmaster: str
+    abuse: str
+
+    def local_part(self, service: str) -> str:
+        """The local part of the service named ``service`` (a recipients.Service value)."""
+        return self.as_mapping()[service]
+
+    def as_mapping(self) -> dict[str, str]:
+        """Service name -> local part, for recipients.local_parts."""
+        return {"requests": self.requests, "confirm": self.confirm, "decide": self.decide, "who": self.who,
+                "list": self.list, "update": self.update, "help": self.help, "bounces": self.bounces,
+                "postmaster": self.postmaster, "abuse": self.abuse}
+
+
+@dataclass(frozen=True)
+class PostmasterConfig:
+    """[postmaster] Where mail to postmaster@ and abuse@ is forwarded."""
+
+    forward_to: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """[storage] The state directory, the database and how it is written."""
+
+    state_dir: str
+    database: str
+    retention_days: int
+    busy_timeout_ms: int
+    max_size_mb: int
+    commit_timeout: float
+    group_commit_max: int
+
+
+@dataclass(frozen=True)
+class HousekeepingConfig:
+    """[housekeeping] The nightly retention purge and the monthly statistics mail."""
+
+    hour: int
+    monthly_stats: bool
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """[worker] The worker process: batches, retries and its share of the CPU."""
+
+    batch_size: int
+    linger: float
+    max_idle: float
+    cpu_class: str
+    max_attempts: int
+    retry_base: float
+    retry_max: float
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    """[dns] The resolvers used for DKIM key lookups."""
+
+    nameservers: tuple[str, ...]
+    port: int
+    timeout: float
+
+
+@dataclass(frozen=True)
+class DkimConfig:
+    """[dkim] Checking senders' DKIM signatures, and the key that signs our own mail."""
+
+    min_rsa_bits: int
+    alignment: str
+    key: str
+    selector: str
+
+
+@dataclass(frozen=True)
+class IanaConfig:
+    """[iana] Where and how the IANA root zone database is asked, and how long answers count."""
+
+    rdap_url: str
+    whois_host: str
+    whois_port: int
+    timeout: float
+    fresh_for: float
+    usable_for: float
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """[auth] Token lifetimes and the replay and refusal windows of sender authentication."""
+
+    token_ttl: float
+    replay_window: float
+    refusal_interval: float
+
+
+@dataclass(frozen=True)
+class OutboxConfig:
+    """[outbox] How outgoing mail leaves: a smarthost, or files in a directory."""
+
+    smarthost: str
+    maildir: str
+    smarthost_tls: str
+    smarthost_user: str
+    smarthost_password_file: str
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """[validation] The Validators, the Standing Committee, and how long a request waits for them."""
+
+    validators: tuple[str, ...]
+    committee: str
+    decision_auth: str
+    remind_after: float
+    expire_after: float
+
+
+@dataclass(frozen=True)
+class BroadcastConfig:
+    """[broadcast] The schedule and the label of the roster broadcast."""
+
+    enabled: bool
+    weekday: str
+    hour: int
+    weekly_if_changed: bool
+    catch_up: float
+    dkim_key: str
+    dkim_selector: str
+    tlp: str
+
+
+@dataclass(frozen=True)
+class ListConfig:
+    """[list] The built-in TLD-OPS list."""
+
+    name: str
+    moderate_first_posts: bool
+
+
+@dataclass(frozen=True)
+class RedelegationConfig:
+    """[redelegation] How often and how gently ccTLD administrative contacts are checked at IANA."""
+
+    check_every: float
+    spacing: float
+
+
+@dataclass(frozen=True)
+class BouncesConfig:
+    """[bounces] When repeated delivery failures of an SSC address are reported."""
+
+    threshold: int
+    window: float
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """[log] How much the daemon logs."""
+
+    level: str
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """[metrics] The Prometheus endpoint."""
+
+    listen: str
+
+
+@dataclass(frozen=True)
+class MailmanConfig:
+    """[mailman] The Mailman 3 list kept as the roster's SSCs, and how it is reached."""
+
+    rest_url: str
+    user: str
+    password_file: str
+    list: str
+    lmtp: str
+    retry_base: float
+    retry_max: float
+
+
+@dataclass(frozen=True)
+class OutreachConfig:
+    """[outreach] Invitations to ccTLDs that are not subscribed."""
+
+    interval_days: int
+    home_url: str
+
+
+@dataclass(frozen=True)
+class RulesConfig:
+    """[rules] The operator's policy directory."""
+
+    dir: str
+
+
+def build_section(cls: type[S], values: Mapping[str, object]) -> S:
+    """An instance of the section class ``cls`` from its checked values (by key name).
+
+    Lists become tuples and integers given for a float key become floats, so each field
+    holds exactly its declared type; anything else that does not fit raises TypeError (the
+    schema and the class disagree, which tests/test_config_sections.py catches first).
+    """
+    kwargs: dict[str, object] = {}
+    for name, hint in field_types(cls).items():
+        kwargs[name] = coerce_field(hint, values[name], f"{cls.__name__}.{name}")
+    return cls(**kwargs)
+
+
+def coerce_field(hint: object, value: object, where: str) -> object:
+    """``value`` (as TOML gives it, already checked) in the field type ``hint``."""
+    if hint == tuple[str, ...]:
+        if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+    elif hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is bool or hint is str:
+        if isinstance(value, hint):
+            return value
+    else:
+        raise TypeError(f"{where}: field type {hint!r} is not one a configuration key may have")
+    raise TypeError(f"{where}: {value!r} is not a {hint!r}")
+
+
+def field_types(cls: type) -> Mapping[str, object]:
+    """The fields of a section class and their types, in declaration order (read once)."""
+    found = _FIELD_TYPES.get(cls)
+    if found is None:
+        hints = typing.get_type_hints(cls)
+        found = _FIELD_TYPES[cls] = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+    return found
+
+
+_FIELD_TYPES: dict[type, Mapping[str, object]] = {}
+
+
 @dataclass(frozen=True)
 class Problem:
     key: str
@@ -454,22 +742,68 @@ class ConfigError(Exception):
 
 
 class Config:
-    """The effective configuration: defaults overlaid with the file and the flags."""
+    """The effective configuration: defaults overlaid with the file and the flags.
 
-    def __init__(self, values: Mapping[str, Any], source: str | None = None) -> None:
+    Each section is a typed, frozen attribute (``cfg.server.domain``); components keep the
+    sections they read, and SIGHUP hands them new ones.
+    """
+
+    server: ServerConfig
+    addresses: AddressesConfig
+    postmaster: PostmasterConfig
+    storage: StorageConfig
+    housekeeping: HousekeepingConfig
+    worker: WorkerConfig
+    dns: DnsConfig
+    dkim: DkimConfig
+    iana: IanaConfig
+    auth: AuthConfig
+    outbox: OutboxConfig
+    validation: ValidationConfig
+    broadcast: BroadcastConfig
+    list: ListConfig
+    redelegation: RedelegationConfig
+    bounces: BouncesConfig
+    log: LogConfig
+    metrics: MetricsConfig
+    mailman: MailmanConfig
+    outreach: OutreachConfig
+    rules: RulesConfig
+
+    def __init__(self, values: Mapping[str, object], source: str | None = None) -> None:
         self._values = dict(values)
         self.source = source
+        by_section = self.as_dict()
+        self.server = build_section(ServerConfig, by_section["server"])
+        self.addresses = build_section(AddressesConfig, by_section["addresses"])
+        self.postmaster = build_section(PostmasterConfig, by_section["postmaster"])
+        self.storage = build_section(StorageConfig, by_section["storage"])
+        self.housekeeping = build_section(HousekeepingConfig, by_section["housekeeping"])
+        self.worker = build_section(WorkerConfig, by_section["worker"])
+        self.dns = build_section(DnsConfig, by_section["dns"])
+        self.dkim = build_section(DkimConfig, by_section["dkim"])
+        self.iana = build_section(IanaConfig, by_section["iana"])
+        self.auth = build_section(AuthConfig, by_section["auth"])
+        self.outbox = build_section(OutboxConfig, by_section["outbox"])
+        self.validation = build_section(ValidationConfig, by_section["validation"])
+        self.broadcast = build_section(BroadcastConfig, by_section["broadcast"])
+        self.list = build_section(ListConfig, by_section["list"])
+        self.redelegation = build_section(RedelegationConfig, by_section["redelegation"])
+        self.bounces = build_section(BouncesConfig, by_section["bounces"])
+        self.log = build_section(LogConfig, by_section["log"])
+        self.metrics = build_section(MetricsConfig, by_section["metrics"])
+        self.mailman = build_section(MailmanConfig, by_section["mailman"])
+        self.outreach = build_section(OutreachConfig, by_section["outreach"])
+        self.rules = build_section(RulesConfig, by_section["rules"])
 
-    def __getitem__(self, dotted: str) -> Any:
-        return self._values[dotted]
-
-    def as_dict(self) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    def as_dict(self) -> dict[str, dict[str, object]]:
+        """Section -> key -> value, as the file or the defaults gave it (``config show``)."""
+        out: dict[str, dict[str, object]] = {s: {} for s in SECTIONS}
         for k in SCHEMA:
             out[k.section][k.name] = self._values[k.dotted]
         return out
 
-    def replace(self, **dotted: Any) -> Config:
+    def replace(self, **dotted: object) -> Config:
         """A copy with some keys changed (``replace(**{"server.domain": "x"})``), checked."""
         values = dict(self._values)
         values.update(dotted)
@@ -480,25 +814,25 @@ class Config:
 
     @property
     def hostname(self) -> str:
-        return str(self["server.hostname"] or self["server.domain"])
+        return self.server.hostname or self.server.domain
 
     @property
     def state_dir(self) -> Path:
-        return Path(str(self["storage.state_dir"]))
+        return Path(self.storage.state_dir)
 
     @property
     def database_path(self) -> Path:
-        return self.state_dir / str(self["storage.database"])
+        return self.state_dir / self.storage.database
 
     @property
     def rules_dir(self) -> Path | None:
         """The operator's policy directory, or None: the shipped policy files only."""
-        return Path(str(self["rules.dir"])) if self["rules.dir"] else None
+        return Path(self.rules.dir) if self.rules.dir else None
 
     def file_path(self, dotted: str) -> Path | None:
         """The file a path key names, as the daemon opens it; None when the key is empty."""
-        value = str(self[dotted])
-        if not value:
+        value = self._values[dotted]
+        if not isinstance(value, str) or not value:
             return None
         path = Path(value)
         return self.state_dir / path if _BY_DOTTED[dotted].under_state and not path.is_absolute() else path
@@ -510,8 +844,13 @@ class Config:
 
     @property
     def dkim_selector(self) -> str:
-        """dkim.selector, else (left at its default) its old name broadcast.dkim_selector."""
-        return str(_aliased(self._values, "dkim.selector", "broadcast.dkim_selector"))
+        """dkim.selector, else (left at its default) its old name broadcast.dkim_selector.
+
+        validate_values refuses two different values set under both names.
+        """
+        if self.dkim.selector == _BY_DOTTED["dkim.selector"].default:
+            return self.broadcast.dkim_selector
+        return self.dkim.selector
 
 
 def validate_values(values: Mapping[str, Any]) -> list[Problem]:
@@ -573,7 +912,7 @@ def defaults() -> dict[str, Any]:
     return {k.dotted: k.default for k in SCHEMA}
 
 
-def load(path: Path | None, overrides: Mapping[str, Any] | None = None) -> Config:
+def load(path: Path | None, overrides: Mapping[str, object] | None = None) -> Config:
     """Read ``path`` (None: defaults only), apply overrides, and check everything.
 
     Raises ConfigError listing every problem, so an operator fixes them in one pass.

@@ -24,12 +24,12 @@ class Live:
         if rules is not None:
             self.rules = rules
             self._cctlds = None  # read again with the other rules (SIGHUP)
-        self.parts: dict[str, Service] = local_parts(cfg.as_dict()["addresses"])
+        self.parts: dict[str, Service] = local_parts(cfg.addresses.as_mapping())
 
     def service_address(self, service: str, tag: str | None = None) -> str:
         """Our own address for ``service`` (``confirm+TAG@domain``), as configured."""
-        local = self.cfg[f"addresses.{service}"]
-        domain = self.cfg["server.domain"]
+        local = self.cfg.addresses.local_part(service)
+        domain = self.cfg.server.domain
         return f"{local}+{tag}@{domain}" if tag else f"{local}@{domain}"
 
     def cctld_table(self) -> list[cctlds.Cctld]:

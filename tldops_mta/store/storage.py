@@ -395,8 +395,8 @@ async def standalone(cfg: Config) -> AsyncIterator[tuple[Writer, Reader]]:
     """A Writer and a Reader on the database as the daemon opens them, for a command that
     does the daemon's kind of work (an IANA lookup, invitations): the schema is migrated
     first if the database is new."""
-    kw = {"busy_timeout_ms": int(cfg["storage.busy_timeout_ms"]),
-          "max_size_mb": int(cfg["storage.max_size_mb"])}
+    kw = {"busy_timeout_ms": cfg.storage.busy_timeout_ms,
+          "max_size_mb": cfg.storage.max_size_mb}
     wconn = connect(cfg.database_path, **kw)
     try:
         migrate(wconn)
@@ -404,7 +404,7 @@ async def standalone(cfg: Config) -> AsyncIterator[tuple[Writer, Reader]]:
     except BaseException:
         wconn.close()
         raise
-    writer = Writer(wconn, max_batch=int(cfg["storage.group_commit_max"]))
+    writer = Writer(wconn, max_batch=cfg.storage.group_commit_max)
     reader = Reader(rconn)
     writer.start()
     try:

@@ -17,7 +17,6 @@ import signal
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from tldops_mta import logs
 from tldops_mta.auth.dkim_verify import KeyResolver
@@ -46,24 +45,24 @@ sending server waits for, while a decision can come a moment later (worker.cpu_c
 'batch'; 'idle' yields further, see child_setup.yield_to_intake)."""
 
 
-async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mapping[str, Any],
+async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mapping[str, object],
               wake_fd: int | None, ready_fd: int | None = None, cpu_class: str | None = None) -> int:
     """``config_path`` and ``overrides`` are kept to re-read the configuration on SIGHUP."""
     log = logs.get("worker")
     loop = asyncio.get_running_loop()
-    conn = storage.connect(cfg.database_path, busy_timeout_ms=cfg["storage.busy_timeout_ms"],
-                           max_size_mb=cfg["storage.max_size_mb"])
+    conn = storage.connect(cfg.database_path, busy_timeout_ms=cfg.storage.busy_timeout_ms,
+                           max_size_mb=cfg.storage.max_size_mb)
     have = storage.check_schema(conn)
     if have < storage.latest_version():
         raise storage.SchemaTooNew(f"database schema is version {have}; run 'tldops db migrate'")
-    writer = storage.Writer(conn, max_batch=cfg["storage.group_commit_max"])
+    writer = storage.Writer(conn, max_batch=cfg.storage.group_commit_max)
     writer.start()
     reader = storage.Reader(storage.connect(cfg.database_path,
-                                            busy_timeout_ms=cfg["storage.busy_timeout_ms"]), inline=True)
+                                            busy_timeout_ms=cfg.storage.busy_timeout_ms), inline=True)
     live = Live(cfg, rules.load(cfg.rules_dir))
     # This process serves no SMTP session: DKIM's CPU work runs on its loop, not in a thread.
-    senders = SenderAuth(live, KeyResolver.from_config(cfg), offload=False)
-    iana = IanaClient(cfg, writer, reader)
+    senders = SenderAuth(live, KeyResolver.from_config(cfg.dns), offload=False)
+    iana = IanaClient(cfg.iana, writer, reader)
     worker = Worker(live, writer, reader, dispatch.Dispatcher(dispatch.desks(live, reader, senders, iana)))
     deliverer = Deliverer(cfg, writer, reader)
     clock = QueueClock(live, writer, reader)
@@ -91,7 +90,7 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
         """Ends this process once it has had nothing to do for worker.max_idle seconds and
         nothing falls due sooner (the SMTP process starts it again when needed)."""
         while not stop.is_set():
-            max_idle = float(live.cfg["worker.max_idle"])
+            max_idle = live.cfg.worker.max_idle
             check = min(max_idle, IDLE_CHECK) if max_idle > 0 else IDLE_CHECK
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), check)
@@ -133,8 +132,8 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
         try:
             new = config_mod.load(config_path, overrides)
             live.apply(new, rules.load(new.rules_dir))
-            senders.reconfigure(new)  # new DNS servers and IANA settings: from the next message
-            iana.reconfigure(new)
+            senders.reconfigure(new.dns)  # new DNS servers and IANA settings: from the next message
+            iana.reconfigure(new.iana)
             deliverer.reconfigure(new)
             log.info("worker reloaded")
         except (config_mod.ConfigError, rules.RulesError) as e:
@@ -172,11 +171,11 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
     return 0
 
 
-def main(config_path: Path | None, overrides: Mapping[str, Any], wake_fd: int | None,
+def main(config_path: Path | None, overrides: Mapping[str, object], wake_fd: int | None,
          ready_fd: int | None = None) -> int:
     if wake_fd is not None:
         die_with_parent()
     cfg = config_mod.load(config_path, overrides)
-    cpu_class = yield_to_intake(cfg["worker.cpu_class"], WORKER_NICENESS) if wake_fd is not None else None
-    logs.setup(cfg["log.level"])
+    cpu_class = yield_to_intake(cfg.worker.cpu_class, WORKER_NICENESS) if wake_fd is not None else None
+    logs.setup(cfg.log.level)
     return asyncio.run(run(cfg, config_path, overrides, wake_fd, ready_fd, cpu_class))

@@ -62,14 +62,14 @@ class Worker(DueLoop):
         cfg = self.rt.cfg
         now_given = now is not None
         now = time.time() if now is None else now
-        size = cfg["worker.batch_size"]
+        size = cfg.worker.batch_size
         batch = await self.reader.run(spool.due, now, size)
         if not batch:
             return False
-        if len(batch) < size and cfg["worker.linger"] > 0:
+        if len(batch) < size and cfg.worker.linger > 0:
             # More are probably on their way (an SMTP burst): one claim and one commit of
             # outcomes for all of them costs the intake fewer waits for the database lock.
-            await asyncio.sleep(cfg["worker.linger"])
+            await asyncio.sleep(cfg.worker.linger)
             now = now if now_given else time.time()
             batch = await self.reader.run(spool.due, now, size)
         claimed = set(await self.writer.run(spool.claim([p.id for p in batch], now, self.owner)))
@@ -78,7 +78,7 @@ class Worker(DueLoop):
         # one batch do not depend on each other's effects (those commit together below).
         outcomes = list(await asyncio.gather(*(self.process(p) for p in work)))
         done = time.time()
-        retry_at = done + backoff(1, cfg["worker.retry_base"], cfg["worker.retry_max"])
+        retry_at = done + backoff(1, cfg.worker.retry_base, cfg.worker.retry_max)
         finish = spool.finish(outcomes, done, retry_at, self.owner)
         finished = await self.writer.run(finish)
         replaced = {o.id: o for o in finished.retries}
@@ -108,7 +108,7 @@ class Worker(DueLoop):
         cfg = self.rt.cfg
         try:
             facts = message_facts.read(p.raw)
-            services = services_of(p.rcpt_to, cfg["server.domain"], self.rt.parts)
+            services = services_of(p.rcpt_to, cfg.server.domain, self.rt.parts)
             problem = facts.problem()
             # Mail only for postmaster@/abuse@ goes to a person as it came, however malformed
             # (a broken header is often what it reports): nothing here reads it.
@@ -121,11 +121,11 @@ class Worker(DueLoop):
         except Exception as e:
             attempts = p.attempts + 1
             reason = f"{type(e).__name__}: {e}"[:500]
-            if attempts >= cfg["worker.max_attempts"]:
+            if attempts >= cfg.worker.max_attempts:
                 self.log.exception("message failed", queue_id=p.queue_id, attempts=attempts)
                 return spool.Outcome(p.id, spool.Status.FAILED,
                                      f"gave up after {attempts} attempts: {reason}")
-            delay = backoff(attempts, cfg["worker.retry_base"], cfg["worker.retry_max"])
+            delay = backoff(attempts, cfg.worker.retry_base, cfg.worker.retry_max)
             self.log.warning("attempt failed, will retry", queue_id=p.queue_id, attempts=attempts,
                              retry_in=delay, error=reason)
             return spool.Outcome(p.id, spool.Status.RECEIVED, f"attempt {attempts} failed: {reason}",

@@ -22,7 +22,7 @@ def next_work_at(conn: sqlite3.Connection, cfg: Config) -> float | None:
     times = [t for t in (spool.next_due_at(conn), outbox.next_due_at(conn),
                          queue_clock.next_due_at(conn, cfg), broadcast.next_due_at(conn, cfg),
                          _redelegation_check(conn, cfg), mailman.next_due_at(conn, cfg),
-                         housekeeping.next_due_at(conn, int(cfg["housekeeping.hour"])))
+                         housekeeping.next_due_at(conn, cfg.housekeeping.hour))
              if t is not None]
     return min(times) if times else None
 
