@@ -8,7 +8,7 @@ import typing
 
 import pytest
 
-from tldops_mta.settings import config
+from tldops_mta.settings import config, sections
 
 
 def section_classes() -> dict[str, type]:
@@ -26,7 +26,7 @@ def test_a_section_class_has_exactly_the_schema_keys_with_defaults_of_their_type
     cls = section_classes()[section]
     assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen  # type: ignore[attr-defined]
     keys = [k for k in config.SCHEMA if k.section == section]
-    fields = config.field_types(cls)
+    fields = sections.field_types(cls)
     assert sorted(fields) == sorted(k.name for k in keys), f"[{section}] fields and schema keys differ"
     for k in keys:
         hint = fields[k.name]
@@ -34,7 +34,7 @@ def test_a_section_class_has_exactly_the_schema_keys_with_defaults_of_their_type
         exact = {tuple[str, ...]: list}.get(hint, hint)
         assert type(k.default) is exact, f"{k.dotted}: default {k.default!r} is not a {hint}"
         # ... and as the section holds it.
-        value = config.coerce_field(hint, k.default, k.dotted)
+        value = sections.coerce_field(hint, k.default, k.dotted)
         assert value == (tuple(k.default) if isinstance(k.default, list) else k.default)
 
 
@@ -71,6 +71,6 @@ def test_each_service_has_its_local_part() -> None:
 
 def test_a_field_type_no_key_may_have_is_refused() -> None:
     with pytest.raises(TypeError):
-        config.coerce_field(list[int], [1], "x.y")
+        sections.coerce_field(list[int], [1], "x.y")
     with pytest.raises(TypeError):
-        config.coerce_field(int, True, "x.y")
+        sections.coerce_field(int, True, "x.y")

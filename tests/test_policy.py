@@ -9,9 +9,9 @@ import pytest
 from tldops_mta.policy import roster_policy
 from tldops_mta.policy.request_form import parse_form
 from tldops_mta.policy.roster_policy import RosterEntry, judge
-from tldops_mta.settings import rules
+from tldops_mta.settings import policy_files
 
-REPO_RULES = rules.load(Path(__file__).resolve().parent.parent / "rules")
+REPO_RULES = policy_files.load(Path(__file__).resolve().parent.parent / "rules")
 
 JANE = RosterEntry("primary", "Jane", "Doe", "+35621334455", "jane.doe@nic.org.mt")
 JOHN = RosterEntry("secondary", "John", "Roe", "+35621334456", "john.roe@nic.org.mt")
@@ -113,8 +113,8 @@ def test_a_ccTLD_without_a_country_wants_the_country_code() -> None:
 ])
 def test_a_wrong_rules_table_is_refused_on_load(tmp_path: Path, roster_toml: str, expected: str) -> None:
     (tmp_path / "roster.toml").write_text(roster_toml, encoding="utf-8")
-    with pytest.raises(rules.RulesError) as e:
-        rules.load(tmp_path)
+    with pytest.raises(policy_files.RulesError) as e:
+        policy_files.load(tmp_path)
     assert any(expected in p for p in e.value.problems), e.value.problems
 
 

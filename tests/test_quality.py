@@ -34,8 +34,19 @@ def test_no_runtime_state_is_tracked() -> None:
 def test_the_smtp_process_does_not_load_what_only_the_worker_needs() -> None:
     # bench/intake's idle memory figure (< 60 MB) rests on this: the SMTP process imports
     # work_due to ask when work is due, and must not pull in the worker's libraries.
-    code = ("import sys, tldops_mta.daemon.serve; "
+    # What `tldops serve` imports: the command line, its process group, the SMTP process.
+    code = ("import sys, tldops_mta.cli.main, tldops_mta.cli.processes, tldops_mta.daemon.serve; "
             "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))")
     loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                 timeout=60).stdout.split())
     assert loaded.isdisjoint({"vobject", "cryptography", "dkim", "nacl", "dns", "httpx", "aiosmtplib"})
+
+
+def test_the_spool_appender_loads_neither_asyncio_nor_structlog() -> None:
+    # The appender commits what the SMTP loop waits for; it runs no event loop and logs
+    # nothing itself (docs/architecture.md, the three processes).
+    code = ("import sys, tldops_mta.intake.appender; "
+            "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))")
+    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                timeout=60).stdout.split())
+    assert loaded.isdisjoint({"asyncio", "structlog"})

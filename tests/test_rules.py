@@ -15,7 +15,7 @@ from pathlib import Path
 from daemon_proc import DOMAIN, DaemonProc, write_config
 
 from tldops_mta.policy import roster_policy
-from tldops_mta.settings import cctlds, rules
+from tldops_mta.settings import cctlds, policy_files
 
 SHIPPED_REPLIES = tomllib.loads((Path(__file__).resolve().parent.parent / "rules" / "replies.toml")
                                 .read_text("utf-8"))
@@ -39,9 +39,9 @@ def own_replies(directory: Path) -> Path:
 
 
 def test_without_rules_dir_every_policy_file_is_the_shipped_one(tmp_path: Path) -> None:
-    assert rules.sources(None) == {"roster.toml": "shipped", "replies.toml": "shipped",
+    assert policy_files.sources(None) == {"roster.toml": "shipped", "replies.toml": "shipped",
                                    "cctlds.csv": "shipped"}
-    loaded = rules.load(None)
+    loaded = policy_files.load(None)
     roles = roster_policy.table(loaded)["addresses"]["role_local_parts"]
     built_in = roster_policy.DEFAULTS["addresses"]["role_local_parts"]
     assert {"cert", "csirt"} <= set(roles) and len(roles) > len(built_in)
@@ -54,31 +54,31 @@ def test_without_rules_dir_every_policy_file_is_the_shipped_one(tmp_path: Path) 
 
 def test_the_operators_file_replaces_only_the_shipped_file_of_its_name(tmp_path: Path) -> None:
     own = own_replies(tmp_path)
-    assert rules.sources(tmp_path) == {"roster.toml": "shipped", "replies.toml": str(own),
+    assert policy_files.sources(tmp_path) == {"roster.toml": "shipped", "replies.toml": str(own),
                                        "cctlds.csv": "shipped"}
-    loaded = rules.load(tmp_path)
+    loaded = policy_files.load(tmp_path)
     assert loaded["replies"]["help"]["subject"] == OWN_HELP_SUBJECT
     assert "csirt" in roster_policy.table(loaded)["addresses"]["role_local_parts"]  # roster.toml: shipped
     assert len(cctlds.load(tmp_path)) == len(cctlds.load(None))  # cctlds.csv: shipped
     (tmp_path / "cctlds.csv").write_text(",".join(cctlds.COLUMNS) + "\nmt,,Malta,EUR,1992-12-02,,yes\n")
     assert [c.tld for c in cctlds.load(tmp_path)] == ["mt"]
-    assert rules.sources(tmp_path)["cctlds.csv"] == str(tmp_path / "cctlds.csv")
+    assert policy_files.sources(tmp_path)["cctlds.csv"] == str(tmp_path / "cctlds.csv")
 
 
 def test_a_rules_dir_that_cannot_be_used_is_named_by_every_reader(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere"
-    for reader in (rules.load, rules.sources, cctlds.load):
+    for reader in (policy_files.load, policy_files.sources, cctlds.load):
         try:
             reader(missing)
-        except rules.RulesError as e:
+        except policy_files.RulesError as e:
             assert e.problems == [f"rules.dir {missing}: No such file or directory"]
         else:
             raise AssertionError(f"{reader.__qualname__} read a rules.dir that does not exist")
     # A misspelt policy file would leave the shipped one in force without a word: refused.
     (tmp_path / "rosters.toml").write_text("[ssc]\nmax_per_cctld = 2\n")
     try:
-        rules.load(tmp_path)
-    except rules.RulesError as e:
+        policy_files.load(tmp_path)
+    except policy_files.RulesError as e:
         assert e.problems == [f"{tmp_path / 'rosters.toml'}: not a policy file "
                               "(those are roster.toml, replies.toml, cctlds.csv)"]
     else:

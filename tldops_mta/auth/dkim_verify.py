@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from publicsuffixlist import PublicSuffixList
 
 from tldops_mta import metrics
-from tldops_mta.settings.config import DnsConfig
+from tldops_mta.settings.sections import DnsConfig
 
 T = TypeVar("T")
 

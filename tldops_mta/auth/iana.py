@@ -27,7 +27,8 @@ from tldops_mta import logs, metrics
 from tldops_mta.auth import iana_answers as answers
 from tldops_mta.auth.iana_answers import MAX_ANSWER, AnswerError, NotDelegated
 from tldops_mta.settings.cctlds import tld_labels
-from tldops_mta.settings.config import Config, IanaConfig
+from tldops_mta.settings.config import Config
+from tldops_mta.settings.sections import IanaConfig
 from tldops_mta.store import storage
 from tldops_mta.store.storage import Reader, Writer
 

@@ -12,8 +12,8 @@ import time
 from dataclasses import dataclass
 
 from tldops_mta.auth.dkim_verify import DkimReport, KeyResolver, SignatureResult, verify
-from tldops_mta.settings.config import DnsConfig
 from tldops_mta.settings.live import Live
+from tldops_mta.settings.sections import DnsConfig
 from tldops_mta.store import spool
 
 

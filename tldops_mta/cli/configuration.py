@@ -20,7 +20,7 @@ from tldops_mta.cli.shared import (
 from tldops_mta.mail import dkim_keys
 from tldops_mta.ops import config_files
 from tldops_mta.settings import config as config_mod
-from tldops_mta.settings import rules
+from tldops_mta.settings import policy_files
 from tldops_mta.store import storage
 
 
@@ -35,8 +35,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
         problems += [str(p) for p in config_files.problems(cfg)]
         try:
-            rules.load(cfg.rules_dir)
-        except rules.RulesError as e:
+            policy_files.load(cfg.rules_dir)
+        except policy_files.RulesError as e:
             problems += [f"rules: {p}" for p in e.problems]
     notes = ["no dkim.key: the mail the daemon sends goes out without a DKIM signature"
              ] if cfg is not None and cfg.dkim_key is None else []

@@ -20,7 +20,7 @@ from tldops_mta.cli.shared import (
 )
 from tldops_mta.policy.queue_states import State
 from tldops_mta.settings import config as config_mod
-from tldops_mta.settings import rules
+from tldops_mta.settings import policy_files
 from tldops_mta.settings.recipients import Service
 from tldops_mta.store import private_state, spool, storage
 
@@ -240,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for p in e.problems:
             print(f"configuration: {p}", file=sys.stderr)
         return EXIT_ERROR
-    except (CliError, storage.SchemaTooNew, rules.RulesError) as e:
+    except (CliError, storage.SchemaTooNew, policy_files.RulesError) as e:
         print(f"tldops: {e}", file=sys.stderr)
         return EXIT_ERROR
     except sqlite3.Error as e:

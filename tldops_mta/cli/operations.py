@@ -25,7 +25,7 @@ from tldops_mta.daemon import health
 from tldops_mta.daemon.pid_files import running as running_pid
 from tldops_mta.ops import outreach, persons, stats
 from tldops_mta.policy.texts import counted
-from tldops_mta.settings import cctlds, rules
+from tldops_mta.settings import cctlds, policy_files
 from tldops_mta.store import backups, storage
 
 
@@ -37,8 +37,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     pid = running_pid(cfg.state_dir)
     problems = ([] if pid is not None else ["the daemon is not running"]) + h.problems
     try:
-        policy: dict[str, str] | None = rules.sources(cfg.rules_dir)
-    except rules.RulesError as e:
+        policy: dict[str, str] | None = policy_files.sources(cfg.rules_dir)
+    except policy_files.RulesError as e:
         policy = None
         problems += [f"rules: {p}" for p in e.problems]
     if args.json:

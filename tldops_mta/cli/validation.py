@@ -23,7 +23,7 @@ from tldops_mta.policy.queue_states import Actor, Event
 from tldops_mta.policy.texts import missing
 from tldops_mta.request_queue import listing, transitions
 from tldops_mta.roster import roster_table
-from tldops_mta.settings import rules
+from tldops_mta.settings import policy_files
 from tldops_mta.settings.live import Live
 from tldops_mta.store import storage
 
@@ -81,7 +81,7 @@ def cmd_queue_decide(args: argparse.Namespace) -> int:
     wins), recorded as made by the local user."""
 
     cfg = load_config(args)
-    live = Live(cfg, rules.load(cfg.rules_dir))
+    live = Live(cfg, policy_files.load(cfg.rules_dir))
     conn = open_db(cfg)
     by = transitions.By(Actor.VALIDATOR, f"cli:{getpass.getuser()}", "cli")
     reason = " ".join(args.reason) or None
@@ -110,7 +110,7 @@ def cmd_list_decide(args: argparse.Namespace) -> int:
     local user; a release is taken up by the daemon at once."""
 
     cfg = load_config(args)
-    live = Live(cfg, rules.load(cfg.rules_dir))
+    live = Live(cfg, policy_files.load(cfg.rules_dir))
     conn = open_db(cfg)
     by, reason = f"cli:{getpass.getuser()}", " ".join(args.reason) or None
     result = storage.commit_one(conn, lambda c: list_desk.decide(live, c, args.item_id, args.release,

@@ -29,7 +29,7 @@ from tldops_mta.intake.smtp_server import Runtime
 from tldops_mta.ops import config_files
 from tldops_mta.roster import mailman
 from tldops_mta.settings import config as config_mod
-from tldops_mta.settings import rules
+from tldops_mta.settings import policy_files
 from tldops_mta.store import private_state, spool, storage
 from tldops_mta.worker import work_due
 
@@ -52,8 +52,8 @@ class Daemon:
         files = config_files.problems(self.cfg)
         if files:
             raise config_mod.ConfigError(files)  # before anything starts
-        self.rules = rules.load(self.cfg.rules_dir)  # a rules.dir that cannot be read: no start
-        self.rule_sources = rules.sources(self.cfg.rules_dir)
+        self.rules = policy_files.load(self.cfg.rules_dir)  # a rules.dir that cannot be read: no start
+        self.rule_sources = policy_files.sources(self.cfg.rules_dir)
         self.log = logs.get("daemon")
         self._stop = asyncio.Event()
         self.inherited = inherited_sockets()
@@ -197,9 +197,9 @@ class Daemon:
             files = config_files.problems(cfg)
             if files:
                 raise config_mod.ConfigError(files)
-            new_rules = rules.load(cfg.rules_dir)
-            new_sources = rules.sources(cfg.rules_dir)
-        except (config_mod.ConfigError, rules.RulesError) as e:
+            new_rules = policy_files.load(cfg.rules_dir)
+            new_sources = policy_files.sources(cfg.rules_dir)
+        except (config_mod.ConfigError, policy_files.RulesError) as e:
             self.log.error("reload refused, keeping the running configuration",
                            problems=str(e))  # each problem in words, "; " between
             return

@@ -19,7 +19,7 @@ from tldops_mta.auth.iana import IanaClient, LookupUnavailable
 from tldops_mta.mail import mailing
 from tldops_mta.mail.tlp import Tlp
 from tldops_mta.ops import stats
-from tldops_mta.settings import cctlds, rules
+from tldops_mta.settings import cctlds, policy_files
 from tldops_mta.settings.config import Config
 from tldops_mta.settings.live import Live
 from tldops_mta.store import storage
@@ -71,7 +71,7 @@ def too_soon(last: float | None, now: float, interval_days: int) -> str | None:
 def run(cfg: Config, *, region: str | None, dry_run: bool, now: float | None = None) -> list[Invite]:
     """Invite (or, dry, list) every candidate; the outcome of each."""
     table = cctlds.load(cfg.rules_dir)
-    live = Live(cfg, rules.load(cfg.rules_dir))
+    live = Live(cfg, policy_files.load(cfg.rules_dir))
     return asyncio.run(_run(live, table, region, dry_run, time.time() if now is None else now))
 
 

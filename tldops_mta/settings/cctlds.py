@@ -18,7 +18,7 @@ from pathlib import Path
 
 import idna
 
-from tldops_mta.settings import rules
+from tldops_mta.settings import policy_files
 
 FILE = "cctlds.csv"
 COLUMNS = ("tld", "unicode", "country", "region", "delegated", "retired", "counted")
@@ -53,7 +53,7 @@ def tld_labels(name: str) -> tuple[str, str]:
     return a_label, u_label
 
 
-class CctldsError(rules.RulesError):
+class CctldsError(policy_files.RulesError):
     """A problem of cctlds.csv: one of the policy files' problems."""
 
 
@@ -127,9 +127,9 @@ def load(override: Path | None) -> list[Cctld]:
     """Every row of the cctlds.csv in force (the operator's ``rules.dir`` one, else the
     shipped one); CctldsError names each bad line, or why the file cannot be read."""
     try:
-        f = rules.in_force(override)[FILE]
+        f = policy_files.in_force(override)[FILE]
         text = f.text()
-    except rules.RulesError as e:
+    except policy_files.RulesError as e:
         raise CctldsError(e.problems) from e
     return parse(text, f.label)
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from tldops_mta.settings import cctlds
 from tldops_mta.settings.config import Config
+from tldops_mta.settings.policy_files import Rules
 from tldops_mta.settings.recipients import Service, local_parts
-from tldops_mta.settings.rules import Rules
 
 
 class Live:

@@ -18,8 +18,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tldops_mta.logs import redact_address
-
 PRIVATE_UMASK = 0o077
 SHOWN = 20
 """At most this many changed paths are named (a state with years of outgoing mail would
@@ -40,6 +38,8 @@ class Tightened:
     def shown_path(self) -> str:
         """The path with any component naming an address redacted (outgoing mail is filed
         under its recipient's address)."""
+        from tldops_mta.logs import redact_address  # here: the spool appender keeps structlog out
+
         return str(Path(*(redact_address(p) if "@" in p else p for p in self.path.parts)))
 
     def as_dict(self) -> dict[str, str]:

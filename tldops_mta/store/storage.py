@@ -10,7 +10,6 @@ the event loop holds the interpreter lock. Why, and measured: docs/architecture.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import queue
 import re
@@ -159,6 +158,8 @@ class Reader:
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         if self._inline:
             return fn(self._conn, *args)
+        import asyncio  # here: the spool appender imports this module and runs no event loop
+
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: fn(self._conn, *args))
 
@@ -326,6 +327,8 @@ class Writer:
         self.jobs = 0
 
     def start(self) -> None:
+        import asyncio  # here: the spool appender imports this module and runs no event loop
+
         self._loop = asyncio.get_running_loop()
         self._thread = threading.Thread(target=self._run, name="tldops-writer", daemon=True)
         self._thread.start()
@@ -345,6 +348,8 @@ class Writer:
         if self._thread is None:
             return
         self._queue.put(_STOP)
+        import asyncio  # here: the spool appender imports this module and runs no event loop
+
         await asyncio.to_thread(self._thread.join)
         self._thread = None
         self._conn.close()

@@ -30,7 +30,7 @@ from tldops_mta.roster.broadcast import BroadcastClock
 from tldops_mta.roster.mailman import MailmanLoop
 from tldops_mta.roster.redelegation import RedelegationWatch
 from tldops_mta.settings import config as config_mod
-from tldops_mta.settings import rules
+from tldops_mta.settings import policy_files
 from tldops_mta.settings.live import Live
 from tldops_mta.store import spool, storage
 from tldops_mta.worker import dispatch, work_due
@@ -59,7 +59,7 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
     writer.start()
     reader = storage.Reader(storage.connect(cfg.database_path,
                                             busy_timeout_ms=cfg.storage.busy_timeout_ms), inline=True)
-    live = Live(cfg, rules.load(cfg.rules_dir))
+    live = Live(cfg, policy_files.load(cfg.rules_dir))
     # This process serves no SMTP session: DKIM's CPU work runs on its loop, not in a thread.
     senders = SenderAuth(live, KeyResolver.from_config(cfg.dns), offload=False)
     iana = IanaClient(cfg.iana, writer, reader)
@@ -131,12 +131,12 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
     def reload() -> None:
         try:
             new = config_mod.load(config_path, overrides)
-            live.apply(new, rules.load(new.rules_dir))
+            live.apply(new, policy_files.load(new.rules_dir))
             senders.reconfigure(new.dns)  # new DNS servers and IANA settings: from the next message
             iana.reconfigure(new.iana)
             deliverer.reconfigure(new)
             log.info("worker reloaded")
-        except (config_mod.ConfigError, rules.RulesError) as e:
+        except (config_mod.ConfigError, policy_files.RulesError) as e:
             log.error("worker reload refused", problems=[str(p) for p in e.problems])
 
     for sig in (signal.SIGTERM, signal.SIGINT):
