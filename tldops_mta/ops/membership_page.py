@@ -168,7 +168,8 @@ th,td{padding:.3rem .35rem;border-bottom:1px solid #d6d6d6;text-align:right;vert
 th[scope=row],thead th:first-child{text-align:left;font-weight:normal}
 thead th{font-weight:600;vertical-align:bottom}
 tr.total th,tr.total td{font-weight:600;border-top:2px solid #888}
-.pct{color:#555;white-space:nowrap}
+.pct,time{white-space:nowrap}
+.pct{color:#555}
 .summary{color:#444;margin:.25rem 0}
 ul.members{list-style:none;padding:0;margin:.5rem 0;columns:15rem;column-gap:2rem}
 ul.members li{break-inside:avoid;padding:.1rem 0;overflow-wrap:anywhere}
