@@ -163,6 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", action="store_true", help="the summary as CSV, one row per kind and region")
     p.set_defaults(func="operations:cmd_stats")
 
+    p = _action(sub, "publish", help="write the public membership page (index.html, members.json: "
+                "subscribed ccTLDs per region, how to join; no personal data) into DIR", json=True)
+    p.add_argument("dir", metavar="DIR", type=Path, nargs="?",
+                   help="the web server's directory, created if missing (default: publish.dir)")
+    p.set_defaults(func="operations:cmd_publish")
+
     p = _action(sub, "backup", help="copy the whole database to FILE (safe while the daemon runs)",
                 json=True)
     p.add_argument("file", metavar="FILE", type=Path, help="a new file (never overwritten)")

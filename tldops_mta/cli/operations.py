@@ -1,4 +1,5 @@
-"""Running the service: health, statistics, backups, personal data, invitations."""
+"""Running the service: health, statistics, the membership page, backups, personal data,
+invitations."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import getpass
 import json
 import sys
 import time
+from pathlib import Path
 
 from tldops_mta.cli.shared import (
     EXIT_ERROR,
@@ -23,9 +25,10 @@ from tldops_mta.cli.shared import (
 )
 from tldops_mta.daemon import health
 from tldops_mta.daemon.pid_files import running as running_pid
-from tldops_mta.ops import outreach, persons, stats
+from tldops_mta.ops import outreach, persons, publish, stats
 from tldops_mta.policy.texts import counted
 from tldops_mta.settings import cctlds, policy_files
+from tldops_mta.settings.live import Live
 from tldops_mta.store import backups, storage
 
 
@@ -97,6 +100,27 @@ def cmd_stats(args: argparse.Namespace) -> int:
         sys.stdout.write(stats.render_csv(result))
     else:
         print(stats.render_text(result), end="")
+    return EXIT_OK
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    """The public membership page, written now whether or not it changed (the nightly
+    housekeeping writes it only when it would change)."""
+    cfg = load_config(args)
+    directory = args.dir if args.dir is not None else Path(cfg.publish.dir) if cfg.publish.dir else None
+    if directory is None:
+        raise CliError("name the directory to write the page into (tldops publish DIR), or set publish.dir")
+    table = cctld_table(cfg)
+    page = publish.gather(open_db(cfg), table, Live(cfg), dt.datetime.now(dt.UTC).date())
+    try:
+        done = publish.write(directory, page)
+    except OSError as e:
+        raise CliError(f"the page was not written, what {directory} held is unchanged: {e}") from e
+    if args.json:
+        print_json(done.as_dict())
+    else:
+        print(f"membership page written: {', '.join(str(p) for p in done.files)} "
+              f"({counted(page.subscribed, 'ccTLD')} subscribed, data of {page.day.isoformat()} UTC)")
     return EXIT_OK
 
 

@@ -5,7 +5,9 @@
   so are requests: kept only as long as the operator said). Envelopes, statuses and the
   audit trail stay, so the history is still whole;
 - once a month, the subscription statistics (``tldops stats``) to the Validators and the
-  Standing Committee, as the report asks of the TLD-OPS secretariat.
+  Standing Committee, as the report asks of the TLD-OPS secretariat;
+- with publish.dir set, the public membership page, rewritten when it would change (a
+  failed write is logged and tried again the next night).
 
 Each day is claimed in ``housekeeping_runs`` (each month in ``stats_reports``) in the same
 transaction as its work: a restart never purges twice nor mails the statistics twice.
@@ -13,16 +15,18 @@ transaction as its work: a restart never purges twice nor mails the statistics t
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from tldops_mta import logs
 from tldops_mta.mail import mailing
 from tldops_mta.mail.tlp import Tlp
-from tldops_mta.ops import stats
+from tldops_mta.ops import publish, stats
 from tldops_mta.settings import cctlds
 from tldops_mta.settings.live import Live
 from tldops_mta.store.due_loop import DueLoop
@@ -110,9 +114,30 @@ class Housekeeping(DueLoop):
         if mailed:
             self.on_mail()
         if purged is not None:
+            page = await self.membership_page(day) if cfg.publish.dir else "off"
             self.log.info("housekeeping done", day=day.isoformat(), spool_raw_purged=purged.spool_raw,
-                          outbox_raw_purged=purged.outbox_raw, monthly_stats_mailed=mailed)
+                          outbox_raw_purged=purged.outbox_raw, monthly_stats_mailed=mailed,
+                          membership_page=page)
         return True
+
+    async def membership_page(self, day: dt.date) -> str:
+        """The public page in publish.dir, when it would change: 'written', 'unchanged', or
+        'failed' (logged; the next night tries again, nothing else depends on it)."""
+        live = self.rt
+        directory = Path(live.cfg.publish.dir)
+        try:
+            table = live.cctld_table()
+            page = await self.reader.run(lambda c: publish.gather(c, table, live, day))
+            # Files and fsync: off the event loop.
+            done = await asyncio.to_thread(publish.publish_if_changed, directory, page)
+        except (OSError, sqlite3.Error, cctlds.CctldsError) as e:
+            self.log.error("membership page not written; tried again next night",
+                           dir=str(directory), error=str(e))
+            return "failed"
+        if done.changed:
+            self.log.info("membership page written", dir=str(directory),
+                          roster_version=page.roster_version, subscribed=page.subscribed)
+        return "written" if done.changed else "unchanged"
 
 
 def monthly_stats(live: Live, conn: sqlite3.Connection, table: list[cctlds.Cctld], day: dt.date,

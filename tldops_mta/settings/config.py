@@ -33,6 +33,7 @@ from tldops_mta.settings.sections import (
     OutboxConfig,
     OutreachConfig,
     PostmasterConfig,
+    PublishConfig,
     RedelegationConfig,
     RulesConfig,
     ServerConfig,
@@ -453,6 +454,12 @@ SCHEMA: tuple[Key, ...] = (
         "once in this many days."),
     Key("outreach", "home_url", "", _string(r"(https://\S+)?", "an https:// URL, or \"\""),
         "The TLD-OPS home page, named in invitations (empty: not named)."),
+    Key("publish", "dir", "", _path_or_empty,
+        "Directory of the public membership page (index.html, members.json: the subscribed "
+        "ccTLDs per region and how to join, no personal data), rewritten by the nightly "
+        "housekeeping when it would change; created if missing. \"\": no page is written "
+        "(`tldops publish DIR` writes one anyway). Best absolute: a relative path is from the "
+        "daemon's working directory."),
     Key("rules", "dir", "", _path_or_empty,
         "The operator's policy directory: each of roster.toml, replies.toml and cctlds.csv in it "
         "replaces the shipped one, the others stay shipped; \"\" uses the shipped files. A "
@@ -506,6 +513,7 @@ class Config:
     metrics: MetricsConfig
     mailman: MailmanConfig
     outreach: OutreachConfig
+    publish: PublishConfig
     rules: RulesConfig
 
     def __init__(self, values: Mapping[str, object], source: str | None = None) -> None:
@@ -532,6 +540,7 @@ class Config:
         self.metrics = build_section(MetricsConfig, by_section["metrics"])
         self.mailman = build_section(MailmanConfig, by_section["mailman"])
         self.outreach = build_section(OutreachConfig, by_section["outreach"])
+        self.publish = build_section(PublishConfig, by_section["publish"])
         self.rules = build_section(RulesConfig, by_section["rules"])
 
     def as_dict(self) -> dict[str, dict[str, object]]:

@@ -243,6 +243,13 @@ class OutreachConfig:
 
 
 @dataclass(frozen=True)
+class PublishConfig:
+    """[publish] The public membership page."""
+
+    dir: str
+
+
+@dataclass(frozen=True)
 class RulesConfig:
     """[rules] The operator's policy directory."""
 
