@@ -317,8 +317,7 @@ def test_a_page_that_cannot_be_written_is_logged_and_written_the_next_night(
 
 def chromium(*args: str, workdir: Path) -> subprocess.CompletedProcess[str]:
     exe = shutil.which("chromium")
-    if exe is None:
-        pytest.skip("headless Chromium is not installed (Debian package chromium; .ci/run installs it)")
+    assert exe is not None, "headless Chromium is missing (Debian package chromium; .ci/run installs it)"
     return subprocess.run(
         [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
