@@ -65,11 +65,15 @@ def text(table: Sequence[Row], made_at: float, label: str) -> str:
                 out.append("")
             out.append(r.shown_tld)
             current = r.tld
-        e = r.entry
-        out.append(f"  {e.first_name} {e.last_name} ({e.role})")
-        out.append(f"    {e.phone}  {e.email}")
+        out += entry_lines(r)
     out += ["", f"[{label}] Share only as the label allows."]
     return "\n".join(out) + "\n"
+
+
+def entry_lines(r: Row) -> list[str]:
+    """One SSC as the text table shows it: what an SSC asked to re-confirm their entry sees."""
+    e = r.entry
+    return [f"  {e.first_name} {e.last_name} ({e.role})", f"    {e.phone}  {e.email}"]
 
 
 def to_csv(table: Sequence[Row]) -> str:
