@@ -8,8 +8,11 @@ servers.
 
 from __future__ import annotations
 
+import email
+import json
 import signal
 import time
+from email.message import Message
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ from auth_env import ADMIN, ATTACKER, form, request
 from daemon_proc import write_config
 from outcome_faults import fail_outcome_once, failed_once
 from test_bounces import bounce
+from test_observability import scrape
 from test_workflow import JANE, JOHN, MARY, OTHER_VALIDATOR, VALIDATOR, Flow, flow, subscribed
 
 DAY = 86400.0
@@ -276,3 +280,106 @@ def test_a_daemon_that_was_down_catches_up_with_one_reminder_then_the_notice(tmp
         assert len(f.mails_to(VALIDATOR, NOTICE)) == 1 and len(f.mails_to(JANE[4], REMINDER)) == 1
         assert f.d.query("SELECT kind, count(*) FROM freshness_mails GROUP BY kind ORDER BY kind") == [
             ("ask", 1), ("notice", 1), ("reminder", 1)]
+
+
+# -- what the roster, the commands and the statistics show -------------------------------------
+
+def preview(f: Flow) -> Message:
+    out = f.tldops("broadcast", "preview")
+    assert out.returncode == 0, out.stderr
+    return email.message_from_string(out.stdout)
+
+
+def parts(m: Message) -> dict[str, str]:
+    """The broadcast's text, CSV and vCard, decoded."""
+    out = {}
+    for part in m.walk():
+        if part.get_content_maintype() == "text":
+            payload = part.get_payload(decode=True)
+            assert isinstance(payload, bytes)
+            out[part.get_filename() or "text"] = payload.decode("utf-8")
+    return out
+
+
+def stale(f: Flow, ssc: tuple[str, ...]) -> None:
+    """``ssc`` asked, and silent past freshness.stale_after: unconfirmed, the notice sent."""
+    ask_now(f, ssc)
+    asked(f, ssc)
+    travel(f, 42 * DAY + 1)
+    f.d.wait_for("freshness notice")
+
+
+def test_the_broadcast_marks_an_unconfirmed_ssc_until_they_confirm(tmp_path: Path) -> None:
+    with flow(tmp_path, **ON) as f:
+        subscribed_fresh(f, JANE, JOHN)
+        assert "unconfirmed since" not in str(parts(preview(f)))
+        stale(f, JANE)
+        month = time.strftime("%Y-%m", time.gmtime(row(f, JANE[4])["unconfirmed_since"]))
+        shown = parts(preview(f))
+        jane = f"  Jane Doe (primary)\n    +35621334455  jane.doe@nic.org.mt\n    unconfirmed since {month}\n"
+        assert jane in shown["text"]
+        assert "John Roe (secondary)\n    +35621334456  john.roe@nic.org.mt\n\n" in shown["text"] + "\n"
+        assert f"{JANE[4]},{month}\r\n" in shown["tld-ops-roster.csv"]
+        assert f"{JOHN[4]},\r\n" in shown["tld-ops-roster.csv"]
+        assert f"NOTE:unconfirmed since {month}" in shown["tld-ops-roster.vcf"]
+        assert shown["tld-ops-roster.vcf"].count("NOTE:") == 1
+        exported = json.loads(f.tldops("roster", "export", "--format", "json").stdout)["roster"]
+        assert [r["unconfirmed_since"] for r in exported] == [month, None]
+        # A later confirmation (the last mail's token) clears the mark.
+        assert f.answer(asked(f, JANE), JANE[4])[0] == "done"
+        assert "unconfirmed since" not in str(parts(preview(f)))
+
+
+def test_roster_show_the_freshness_command_status_and_stats(tmp_path: Path) -> None:
+    with flow(tmp_path, **ON) as f:
+        subscribed_fresh(f, JANE, JOHN, MARY)
+        shown = f.tldops("roster", "show")
+        assert shown.returncode == 0 and shown.stdout.count("last confirmed: never") == 3
+        stale(f, JANE)
+        ask_now(f, JOHN)
+        assert f.answer(asked(f, JOHN), JOHN[4])[0] == "done"
+        ask_now(f, MARY)
+        asked(f, MARY)
+        today = time.strftime("%Y-%m-%d", time.gmtime())
+        shown = f.tldops("roster", "show")
+        assert f"last confirmed: {today}" in shown.stdout and shown.stdout.count("last confirmed: never") == 2
+        # tldops freshness: who is unconfirmed, who was asked, who is next.
+        out = f.tldops("freshness")
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        assert lines[0] == "Unconfirmed (the roster marks them; nobody is removed): 1"
+        assert JANE[4] in lines[1] and "the IANA contact and the Validators were told" in lines[1]
+        assert lines[2] == "Asked, no answer yet: 1" and MARY[4] in lines[3]
+        assert lines[4] == "Next asks: 2"
+        listed = json.loads(f.tldops("freshness", "--json").stdout)
+        assert listed["enabled"] is True
+        assert [r["email"] for r in listed["unconfirmed"]] == [JANE[4]]
+        assert [r["email"] for r in listed["awaiting_answer"]] == [MARY[4]]
+        # Next: Jane's next round (a year after her ask), John's (a year after his answer), and
+        # Mary's round stays open: she is not among the next asks.
+        assert [r["email"] for r in listed["next_asks"]] == [JANE[4], JOHN[4]]
+        # Health (tldops status, the metrics): the counts.
+        status = json.loads(f.tldops("status", "--json").stdout)
+        assert (status["sscs_unconfirmed"], status["sscs_awaiting_answer"]) == (1, 1)
+        metrics = scrape(f.d)
+        assert metrics['tldops_freshness_sscs{state="unconfirmed"}'] == 1
+        assert metrics['tldops_freshness_sscs{state="awaiting_answer"}'] == 1
+        # Stats: the share of SSCs confirmed (or added) within the interval, per region.
+        f.d.execute("UPDATE roster SET since = ? WHERE email != ?", (time.time() - 2 * YEAR, JOHN[4]))
+        counted = json.loads(f.tldops("stats", "--json").stdout)
+        assert counted["confirmed_within_days"] == 365
+        assert counted["sscs_confirmed"]["total"] == {"sscs": 3, "confirmed": 1, "confirmed_pct": 33}
+        assert counted["sscs_confirmed"]["EUR"] == {"sscs": 3, "confirmed": 1, "confirmed_pct": 33}
+        text = f.tldops("stats").stdout
+        assert "Security and Stability Contacts confirmed (or added) in the last 365 days" in text
+
+
+def test_the_monthly_statistics_mail_has_the_share_of_confirmed_sscs(tmp_path: Path) -> None:
+    with flow(tmp_path, **ON, **{"housekeeping.hour": 0}) as f:
+        subscribed_fresh(f, JANE, JOHN)
+        mark = f.d.mark()
+        f.d.execute("DELETE FROM housekeeping_runs")
+        f.d.execute("DELETE FROM stats_reports")
+        assert f.d.wait_for("housekeeping done", after=mark, timeout=30)["monthly_stats_mailed"] is True
+        body = f.mail_to(VALIDATOR, "Subscription statistics").get_payload(decode=True).decode()
+        assert "Security and Stability Contacts confirmed (or added) in the last 365 days" in body

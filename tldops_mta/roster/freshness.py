@@ -17,8 +17,9 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from tldops_mta import logs
 from tldops_mta.auth.iana import IanaClient, LookupUnavailable
@@ -355,8 +356,42 @@ class FreshnessClock(DueLoop):
         return True
 
 
-def unconfirmed(conn: sqlite3.Connection) -> Sequence[tuple[str, str, float]]:
-    """(ccTLD, address, unconfirmed since) of every unconfirmed SSC."""
-    return [(str(r[0]), str(r[1]), float(r[2])) for r in conn.execute(
-        "SELECT tld, email, unconfirmed_since FROM freshness WHERE unconfirmed_since IS NOT NULL"
-        " ORDER BY tld, email")]
+def marks(conn: sqlite3.Connection, cfg: Config) -> dict[tuple[str, str], tuple[float | None, float | None]]:
+    """(ccTLD, address) -> (last confirmed, unconfirmed since), for the roster's formats;
+    none while freshness is turned off."""
+    if not cfg.freshness.enabled:
+        return {}
+    return {(str(r[0]), str(r[1])): (r[2], r[3]) for r in conn.execute(
+        "SELECT tld, email, confirmed_at, unconfirmed_since FROM freshness")}
+
+
+def overview(conn: sqlite3.Connection, cfg: Config, next_asks: int) -> dict[str, list[dict[str, Any]]]:
+    """For ``tldops freshness``: the unconfirmed SSCs, those asked and not answered yet, and
+    the next ``next_asks`` asks due (the times are Unix times)."""
+    cols = ("tld", "role", "email", "confirmed_at", "asked_at", "reminders", "unconfirmed_since",
+            "notified_at", "due_at")
+    query = ("SELECT f.tld, r.role, f.email, f.confirmed_at, f.asked_at, f.reminders, f.unconfirmed_since,"
+             " f.notified_at, f.due_at FROM freshness f JOIN roster r ON r.tld = f.tld"
+             " AND lower(r.email) = f.email WHERE ")
+
+    def listed(where: str, *params: object) -> list[dict[str, Any]]:
+        return [dict(zip(cols, r, strict=True)) for r in conn.execute(query + where, params)]
+
+    return {
+        "unconfirmed": listed("f.unconfirmed_since IS NOT NULL ORDER BY f.unconfirmed_since, f.tld, f.email"),
+        "awaiting_answer": listed("f.asked_at IS NOT NULL AND f.asked_at >= f.due_at"
+                                  " AND f.unconfirmed_since IS NULL ORDER BY f.asked_at, f.tld, f.email"),
+        "next_asks": listed("(f.asked_at IS NULL OR f.asked_at < f.due_at) ORDER BY f.due_at, f.tld, f.email"
+                            " LIMIT ?", next_asks) if cfg.freshness.enabled else [],
+    }
+
+
+def confirmed_within(conn: sqlite3.Connection, cfg: Config, now: float) -> dict[str, tuple[int, int]]:
+    """ccTLD -> (SSCs, those who confirmed or were added within the last interval)."""
+    out: dict[str, tuple[int, int]] = {}
+    for tld, last in conn.execute(
+            "SELECT r.tld, max(coalesce(f.confirmed_at, 0), r.since) FROM roster r LEFT JOIN freshness f"
+            " ON f.tld = r.tld AND f.email = lower(r.email)"):
+        n, fresh = out.get(tld, (0, 0))
+        out[tld] = (n + 1, fresh + (last >= now - interval(cfg)))
+    return out
