@@ -209,6 +209,28 @@ def test_a_permanent_bounce_of_the_ask_makes_the_ssc_unconfirmed_at_once(tmp_pat
         assert row(f, JOHN[4])["unconfirmed_since"] is None
 
 
+
+def test_a_smarthost_refusal_of_the_ask_makes_the_ssc_unconfirmed_once(tmp_path: Path) -> None:
+    with flow(tmp_path, **ON) as f:
+        subscribed_fresh(f, JANE, JOHN)
+        f.sink.answer("RCPT", "550 5.1.1 <{rcpt}>: Recipient address rejected: User unknown")
+        mark = ask_now(f, JANE)
+        f.d.wait_for("freshness", lambda r: r.get("bounced") == 1, after=mark)
+        f.sink.accept()
+        since = row(f, JANE[4])["unconfirmed_since"]
+        assert since is not None
+        f.mail_to(VALIDATOR, NOTICE)
+        # Read once: her mailbox works again, she confirms by a correction, and the old
+        # refusal does not unconfirm her again.
+        new = ("primary", "Jane", "Doe", "2133 4455", JANE[4], JANE[4])
+        raw = request(JANE[4], body=form("update", sscs=(new,)), subject="my details")
+        assert f.env.processed(f.env.send(raw, mail_from=JANE[4], rcpts=(UPDATE,)))[0] == "done"
+        confirm = str(f.mail_to(JANE[4], "Please confirm the correction")["Reply-To"])
+        assert f.answer(confirm, JANE[4]) == ("done", "update: your details for .mt are corrected")
+        f.d.wait_for("freshness: nothing due", after=travel(f, 0))
+        assert row(f, JANE[4])["unconfirmed_since"] is None and row(f, JANE[4])["confirmed_at"] is not None
+        assert f.d.query("SELECT count(*) FROM freshness_refusals") == [(1,)]
+
 # -- exactly once: commit faults, kills, a daemon that was down ---------------------------------
 
 def test_a_yes_whose_first_commit_fails_confirms_once(tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ PURPOSE_FRESHNESS = "freshness"
 """The token of an ask or a reminder: answering it confirms the entry."""
 
 HOUR = 3600.0
+REFUSALS_WITHIN = 7 * 86400.0
 RETRY_AFTER_FAILURE = 3600.0
 """An IANA lookup for a notice failed: the notice waits this long, then tries again."""
 # Mail whose permanent failure makes its SSC unconfirmed at once: the outbox purposes
@@ -98,31 +99,38 @@ def mark_unconfirmed(conn: sqlite3.Connection, cfg: Config, email: str, now: flo
 
 
 def _failures(conn: sqlite3.Connection, cfg: Config, now: float) -> int:
-    """Permanent failures of asks and broadcasts since the last look, bounce reports and the
-    smarthost's refusals alike, each read once (the cursor moves in the same transaction)."""
-    cursor = dict(conn.execute("SELECT name, value FROM freshness_cursor").fetchall())
+    """Permanent failures of asks and broadcasts not read yet, bounce reports and the
+    smarthost's refusals alike, each read once (what was read is noted in the same
+    transaction)."""
+    last = conn.execute("SELECT value FROM freshness_cursor WHERE name = 'bounce'").fetchone()[0]
     bounced = conn.execute(
         "SELECT lower(d.rcpt) FROM bounces b JOIN outbox_deliveries d ON d.id = b.delivery_id"
         " JOIN outbox_messages m ON m.id = d.message_id"
-        " WHERE b.id > ? AND b.permanent = 1 AND m.purpose IN ('freshness', 'broadcast')",
-        (cursor.get("bounce", 0),)).fetchall()
-    refused = conn.execute(
-        "SELECT lower(d.rcpt) FROM outbox_deliveries d JOIN outbox_messages m ON m.id = d.message_id"
-        " WHERE d.status = 'failed' AND d.updated_at > ? AND m.purpose IN ('freshness', 'broadcast')",
-        (cursor.get("refusal", 0),)).fetchall()
+        " WHERE b.id > ? AND b.permanent = 1 AND m.purpose IN ('freshness', 'broadcast')", (last,)).fetchall()
     conn.execute("UPDATE freshness_cursor SET value = (SELECT coalesce(max(id), 0) FROM bounces)"
                  " WHERE name = 'bounce'")
-    conn.execute("UPDATE freshness_cursor SET value = max(value, (SELECT coalesce(max(updated_at), 0)"
-                 " FROM outbox_deliveries WHERE status = 'failed')) WHERE name = 'refusal'")
-    return sum(mark_unconfirmed(conn, cfg, a, now) for (a,) in {*bounced, *refused})
+    refused = _refusals(conn, now).fetchall()
+    conn.executemany("INSERT INTO freshness_refusals (delivery_id) VALUES (?)", [(r[0],) for r in refused])
+    failing = {*(r[0] for r in bounced), *(r[1] for r in refused)}
+    return sum(mark_unconfirmed(conn, cfg, a, now) for a in failing)
 
 
-def _failures_unread(conn: sqlite3.Connection) -> bool:
-    cursor = dict(conn.execute("SELECT name, value FROM freshness_cursor").fetchall())
-    return bool(conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM bounces WHERE id > ?) OR EXISTS (SELECT 1 FROM outbox_deliveries"
-        " WHERE status = 'failed' AND updated_at > ?)",
-        (cursor.get("bounce", 0), cursor.get("refusal", 0))).fetchone()[0])
+def _refusals(conn: sqlite3.Connection, now: float) -> sqlite3.Cursor:
+    """(delivery, address) of each refusal of an ask or a broadcast not counted yet. Read by
+    delivery, not by a time cursor: the outbox's times are taken before its commits, which
+    need not come in that order. Only the last REFUSALS_WITHIN count (a refusal from before
+    freshness was turned on is old news)."""
+    return conn.execute(
+        "SELECT d.id, lower(d.rcpt) FROM outbox_deliveries d JOIN outbox_messages m ON m.id = d.message_id"
+        " WHERE d.status = 'failed' AND d.updated_at > ? AND m.purpose IN ('freshness', 'broadcast')"
+        " AND NOT EXISTS (SELECT 1 FROM freshness_refusals s WHERE s.delivery_id = d.id)",
+        (now - REFUSALS_WITHIN,))
+
+
+def _failures_unread(conn: sqlite3.Connection, now: float) -> bool:
+    last = conn.execute("SELECT value FROM freshness_cursor WHERE name = 'bounce'").fetchone()[0]
+    return bool(conn.execute("SELECT EXISTS (SELECT 1 FROM bounces WHERE id > ?)", (last,)).fetchone()[0]
+                or _refusals(conn, now).fetchone())
 
 
 def _stale(conn: sqlite3.Connection, cfg: Config, now: float) -> int:
@@ -268,7 +276,7 @@ def next_due_at(conn: sqlite3.Connection, cfg: Config, now: float | None = None)
         " WHERE f.tld = r.tld AND f.email = lower(r.email))) OR EXISTS (SELECT 1 FROM freshness f"
         " WHERE NOT EXISTS (SELECT 1 FROM roster r WHERE r.tld = f.tld AND lower(r.email) = f.email))"
     ).fetchone()[0]
-    if unsynced or _failures_unread(conn):
+    if unsynced or _failures_unread(conn, now):
         return now
     r, s = cfg.freshness.remind_after, cfg.freshness.stale_after
     mailed = conn.execute(

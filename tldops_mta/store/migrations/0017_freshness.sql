@@ -25,12 +25,16 @@ CREATE TABLE freshness_mails (
 );
 CREATE INDEX freshness_mails_by_time ON freshness_mails (at);
 
--- How far the bounces and the smarthost's refusals have been read for freshness: a
--- permanent failure of an ask or of the broadcast makes the SSC unconfirmed once.
+-- The bounce reports read so far for freshness (bounces.id), and the smarthost's refusals
+-- (outbox deliveries failed for good) already counted: a permanent failure of an ask or of
+-- the broadcast makes its SSC unconfirmed once.
 CREATE TABLE freshness_cursor (
-    name   TEXT    PRIMARY KEY,                   -- 'bounce' (bounces.id), 'refusal' (updated_at)
+    name   TEXT    PRIMARY KEY,                   -- 'bounce': the last bounces.id read
     value  REAL    NOT NULL
 );
-INSERT INTO freshness_cursor (name, value) VALUES
-    ('bounce', (SELECT coalesce(max(id), 0) FROM bounces)),
-    ('refusal', (SELECT coalesce(max(updated_at), 0) FROM outbox_deliveries WHERE status = 'failed'));
+INSERT INTO freshness_cursor (name, value) VALUES ('bounce', (SELECT coalesce(max(id), 0) FROM bounces));
+CREATE TABLE freshness_refusals (
+    delivery_id  INTEGER PRIMARY KEY              -- outbox_deliveries.id
+);
+INSERT INTO freshness_refusals (delivery_id) SELECT id FROM outbox_deliveries WHERE status = 'failed';
+CREATE INDEX outbox_failed_at ON outbox_deliveries (updated_at) WHERE status = 'failed';
