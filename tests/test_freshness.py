@@ -405,3 +405,19 @@ def test_the_monthly_statistics_mail_has_the_share_of_confirmed_sscs(tmp_path: P
         assert f.d.wait_for("housekeeping done", after=mark, timeout=30)["monthly_stats_mailed"] is True
         body = f.mail_to(VALIDATOR, "Subscription statistics").get_payload(decode=True).decode()
         assert "Security and Stability Contacts confirmed (or added) in the last 365 days" in body
+
+
+def test_a_persons_export_shows_their_freshness_and_erasure_removes_it(tmp_path: Path) -> None:
+    with flow(tmp_path, **ON) as f:
+        subscribed_fresh(f, JANE, JOHN)
+        ask_now(f, JANE)
+        asked(f, JANE)
+        found = json.loads(f.tldops("person", "export", JANE[4], "--json").stdout)
+        [mine] = found["freshness"]
+        assert mine["tld"] == "mt" and mine["asked_at"].endswith("Z") and mine["confirmed_at"] is None
+        assert [m["kind"] for m in found["freshness_mails"]] == ["ask"]
+        erased = f.tldops("person", "erase", JANE[4], "--reason", "asked to be forgotten", "--json")
+        assert erased.returncode == 0, erased.stderr
+        assert json.loads(erased.stdout)["counts"]["freshness"] == 1
+        assert f.d.query("SELECT email FROM freshness") == [(JOHN[4],)]
+        assert f.d.query("SELECT email FROM freshness_mails") == [("[erased]",)]
