@@ -90,6 +90,9 @@ class DaemonProc:
             # The broadcast has its own tests; elsewhere its calendar (the real clock) must
             # not add mail to what a test counts.
             "broadcast.enabled": False,
+            # Likewise the yearly re-confirmation (its tests turn it on): a roster a test writes
+            # with an old "since" must not get asks that other tests would count.
+            "freshness.enabled": False,
             # Never leave loopback: DNS and IANA point at a closed local port unless a test
             # starts real servers for them (port 9, discard, is closed here: refused at once).
             "dns.nameservers": ["127.0.0.1"],

@@ -44,4 +44,17 @@ def test_csv_and_vcard_parse_back_to_the_same_roster(roster: dict[str, list[Rost
 def test_json_carries_the_label_and_both_labels_of_each_cctld() -> None:
     data = json.loads(rf.to_json(rf.rows(ROSTER), 5.0, "TLP:AMBER"))
     assert data["tlp"] == "TLP:AMBER" and data["made_at"] == 5.0
-    assert data["roster"][1] == {"cctld": "xn--90ae", "cctld_unicode": "бг", **IVAN.__dict__}
+    assert data["roster"][1] == {"cctld": "xn--90ae", "cctld_unicode": "бг", **IVAN.__dict__,
+                                 "unconfirmed_since": None}
+
+
+def test_an_unconfirmed_ssc_is_marked_in_every_format_and_still_parses_back() -> None:
+    march = 1_804_000_000.0  # 2027-03-01
+    table = rf.rows(ROSTER, {("mt", JANE.email): (None, march)})
+    marked = "    +35621334455  jane.doe@nic.org.mt\n    unconfirmed since 2027-03\n"
+    assert marked in rf.text(table, 0.0, "A")
+    assert "unconfirmed since" not in rf.text(rf.rows(ROSTER), 0.0, "A")
+    assert rf.to_csv(table).splitlines()[1].endswith(",jane.doe@nic.org.mt,2027-03")
+    assert rf.to_vcard(table).count("NOTE:unconfirmed since 2027-03") == 1
+    assert json.loads(rf.to_json(table, 0.0, "A"))["roster"][0]["unconfirmed_since"] == "2027-03"
+    assert rf.from_csv(rf.to_csv(table)) == ROSTER and rf.from_vcard(rf.to_vcard(table)) == ROSTER

@@ -79,9 +79,11 @@ def test_the_walkthrough_works_as_written(tmp_path: Path, demo_iana: int, dns_se
         listed = tldops(d, cli, "roster", "export", "--format", "json")
         assert json.loads(listed.stdout)["roster"] == [
             {"cctld": "mt", "cctld_unicode": "mt", "role": "primary", "first_name": "Jane",
-             "last_name": "Doe", "phone": "+35621334455", "email": "jane.doe@nic.org.mt"},
+             "last_name": "Doe", "phone": "+35621334455", "email": "jane.doe@nic.org.mt",
+             "unconfirmed_since": None},
             {"cctld": "mt", "cctld_unicode": "mt", "role": "secondary", "first_name": "John",
-             "last_name": "Roe", "phone": "+35621334456", "email": "john.roe@nic.org.mt"}]
+             "last_name": "Roe", "phone": "+35621334456", "email": "john.roe@nic.org.mt",
+             "unconfirmed_since": None}]
         outgoing_when(d, "Welcome")
         # 6. every mail the walkthrough lists, and no other
         listed = [m.group(1) for m in re.finditer(r"^(\d{8}-\d{8}-\S+\.eml) +step \d",

@@ -150,6 +150,11 @@ class _DaemonCollector:
         yield GaugeMetricFamily(f"{PREFIX}_roster_cctlds", "ccTLDs with SSCs on the roster",
                                 value=h.subscribed_cctlds)
         yield GaugeMetricFamily(f"{PREFIX}_roster_sscs", "SSCs on the roster", value=h.sscs)
+        fresh = GaugeMetricFamily(f"{PREFIX}_freshness_sscs", "SSCs by freshness state (unconfirmed: "
+                                  "no answer to the yearly ask, or a bounce)", labels=["state"])
+        fresh.add_metric(["unconfirmed"], h.sscs_unconfirmed)
+        fresh.add_metric(["awaiting_answer"], h.sscs_awaiting_answer)
+        yield fresh
         yield GaugeMetricFamily(f"{PREFIX}_postmaster_unread",
                                 "Mail to the postmaster and abuse addresses neither forwarded"
                                 " nor marked read",

@@ -22,7 +22,7 @@ from tldops_mta.cli.shared import (
     when,
 )
 from tldops_mta.policy.texts import counted
-from tldops_mta.roster import broadcast, formats, mailman, roster_table
+from tldops_mta.roster import broadcast, formats, freshness, mailman, roster_table
 from tldops_mta.store import storage
 
 
@@ -36,9 +36,9 @@ def cmd_roster_export(args: argparse.Namespace) -> int:
         tlds = [named]
     else:
         tlds = [r[0] for r in conn.execute("SELECT DISTINCT tld FROM roster ORDER BY tld")]
-    table = formats.rows({tld: roster_table.current(conn, tld) for tld in tlds})
+    table = formats.rows({tld: roster_table.current(conn, tld) for tld in tlds}, freshness.marks(conn, cfg))
     label, now = f"TLP:{cfg.broadcast.tlp}", time.time()
-    out = {"text": lambda: formats.text(table, now, label),
+    out = {"text": lambda: formats.text(table, now, label, confirmed=args.confirmed),
            "csv": lambda: formats.to_csv(table), "vcard": lambda: formats.to_vcard(table),
            "json": lambda: formats.to_json(table, now, label)}[args.format]()
     sys.stdout.write(out)

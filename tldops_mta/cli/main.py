@@ -137,13 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("roster", help="the Security and Stability Contacts of each ccTLD")
     rsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    r = _action(rsub, "show", help="the current roster as the broadcast shows it")
+    r = _action(rsub, "show", help="the current roster as the broadcast shows it, with when each SSC "
+                "last confirmed their entry")
     r.add_argument("--tld", help="only this ccTLD (A-label or U-label)")
-    r.set_defaults(func="contacts:cmd_roster_export", format="text")
+    r.set_defaults(func="contacts:cmd_roster_export", format="text", confirmed=True)
     r = _action(rsub, "export", help="the current roster for import elsewhere")
     r.add_argument("--format", choices=["text", "csv", "vcard", "json"], default="csv")
     r.add_argument("--tld", help="only this ccTLD (A-label or U-label)")
-    r.set_defaults(func="contacts:cmd_roster_export")
+    r.set_defaults(func="contacts:cmd_roster_export", confirmed=False)
 
     p = sub.add_parser("broadcast", help="the roster mail every SSC receives")
     bsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -168,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", metavar="DIR", type=Path, nargs="?",
                    help="the web server's directory, created if missing (default: publish.dir)")
     p.set_defaults(func="operations:cmd_publish")
+
+    p = _action(sub, "freshness", help="the SSCs whose entry is unconfirmed, and the next yearly "
+                "asks due", json=True)
+    p.add_argument("--next", type=int, default=20, metavar="N", help="how many of the next asks (default 20)")
+    p.set_defaults(func="freshness:cmd_freshness")
 
     p = _action(sub, "backup", help="copy the whole database to FILE (safe while the daemon runs)",
                 json=True)

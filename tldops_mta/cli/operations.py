@@ -94,6 +94,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
     else:
         subscribed, source = stats.subscribed_now(conn), "roster"
     result = stats.summarise(table, subscribed, day, source, stats.last_invitations(conn))
+    if source == "roster":  # now, from the roster: with the share of SSCs who confirmed lately
+        result = stats.with_freshness_now(result, conn, cfg, table, time.time())
     if args.json:
         print_json(result.as_dict())
     elif args.csv:

@@ -43,6 +43,10 @@ class Health:
     postmaster_unread: int = 0
     """Mail to postmaster@ or abuse@ neither forwarded nor marked read."""
     oldest_postmaster_unread_s: float | None = None
+    sscs_unconfirmed: int = 0
+    """SSCs marked unconfirmed by freshness (no answer to the yearly ask, or a bounce)."""
+    sscs_awaiting_answer: int = 0
+    """SSCs asked to re-confirm who have not answered yet."""
 
     @property
     def spool_waiting(self) -> int:
@@ -121,6 +125,9 @@ def read(conn: sqlite3.Connection, now: float | None = None) -> Health:
         unread, oldest_unread = conn.execute(
             "SELECT count(*), min(received_at) FROM postmaster_mail"
             " WHERE outbox_id IS NULL AND read_at IS NULL").fetchone()
+        unconfirmed, awaiting = conn.execute(
+            "SELECT coalesce(sum(unconfirmed_since IS NOT NULL), 0), coalesce(sum(asked_at >= due_at"
+            " AND unconfirmed_since IS NULL), 0) FROM freshness").fetchone()
         version = storage.schema_version(conn)
     finally:
         conn.execute("COMMIT")
@@ -134,7 +141,8 @@ def read(conn: sqlite3.Connection, now: float | None = None) -> Health:
         last_broadcast_undelivered=undelivered,
         last_broadcast_completed_at=None if completed is None else completed[0],
         subscribed_cctlds=tlds, sscs=sscs, postmaster_unread=unread,
-        oldest_postmaster_unread_s=None if oldest_unread is None else max(0.0, now - oldest_unread))
+        oldest_postmaster_unread_s=None if oldest_unread is None else max(0.0, now - oldest_unread),
+        sscs_unconfirmed=unconfirmed, sscs_awaiting_answer=awaiting)
 
 
 def age_text(seconds: float) -> str:

@@ -23,8 +23,9 @@ from tldops_mta.mail import mailing, tlp
 from tldops_mta.policy import roster_policy
 from tldops_mta.policy.request_form import parse_form
 from tldops_mta.policy.roster_policy import RosterEntry
-from tldops_mta.roster import roster_table
+from tldops_mta.roster import freshness, roster_table
 from tldops_mta.settings.cctlds import tld_labels
+from tldops_mta.settings.config import Config
 from tldops_mta.settings.live import Live
 from tldops_mta.settings.recipients import Services
 from tldops_mta.store import spool, tokens
@@ -33,7 +34,7 @@ from tldops_mta.store.storage import Reader
 PURPOSE_SELF_UPDATE = "self-update"
 
 
-def apply(conn: sqlite3.Connection, payload: str, address: str, now: float) -> str:
+def apply(conn: sqlite3.Connection, cfg: Config, payload: str, address: str, now: float) -> str:
     """On the token's answer: the correction, if the SSC still holds that role."""
     wanted = json.loads(payload)
     tld = wanted["tld"]
@@ -44,11 +45,12 @@ def apply(conn: sqlite3.Connection, payload: str, address: str, now: float) -> s
     new = RosterEntry(mine.role, wanted["first_name"], wanted["last_name"], wanted["phone"], mine.email)
     roster_table.replace_all(conn, tld, [new if e is mine else e for e in current], None, now,
                        by=f"ssc:{address} (token)")
+    freshness.confirmed(conn, cfg, tld, address, now)  # a correction is an answer to the yearly ask
     return f"your details for .{tld} are corrected"
 
 
 def _applied(live: Live, conn: sqlite3.Connection, r: tokens.Redemption, sender_key: str, now: float) -> str:
-    return apply(conn, r.payload or "{}", sender_key, now)
+    return apply(conn, live.cfg, r.payload or "{}", sender_key, now)
 
 
 PURPOSES = (Purpose(PURPOSE_SELF_UPDATE, "update", _applied, "update: {result}", "self-update confirmed",

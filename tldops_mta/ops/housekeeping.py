@@ -152,8 +152,8 @@ def monthly_stats(live: Live, conn: sqlite3.Connection, table: list[cctlds.Cctld
     if not conn.execute("INSERT INTO stats_reports (period, claimed_at) VALUES (?, ?)"
                         " ON CONFLICT DO NOTHING", (period, now)).rowcount:
         return False
-    summary = stats.summarise(table, stats.subscribed_now(conn), day, "roster",
-                              stats.last_invitations(conn))
+    summary = stats.with_freshness_now(stats.summarise(table, stats.subscribed_now(conn), day, "roster",
+                                                       stats.last_invitations(conn)), conn, cfg, table, now)
     # Counts and ccTLD names only, no person: GREEN, it may go around the community.
     mailing.send(live, conn, "stats_report", to,
                  {"month": f"{day:%B %Y}", "summary": stats.render_text(summary),

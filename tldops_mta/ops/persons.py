@@ -64,7 +64,7 @@ def _own_entries(entries_json: str, address: str) -> list[dict[str, Any]]:
 KINDS = ("roster", "roster_changes", "requests", "request_events", "tokens", "list_posts_unconfirmed",
          "spool_messages", "outbox_deliveries", "outbox_messages", "bounces", "bounce_reports",
          "auto_replies", "iana_contacts", "cctlds", "list_posts", "list_held", "invitations",
-         "redelegations")
+         "redelegations", "freshness", "freshness_mails")
 """Each kind of record that can name a person, by the table it lives in: the sections of
 ``export`` and the counts of ``erase``. ``list_posts_unconfirmed`` are their tokens that
 still carry an unconfirmed post."""
@@ -149,6 +149,8 @@ def find(conn: sqlite3.Connection, address: str) -> Found:
                            check=False),
         "redelegations": ids("SELECT id FROM redelegations WHERE lower(old_admin) = ?1"
                              " OR lower(new_admin) = ?1 ORDER BY id", a, check=False),
+        "freshness": ids("SELECT rowid FROM freshness WHERE email = ? ORDER BY tld", a, check=False),
+        "freshness_mails": ids("SELECT id FROM freshness_mails WHERE email = ? ORDER BY id", a, check=False),
     })
 
 
@@ -188,6 +190,9 @@ _EXPORT: dict[str, str] = {
     "list_held": "SELECT id, original_message_id, author, subject, tlp, held_at, state, decided_at, reason"
                  " FROM list_held WHERE id = ?",
     "invitations": "SELECT id, tld, sent_at FROM invitations WHERE id = ?",
+    "freshness": "SELECT rowid, tld, due_at, confirmed_at, asked_at, unconfirmed_since FROM freshness"
+                 " WHERE rowid = ?",
+    "freshness_mails": "SELECT id, tld, kind, at FROM freshness_mails WHERE id = ?",
     "redelegations": "SELECT id, tld, detected_at, old_admin, new_admin, resolved_at FROM redelegations"
                      " WHERE id = ?",
 }
@@ -263,6 +268,8 @@ _PLAIN_FIELDS = {
     "cctlds": ("id", "tld", "checked_at"),
     "list_posts": ("id", "message_id", "tlp", "created_at", "recipients"),
     "invitations": ("id", "tld", "sent_at"),
+    "freshness": ("id", "tld", "due_at", "confirmed_at", "asked_at", "unconfirmed_since"),
+    "freshness_mails": ("id", "tld", "kind", "at"),
 }
 
 
@@ -270,7 +277,7 @@ def _plain(kind: str, r: tuple[Any, ...]) -> dict[str, Any]:
     """A row of a kind without personal fields to pick from: its columns, times as ISO 8601."""
     out: dict[str, Any] = {}
     for name, value in zip(_PLAIN_FIELDS[kind], r, strict=True):
-        out[name] = _iso(value) if name.endswith(("_at", "_sent")) else value
+        out[name] = _iso(value) if name == "at" or name.endswith(("_at", "_sent", "_since")) else value
     if kind == "bounces":
         out["permanent"] = bool(out["permanent"])
     return out
@@ -405,6 +412,11 @@ def erase(conn: sqlite3.Connection, address: str, *, by: str, reason: str, now: 
         "UPDATE redelegations SET old_admin = CASE WHEN lower(old_admin) = ?1 THEN ?2 ELSE old_admin END,"
         " new_admin = CASE WHEN lower(new_admin) = ?1 THEN ?2 ELSE new_admin END WHERE id = ?3",
         [(a, ERASED, i) for i in ids["redelegations"]])
+
+    # Off the roster, they are asked nothing more; the history of what was sent keeps no address.
+    conn.executemany("DELETE FROM freshness WHERE rowid = ?", [(i,) for i in ids["freshness"]])
+    conn.executemany("UPDATE freshness_mails SET email = ? WHERE id = ?",
+                     [(ERASED, i) for i in ids["freshness_mails"]])
 
     conn.execute("INSERT INTO erasures (at, by, reason, counts) VALUES (?, ?, ?, ?)",
                  (now, by, reason, json.dumps(found.counts(), sort_keys=True)))

@@ -13,10 +13,12 @@ import io
 import json
 import sqlite3
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from tldops_mta.roster import freshness
 from tldops_mta.settings.cctlds import REGIONS, Cctld, find
+from tldops_mta.settings.config import Config
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,10 @@ class Stats:
     """region -> the ccTLDs not subscribed (ASCII first, then IDN, each alphabetical)."""
     unknown: tuple[str, ...] = ()
     """Subscribed ccTLDs that cctlds.csv does not list for that day (not counted)."""
+    fresh: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """region ('total' first) -> (SSCs, those confirmed or added within freshness's interval);
+    empty when not counted (a past day, a file, freshness turned off)."""
+    fresh_days: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -66,6 +72,9 @@ class Stats:
                  "idn": m.cctld.idn, "invited_at": m.invited_at} for m in ms]
                 for region, ms in self.missing.items()},
             "not_in_cctlds_csv": list(self.unknown),
+            **({"confirmed_within_days": self.fresh_days, "sscs_confirmed": {
+                region: {"sscs": n, "confirmed": k, "confirmed_pct": round(100 * k / n) if n else None}
+                for region, (n, k) in self.fresh.items()}} if self.fresh else {}),
         }
 
 
@@ -86,6 +95,27 @@ def summarise(cctlds: Iterable[Cctld], subscribed: set[str], day: dt.date, sourc
                for r in REGIONS}
     known = {c.tld for c in in_root}
     return Stats(day, source, counts, missing, tuple(sorted(subscribed - known)))
+
+
+def with_freshness(s: Stats, cctlds: Iterable[Cctld], by_tld: Mapping[str, tuple[int, int]],
+                   days: int) -> Stats:
+    """``s`` with the share of SSCs confirmed within ``days`` per region (``by_tld``: ccTLD ->
+    SSCs, confirmed; a ccTLD not in cctlds.csv counts in the total only)."""
+    region = {c.tld: c.region for c in cctlds}
+    fresh = {r: (0, 0) for r in ("total", *REGIONS)}
+    for tld, (n, k) in by_tld.items():
+        for r in ("total", region.get(tld)):
+            if r in fresh:
+                fresh[r] = (fresh[r][0] + n, fresh[r][1] + k)
+    return replace(s, fresh=fresh, fresh_days=days)
+
+
+def with_freshness_now(s: Stats, conn: sqlite3.Connection, cfg: Config, cctlds: Iterable[Cctld],
+                       now: float) -> Stats:
+    """``s`` with the roster's freshness now, when freshness is turned on."""
+    if not cfg.freshness.enabled:
+        return s
+    return with_freshness(s, cctlds, freshness.confirmed_within(conn, cfg, now), cfg.freshness.interval_days)
 
 
 def _count(cs: list[Cctld], subscribed: set[str]) -> Count:
@@ -158,6 +188,13 @@ def render_text(s: Stats) -> str:
             for i, m in enumerate(group, start=1):
                 invited = "" if m.invited_at is None else f"  invited {_day(m.invited_at)}"
                 out.write(f"  {i:>3}) {m.cctld.shown:<28} {m.cctld.country}{invited}\n")
+    if s.fresh:
+        out.write(f"\nSecurity and Stability Contacts confirmed (or added) in the last {s.fresh_days} days\n")
+        out.write(f"{'Region':<30} {'SSCs':>7} {'Confirmed':>15}\n")
+        for r, (n, k) in s.fresh.items():
+            name = "Total" if r == "total" else REGIONS[r]
+            pct = f"{round(100 * k / n):3d}%" if n else "    "
+            out.write(f"{name:<30} {n:>7} {k:>9}  {pct}\n")
     if s.unknown:
         out.write(f"\nSubscribed but not in cctlds.csv on that day (not counted): "
                   f"{', '.join('.' + t for t in s.unknown)}\n")

@@ -68,10 +68,10 @@ def build(conn: sqlite3.Connection, cfg: Config, now: float, period: str, to: st
     ``to``: the To header (the Mailman list's address when it is posted there)."""
     # Imported here: the SMTP process imports this module (work_due) only to ask when the
     # next period is, and must stay small (the formats pull in vobject).
-    from tldops_mta.roster import formats, roster_table
+    from tldops_mta.roster import formats, freshness, roster_table
 
     tlds = [r[0] for r in conn.execute("SELECT DISTINCT tld FROM roster ORDER BY tld")]
-    table = formats.rows({tld: roster_table.current(conn, tld) for tld in tlds})
+    table = formats.rows({tld: roster_table.current(conn, tld) for tld in tlds}, freshness.marks(conn, cfg))
     label = Tlp.parse(cfg.broadcast.tlp)
     domain = cfg.server.domain
     ccs, sscs = formats.counts(table)

@@ -19,7 +19,11 @@ from tldops_mta.policy.texts import counted
 from tldops_mta.roster.roster_table import ROLE_ORDER
 from tldops_mta.settings.cctlds import tld_labels
 
-CSV_FIELDS = ("cctld", "cctld_unicode", "role", "first_name", "last_name", "phone", "email")
+CSV_FIELDS = ("cctld", "cctld_unicode", "role", "first_name", "last_name", "phone", "email",
+              "unconfirmed_since")
+
+Marks = Mapping[tuple[str, str], tuple[float | None, float | None]]
+"""(ccTLD, address in lower case) -> (last confirmed, unconfirmed since): freshness's marks."""
 
 
 @dataclass(frozen=True)
@@ -29,20 +33,33 @@ class Row:
     tld_unicode: str
     """U-label; the same as ``tld`` for an ASCII ccTLD."""
     entry: RosterEntry
+    confirmed_at: float | None = None
+    """When the SSC last confirmed their entry (freshness), None if never."""
+    unconfirmed_since: float | None = None
+    """Set while the SSC is unconfirmed: no answer to the yearly ask, or their mail bounced."""
 
     @property
     def shown_tld(self) -> str:
         return f".{self.tld}" if self.tld_unicode == self.tld else f".{self.tld_unicode} (.{self.tld})"
 
+    @property
+    def mark(self) -> str:
+        """'unconfirmed since 2027-03', or '' for an SSC who is not unconfirmed."""
+        if self.unconfirmed_since is None:
+            return ""
+        return "unconfirmed since " + time.strftime("%Y-%m", time.gmtime(self.unconfirmed_since))
 
-def rows(by_tld: Mapping[str, Sequence[RosterEntry]]) -> list[Row]:
+
+def rows(by_tld: Mapping[str, Sequence[RosterEntry]], marks: Marks | None = None) -> list[Row]:
     out = []
     for tld in sorted(by_tld):
         try:
             u_label = tld_labels(tld)[1]
         except ValueError:
             u_label = tld
-        out += [Row(tld, u_label, e) for e in sorted(by_tld[tld], key=lambda e: ROLE_ORDER.get(e.role, 9))]
+        for e in sorted(by_tld[tld], key=lambda e: ROLE_ORDER.get(e.role, 9)):
+            confirmed, unconfirmed = (marks or {}).get((tld, e.email.lower()), (None, None))
+            out.append(Row(tld, u_label, e, confirmed, unconfirmed))
     return out
 
 
@@ -51,9 +68,10 @@ def counts(table: Sequence[Row]) -> tuple[int, int]:
     return len({r.tld for r in table}), len(table)
 
 
-def text(table: Sequence[Row], made_at: float, label: str) -> str:
+def text(table: Sequence[Row], made_at: float, label: str, confirmed: bool = False) -> str:
     """A table a phone shows without wrapping: one ccTLD heading, then one SSC per two
-    short lines (name and role; phone and address)."""
+    short lines (name and role; phone and address), and a third for an unconfirmed SSC.
+    ``confirmed``: a line with when each SSC last confirmed (``roster show``)."""
     tlds, sscs = counts(table)
     made = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(made_at))
     out = [f"[{label}] TLD-OPS roster, {made}",
@@ -65,11 +83,19 @@ def text(table: Sequence[Row], made_at: float, label: str) -> str:
                 out.append("")
             out.append(r.shown_tld)
             current = r.tld
-        e = r.entry
-        out.append(f"  {e.first_name} {e.last_name} ({e.role})")
-        out.append(f"    {e.phone}  {e.email}")
+        out += entry_lines(r)
+        if confirmed:
+            last = time.strftime("%Y-%m-%d", time.gmtime(r.confirmed_at)) if r.confirmed_at else "never"
+            out.append(f"    last confirmed: {last}")
     out += ["", f"[{label}] Share only as the label allows."]
     return "\n".join(out) + "\n"
+
+
+def entry_lines(r: Row) -> list[str]:
+    """One SSC as the text table shows it: what an SSC asked to re-confirm their entry sees."""
+    e = r.entry
+    return [f"  {e.first_name} {e.last_name} ({e.role})", f"    {e.phone}  {e.email}",
+            *([f"    {r.mark}"] if r.mark else [])]
 
 
 def to_csv(table: Sequence[Row]) -> str:
@@ -78,7 +104,8 @@ def to_csv(table: Sequence[Row]) -> str:
     w.writerow(CSV_FIELDS)
     for r in table:
         e = r.entry
-        w.writerow([r.tld, r.tld_unicode, e.role, e.first_name, e.last_name, e.phone, e.email])
+        w.writerow([r.tld, r.tld_unicode, e.role, e.first_name, e.last_name, e.phone, e.email,
+                    r.mark.removeprefix("unconfirmed since ")])
     return buf.getvalue()
 
 
@@ -111,6 +138,8 @@ def to_vcard(table: Sequence[Row]) -> str:
         mail.type_param = "INTERNET"
         card.add("x-tldops-cctld").value = r.tld
         card.add("x-tldops-role").value = e.role
+        if r.mark:
+            card.add("note").value = r.mark
         cards.append(card.serialize())
     return "".join(cards)
 
@@ -129,5 +158,7 @@ def from_vcard(data: str) -> dict[str, list[RosterEntry]]:
 def to_json(table: Sequence[Row], made_at: float, label: str) -> str:
     return json.dumps({
         "tlp": label, "made_at": made_at,
-        "roster": [{"cctld": r.tld, "cctld_unicode": r.tld_unicode, **r.entry.__dict__} for r in table],
+        "roster": [{"cctld": r.tld, "cctld_unicode": r.tld_unicode, **r.entry.__dict__,
+                    "unconfirmed_since": r.mark.removeprefix("unconfirmed since ") or None}
+                   for r in table],
     }, ensure_ascii=False, indent=2) + "\n"

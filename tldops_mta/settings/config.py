@@ -24,6 +24,7 @@ from tldops_mta.settings.sections import (
     BroadcastConfig,
     DkimConfig,
     DnsConfig,
+    FreshnessConfig,
     HousekeepingConfig,
     IanaConfig,
     ListConfig,
@@ -420,6 +421,20 @@ SCHEMA: tuple[Key, ...] = (
         "Seconds between two checks of a ccTLD's IANA administrative contact (nightly)."),
     Key("redelegation", "spacing", 30.0, _float_range(0, 3600),
         "Seconds between two IANA lookups of the watch: the checks are spread out, never a burst."),
+    Key("freshness", "enabled", True, _bool,
+        "Ask each SSC once per freshness.interval_days whether their roster entry (name, phone, "
+        "address, role) is still right. Turned on with an existing roster, the first asks are "
+        "spread over one interval, never sent in one burst."),
+    Key("freshness", "interval_days", 365, _int_range(1, 3650),
+        "Days between two asks to one SSC, counted from when they were added or last confirmed."),
+    Key("freshness", "max_per_hour", 20, _int_range(1, 10_000),
+        "At most this many asks and reminders in any hour; what is due beyond waits."),
+    Key("freshness", "remind_after", 14 * 86400.0, _float_range(60, 365 * 86400),
+        "Seconds after an ask without an answer before the first reminder; the second follows "
+        "after twice this."),
+    Key("freshness", "stale_after", 42 * 86400.0, _float_range(60, 365 * 86400),
+        "Seconds after an ask without an answer before the SSC is unconfirmed: the ccTLD's IANA "
+        "administrative contact and the Validators are told. Nobody is removed."),
     Key("bounces", "threshold", 3, _int_range(1, 1000),
         "Permanent failures of one SSC address (bounces to bounces+TAG@, or refusals by the "
         "smarthost) within bounces.window before the Validators are told. Nobody is removed."),
@@ -508,6 +523,7 @@ class Config:
     broadcast: BroadcastConfig
     list: ListConfig
     redelegation: RedelegationConfig
+    freshness: FreshnessConfig
     bounces: BouncesConfig
     log: LogConfig
     metrics: MetricsConfig
@@ -535,6 +551,7 @@ class Config:
         self.broadcast = build_section(BroadcastConfig, by_section["broadcast"])
         self.list = build_section(ListConfig, by_section["list"])
         self.redelegation = build_section(RedelegationConfig, by_section["redelegation"])
+        self.freshness = build_section(FreshnessConfig, by_section["freshness"])
         self.bounces = build_section(BouncesConfig, by_section["bounces"])
         self.log = build_section(LogConfig, by_section["log"])
         self.metrics = build_section(MetricsConfig, by_section["metrics"])

@@ -200,6 +200,17 @@ class RedelegationConfig:
 
 
 @dataclass(frozen=True)
+class FreshnessConfig:
+    """[freshness] How often each SSC is asked to re-confirm their entry, and what follows silence."""
+
+    enabled: bool
+    interval_days: int
+    max_per_hour: int
+    remind_after: float
+    stale_after: float
+
+
+@dataclass(frozen=True)
 class BouncesConfig:
     """[bounces] When repeated delivery failures of an SSC address are reported."""
 

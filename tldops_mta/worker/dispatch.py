@@ -21,7 +21,7 @@ from tldops_mta.desks.confirm_desk import ConfirmDesk
 from tldops_mta.desks.desk_base import Desk
 from tldops_mta.desks.help_desk import HelpDesk
 from tldops_mta.desks.postmaster_desk import PostmasterDesk
-from tldops_mta.roster import redelegation
+from tldops_mta.roster import freshness, redelegation
 from tldops_mta.settings.live import Live
 from tldops_mta.settings.recipients import Service, Services
 from tldops_mta.store import spool
@@ -31,7 +31,8 @@ ORDER = (Service.CONFIRM, Service.DECIDE, Service.REQUESTS, Service.UPDATE, Serv
          Service.LIST, Service.HELP, Service.BOUNCES, Service.POSTMASTER, Service.ABUSE)
 
 PURPOSES = registry(requests_desk.PURPOSES, decision_desk.PURPOSES, who_desk.PURPOSES,
-                    list_desk.PURPOSES, update_desk.PURPOSES, redelegation.PURPOSES)
+                    list_desk.PURPOSES, update_desk.PURPOSES, redelegation.PURPOSES,
+                    freshness.PURPOSES)
 
 
 def desks(live: Live, reader: Reader, senders: SenderAuth, iana: IanaClient) -> dict[Service, Desk]:

@@ -27,6 +27,7 @@ from tldops_mta.mail.outbox import Deliverer
 from tldops_mta.ops.housekeeping import Housekeeping
 from tldops_mta.request_queue.queue_clock import QueueClock
 from tldops_mta.roster.broadcast import BroadcastClock
+from tldops_mta.roster.freshness import FreshnessClock
 from tldops_mta.roster.mailman import MailmanLoop
 from tldops_mta.roster.redelegation import RedelegationWatch
 from tldops_mta.settings import config as config_mod
@@ -70,6 +71,8 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
     broadcaster = BroadcastClock(lambda: live.cfg, writer, reader)
     broadcaster.on_mail = deliverer.wake
     watch = RedelegationWatch(live, writer, reader, iana)
+    freshness_clock = FreshnessClock(live, writer, reader, iana)
+    freshness_clock.on_mail = deliverer.wake
     housekeeper = Housekeeping(live, writer, reader)
     housekeeper.on_mail = deliverer.wake
     mailman_loop = MailmanLoop(lambda: live.cfg, writer, reader)
@@ -79,6 +82,7 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
         clock.wake()  # and made requests whose reminders and expiry the clock must time
         broadcaster.wake()  # or changed the roster (broadcast at the next period, never at once)
         mailman_loop.wake()  # and the Mailman list must follow
+        freshness_clock.wake()  # and added SSCs (their first ask), or confirmed, or bounced
 
     worker.on_outcomes = after_outcomes
     stop = asyncio.Event()
@@ -98,7 +102,7 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
                 continue
             idle_for = time.monotonic() - max(worker.active_at, deliverer.active_at, clock.active_at,
                                               broadcaster.active_at, watch.active_at,
-                                              mailman_loop.active_at)
+                                              mailman_loop.active_at, freshness_clock.active_at)
             if idle_for < max_idle:
                 continue
             nxt = await reader.run(lambda c: work_due.next_work_at(c, live.cfg))
@@ -120,6 +124,7 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
             broadcaster.wake()
             housekeeper.wake()
             mailman_loop.wake()
+            freshness_clock.wake()
         else:
             loop.remove_reader(wake_fd)
             stop.set()
@@ -148,7 +153,8 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
              asyncio.create_task(broadcaster.run(), name="broadcast"),
              asyncio.create_task(watch.run(), name="redelegation"),
              asyncio.create_task(housekeeper.run(), name="housekeeping"),
-             asyncio.create_task(mailman_loop.run(), name="mailman")]
+             asyncio.create_task(mailman_loop.run(), name="mailman"),
+             asyncio.create_task(freshness_clock.run(), name="freshness")]
     if wake_fd is not None:  # run by the SMTP process, which starts it again on demand
         tasks.append(asyncio.create_task(exit_when_idle(), name="idle"))
     log.info("worker ready", pid=os.getpid(), requeued=requeued, cpu_class=cpu_class)
@@ -163,6 +169,7 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
     broadcaster.stop()
     mailman_loop.stop()
     watch.stop()
+    freshness_clock.stop()
     housekeeper.stop()
     await asyncio.gather(*tasks)
     await writer.close()

@@ -12,7 +12,7 @@ import sqlite3
 from tldops_mta.mail import outbox
 from tldops_mta.ops import housekeeping
 from tldops_mta.request_queue import queue_clock
-from tldops_mta.roster import broadcast, mailman, redelegation
+from tldops_mta.roster import broadcast, freshness, mailman, redelegation
 from tldops_mta.settings.config import Config
 from tldops_mta.store import spool
 
@@ -22,7 +22,8 @@ def next_work_at(conn: sqlite3.Connection, cfg: Config) -> float | None:
     times = [t for t in (spool.next_due_at(conn), outbox.next_due_at(conn),
                          queue_clock.next_due_at(conn, cfg), broadcast.next_due_at(conn, cfg),
                          _redelegation_check(conn, cfg), mailman.next_due_at(conn, cfg),
-                         housekeeping.next_due_at(conn, cfg.housekeeping.hour))
+                         housekeeping.next_due_at(conn, cfg.housekeeping.hour),
+                         freshness.next_due_at(conn, cfg))
              if t is not None]
     return min(times) if times else None
 
