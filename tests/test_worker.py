@@ -6,18 +6,20 @@ any part: storage, writer and reader are the real ones.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from pathlib import Path
 
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
 from tldops_mta.auth.message_facts import MessageFacts
 from tldops_mta.settings import config
 from tldops_mta.settings.live import Live
 from tldops_mta.settings.recipients import Service
-from tldops_mta.store import spool, storage
+from tldops_mta.store import due_loop, spool, storage
 from tldops_mta.store.retry import backoff
 from tldops_mta.store.storage import Reader
 from tldops_mta.worker.spool_loop import Worker
@@ -265,3 +267,32 @@ async def test_an_outcome_for_a_lost_claim_is_dropped_with_its_effects(tmp_path:
         check.close()
     finally:
         await writer.close()
+
+
+async def test_a_loop_whose_look_for_the_next_due_time_fails_goes_on(tmp_path: Path, monkeypatch) -> None:
+    # A failing read of the next due time (a storage error, a bug in one clock's query) is
+    # logged and tried again; the loop, and the work it owns, never silently stop.
+    monkeypatch.setattr(due_loop, "ERROR_PAUSE", 0.01)
+    conn = storage.connect(tmp_path / "db.sqlite")
+    looks: list[int] = []
+    again = asyncio.Event()
+
+    class Clock(due_loop.DueLoop):
+        async def step(self, now: float | None = None) -> bool:
+            return False
+
+        def next_due(self, conn: sqlite3.Connection) -> float | None:
+            looks.append(1)
+            if len(looks) == 1:
+                raise sqlite3.OperationalError("no such column")
+            again.set()
+            return None
+
+    loop = Clock(Reader(conn, inline=True), structlog.get_logger("test"))
+    task = asyncio.create_task(loop.run())
+    try:
+        await asyncio.wait_for(again.wait(), timeout=10)
+    finally:
+        loop.stop()
+        await asyncio.wait_for(task, timeout=10)
+    assert len(looks) >= 2 and not task.exception()

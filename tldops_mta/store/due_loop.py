@@ -75,7 +75,12 @@ class DueLoop:
                 await self._sleep(ERROR_PAUSE)
                 continue
             if not worked:
-                nxt = await self.reader.run(self.next_due)
+                try:
+                    nxt = await self.reader.run(self.next_due)
+                except Exception:  # a loop that stopped here would stop its work for good
+                    self.log.exception("next due time not read")
+                    await self._sleep(ERROR_PAUSE)
+                    continue
                 await self._sleep(IDLE_POLL if nxt is None else min(IDLE_POLL, max(0.0, nxt - time.time())))
 
     async def _sleep(self, delay: float) -> None:
