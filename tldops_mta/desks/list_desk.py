@@ -213,11 +213,9 @@ def distribute(live: Live, post: Post, original_id: str, author: str, spool_id: 
         if cur.rowcount == 0:
             return spool.Verdict(spool.Status.DONE, SEEN)
         rcpts = [r[0] for r in conn.execute("SELECT DISTINCT lower(email) FROM roster ORDER BY 1")]
-        message_id = outbox.enqueue(post.raw, f"{bounces}@{domain}", rcpts, "list", ref=queue_id,
-                                    cfg=cfg)(conn)
         # VERP as the broadcast's: a bounce names the delivery, so the SSC it is about.
-        conn.execute("UPDATE outbox_deliveries SET mail_from = ? || '+b' || id || '@' || ?"
-                     " WHERE message_id = ?", (bounces, domain, message_id))
+        message_id = outbox.enqueue(post.raw, f"{bounces}@{domain}", rcpts, "list", ref=queue_id,
+                                    cfg=cfg, verp=True)(conn)
         conn.execute("UPDATE list_posts SET outbox_message_id = ?, recipients = ? WHERE id = ?",
                      (message_id, len(rcpts), cur.lastrowid))
         return None

@@ -27,12 +27,13 @@ def one_time_address(live: Live, conn: sqlite3.Connection, purpose: str, *, to: 
 
 
 def send(live: Live, conn: sqlite3.Connection, template: str, to: Sequence[str],
-         values: dict[str, object], *, tlp: Tlp, bounce_tag: str, purpose: str,
+         values: dict[str, object], *, tlp: Tlp, bounce_tag: str | None, purpose: str,
          reply_to: str | None = None, auto: str = "auto-generated", in_reply_to: str | None = None,
          ref: str | None = None) -> None:
     """Queue template ``template`` with ``values`` to each of ``to`` (each its own delivery,
     so one bad address delays no other), from ``reply_to`` when answers are expected (a
-    one-time address), else from postmaster@; bounces come back to bounces+BOUNCE_TAG@."""
+    one-time address), else from postmaster@; bounces come back to bounces+BOUNCE_TAG@, or
+    with ``bounce_tag`` None to one return path per delivery (bounces+b<delivery>@)."""
     subject, body = texts.render(live.rules, template, values)
     sender = reply_to or live.service_address("postmaster")
     bounces = live.service_address("bounces", bounce_tag)
@@ -40,4 +41,4 @@ def send(live: Live, conn: sqlite3.Connection, template: str, to: Sequence[str],
         raw = outbox.compose(from_addr=f"TLD-OPS <{sender}>", to=rcpt, subject=subject, body=body,
                              domain=live.cfg.server.domain, tlp=tlp, reply_to=reply_to,
                              auto=auto, in_reply_to=in_reply_to)
-        outbox.enqueue(raw, bounces, [rcpt], purpose, ref=ref, cfg=live.cfg)(conn)
+        outbox.enqueue(raw, bounces, [rcpt], purpose, ref=ref, cfg=live.cfg, verp=bounce_tag is None)(conn)

@@ -160,12 +160,15 @@ def _subject(subject: str) -> str:
 
 
 def enqueue(raw: bytes, mail_from: str, rcpts: Sequence[str], purpose: str,
-            ref: str | None = None, *, cfg: Config) -> Callable[[sqlite3.Connection], int]:
+            ref: str | None = None, *, cfg: Config,
+            verp: bool = False) -> Callable[[sqlite3.Connection], int]:
     """A writer job that queues ``raw`` for each recipient; returns the outbox message id.
 
     Every mail the daemon sends comes through here: it is DKIM-signed here, once, with the
     daemon's key (``cfg``'s ``dkim.key``), before its octets are stored, so each delivery
-    and each retry sends the same signed octets."""
+    and each retry sends the same signed octets. ``verp``: each delivery gets its own
+    envelope sender, ``mail_from``'s local part ``+b<delivery id>``, so that a bounce names
+    the delivery, and with it the person it was for."""
     if cfg.dkim_key is not None:
         from tldops_mta.mail import dkim_keys  # signing pulls in dkimpy: the SMTP process never signs
 
@@ -180,6 +183,10 @@ def enqueue(raw: bytes, mail_from: str, rcpts: Sequence[str], purpose: str,
         conn.executemany(
             "INSERT INTO outbox_deliveries (message_id, rcpt, updated_at) VALUES (?,?,?)",
             [(mid, r, now) for r in rcpts])
+        if verp:
+            local, _, domain = mail_from.rpartition("@")
+            conn.execute("UPDATE outbox_deliveries SET mail_from = ? || '+b' || id || '@' || ?"
+                         " WHERE message_id = ?", (local, domain, mid))
         return mid
 
     return job

@@ -116,9 +116,7 @@ def claim_and_queue(conn: sqlite3.Connection, cfg: Config, period: str, kind: st
         return len(built.recipients)
     built = build(conn, cfg, now, period)
     message_id = outbox.enqueue(built.raw, f"{bounces}@{domain}", built.recipients, "broadcast",
-                                ref=period, cfg=cfg)(conn)
-    conn.execute("UPDATE outbox_deliveries SET mail_from = ? || '+b' || id || '@' || ?"
-                 " WHERE message_id = ?", (bounces, domain, message_id))
+                                ref=period, cfg=cfg, verp=True)(conn)
     conn.execute("INSERT INTO broadcasts (period, kind, claimed_at, outbox_message_id, recipients, tlp)"
                  " VALUES (?,?,?,?,?,?)", (period, kind, now, message_id, len(built.recipients),
                                            built.label.label))

@@ -172,11 +172,8 @@ def _ask(live: Live, conn: sqlite3.Connection, tld: str, email: str, now: float,
     if asked is not None:
         values["asked"] = time.strftime("%Y-%m-%d", time.gmtime(asked))
     mailing.send(live, conn, "freshness_ask" if asked is None else "freshness_reminder", [email], values,
-                 tlp=Tlp.parse(cfg.broadcast.tlp), bounce_tag="freshness", purpose="freshness",
+                 tlp=Tlp.parse(cfg.broadcast.tlp), bounce_tag=None, purpose="freshness",
                  reply_to=address, ref=tld)
-    delivery = conn.execute("SELECT max(id) FROM outbox_deliveries").fetchone()[0]
-    conn.execute("UPDATE outbox_deliveries SET mail_from = ? WHERE id = ?",
-                 (f"{cfg.addresses.bounces}+b{delivery}@{cfg.server.domain}", delivery))
     conn.execute("INSERT INTO freshness_mails (tld, email, kind, at) VALUES (?,?,?,?)",
                  (tld, email, "ask" if asked is None else "reminder", now))
     return True
