@@ -93,7 +93,7 @@ class Housekeeping(DueLoop):
         table = None
         if cfg.housekeeping.monthly_stats:
             try:
-                table = cctlds.load(cfg.rules_dir)
+                table = self.rt.cctld_table()
             except cctlds.CctldsError as e:
                 self.log.error("no monthly statistics: rules/cctlds.csv", problems=e.problems[:3])
         live = self.rt

@@ -21,6 +21,11 @@ from tldops_mta.settings.cctlds import REGIONS, Cctld, find
 from tldops_mta.settings.config import Config
 
 
+def percent(part: int, whole: int) -> int | None:
+    """Whole percent as the report prints them; None of nothing (an empty region)."""
+    return round(100 * part / whole) if whole else None
+
+
 @dataclass(frozen=True)
 class Count:
     subscribed: int = 0
@@ -31,8 +36,7 @@ class Count:
         return self.subscribed + self.missing
 
     def pct(self, n: int) -> int | None:
-        """Whole percent as the report prints them; None for an empty region."""
-        return round(100 * n / self.total) if self.total else None
+        return percent(n, self.total)
 
     def as_dict(self) -> dict[str, Any]:
         return {"subscribed": self.subscribed, "subscribed_pct": self.pct(self.subscribed),
@@ -73,7 +77,7 @@ class Stats:
                 for region, ms in self.missing.items()},
             "not_in_cctlds_csv": list(self.unknown),
             **({"confirmed_within_days": self.fresh_days, "sscs_confirmed": {
-                region: {"sscs": n, "confirmed": k, "confirmed_pct": round(100 * k / n) if n else None}
+                region: {"sscs": n, "confirmed": k, "confirmed_pct": percent(k, n)}
                 for region, (n, k) in self.fresh.items()}} if self.fresh else {}),
         }
 
@@ -163,8 +167,7 @@ def read_subscribed_file(text: str, cctlds: Iterable[Cctld], day: dt.date) -> se
 # -- output ----------------------------------------------------------------------------------
 
 
-def _pct(c: Count, n: int) -> str:
-    p = c.pct(n)
+def _pct(p: int | None) -> str:
     return "    " if p is None else f"{p:3d}%"
 
 
@@ -176,8 +179,8 @@ def render_text(s: Stats) -> str:
         out.write(f"{'Region':<30} {'Subscribed':>15} {'Non-subscribed':>19} {'Total':>7}\n")
         for region, c in s.counts[kind].items():
             name = "Total" if region == "total" else REGIONS[region]
-            out.write(f"{name:<30} {c.subscribed:>9}  {_pct(c, c.subscribed)} {c.missing:>13}  "
-                      f"{_pct(c, c.missing)} {c.total:>7}\n")
+            out.write(f"{name:<30} {c.subscribed:>9}  {_pct(c.pct(c.subscribed))} {c.missing:>13}  "
+                      f"{_pct(c.pct(c.missing))} {c.total:>7}\n")
     out.write("\nNon-subscribed ccTLDs per region\n")
     for region, ms in s.missing.items():
         ascii_, idn = [m for m in ms if not m.cctld.idn], [m for m in ms if m.cctld.idn]
@@ -193,8 +196,7 @@ def render_text(s: Stats) -> str:
         out.write(f"{'Region':<30} {'SSCs':>7} {'Confirmed':>15}\n")
         for r, (n, k) in s.fresh.items():
             name = "Total" if r == "total" else REGIONS[r]
-            pct = f"{round(100 * k / n):3d}%" if n else "    "
-            out.write(f"{name:<30} {n:>7} {k:>9}  {pct}\n")
+            out.write(f"{name:<30} {n:>7} {k:>9}  {_pct(percent(k, n))}\n")
     if s.unknown:
         out.write(f"\nSubscribed but not in cctlds.csv on that day (not counted): "
                   f"{', '.join('.' + t for t in s.unknown)}\n")
