@@ -44,24 +44,11 @@ Email:
 
 
 @dataclass(frozen=True)
-class Member:
-    tld: str
-    """A-label, no dot."""
-    unicode: str
-    """U-label of an IDN ccTLD, else empty."""
-    country: str
-
-    @property
-    def shown(self) -> str:
-        """``.mt``; an IDN as ``.мкд (xn--d1alf)``, as the statistics show them."""
-        return f".{self.unicode} ({self.tld})" if self.unicode else f".{self.tld}"
-
-
-@dataclass(frozen=True)
 class Region:
     code: str
     name: str
-    members: tuple[Member, ...]
+    members: tuple[Cctld, ...]
+    """The subscribed ccTLDs of the region (shown as the statistics show them: ``Cctld.shown``)."""
     counts: dict[str, Count]
     """kind ('ascii', 'idn') -> the region's row of Table 1 or 2."""
 
@@ -91,8 +78,7 @@ def build(summary: Stats, table: Iterable[Cctld], subscribed: set[str], roster_v
     listed = sorted((c for c in table if c.tld in subscribed and c.counts_on(summary.day)),
                     key=lambda c: (c.idn, c.tld))
     regions = tuple(
-        Region(code, name, tuple(Member(c.tld, c.unicode if c.idn else "", c.country)
-                                 for c in listed if c.region == code),
+        Region(code, name, tuple(c for c in listed if c.region == code),
                {kind: summary.counts[kind][code] for kind in KINDS})
         for code, name in REGIONS.items())
     return Page(summary.day, roster_version, regions,
@@ -106,8 +92,8 @@ def as_dict(page: Page) -> dict[str, Any]:
         "roster_version": page.roster_version,
         "subscribed": page.subscribed,
         "regions": [{"code": r.code, "name": r.name,
-                     "members": [{"tld": m.tld, "unicode": m.unicode, "country": m.country,
-                                  "idn": bool(m.unicode)} for m in r.members],
+                     "members": [{"tld": c.tld, "unicode": c.unicode if c.idn else "", "country": c.country,
+                                  "idn": c.idn} for c in r.members],
                      "counts": {kind: c.as_dict() for kind, c in r.counts.items()}}
                     for r in page.regions],
         "totals": {kind: c.as_dict() for kind, c in page.totals.items()},
