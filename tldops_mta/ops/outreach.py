@@ -19,6 +19,7 @@ from tldops_mta.auth.iana import IanaClient, LookupUnavailable
 from tldops_mta.mail import mailing
 from tldops_mta.mail.tlp import Tlp
 from tldops_mta.ops import stats
+from tldops_mta.policy import texts
 from tldops_mta.settings import cctlds, policy_files
 from tldops_mta.settings.config import Config
 from tldops_mta.settings.live import Live
@@ -63,8 +64,7 @@ def candidates(table: list[cctlds.Cctld], subscribed: set[str], day: dt.date, re
 
 def too_soon(last: float | None, now: float, interval_days: int) -> str | None:
     if last is not None and now - last < interval_days * DAY:
-        when = dt.datetime.fromtimestamp(last, dt.UTC).strftime("%Y-%m-%d")
-        return f"invited {when}; again after {interval_days} days"
+        return f"invited {texts.utc_day(last)}; again after {interval_days} days"
     return None
 
 

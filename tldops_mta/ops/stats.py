@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from tldops_mta.policy import texts
 from tldops_mta.roster import freshness
 from tldops_mta.settings.cctlds import REGIONS, Cctld, find
 from tldops_mta.settings.config import Config
@@ -189,7 +190,7 @@ def render_text(s: Stats) -> str:
             if group and heading:
                 out.write(heading)
             for i, m in enumerate(group, start=1):
-                invited = "" if m.invited_at is None else f"  invited {_day(m.invited_at)}"
+                invited = "" if m.invited_at is None else f"  invited {texts.utc_day(m.invited_at)}"
                 out.write(f"  {i:>3}) {m.cctld.shown:<28} {m.cctld.country}{invited}\n")
     if s.fresh:
         out.write(f"\nSecurity and Stability Contacts confirmed (or added) in the last {s.fresh_days} days\n")
@@ -215,10 +216,6 @@ def render_csv(s: Stats) -> str:
             w.writerow([s.day.isoformat(), kind, region, d["subscribed"], _blank(d["subscribed_pct"]),
                         d["non_subscribed"], _blank(d["non_subscribed_pct"]), d["total"]])
     return out.getvalue()
-
-
-def _day(t: float) -> str:
-    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d")
 
 
 def _blank(v: int | None) -> str:

@@ -10,6 +10,7 @@ values, labelled) so nothing is lost; ``tldops config check`` reports it.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -98,6 +99,11 @@ def counted(n: int, noun: str, nouns: str | None = None) -> str:
     """``1 ccTLD``, ``3 ccTLDs``: a count with its noun in the number it needs; ``nouns`` for
     the plurals that are not the noun plus s."""
     return f"{n} {noun if n == 1 else nouns or noun + 's'}"
+
+
+def utc_day(t: float) -> str:
+    """``2026-12-03``: the UTC day of a Unix time, as every mail, listing and table writes it."""
+    return time.strftime("%Y-%m-%d", time.gmtime(t))
 
 
 def missing(what: str, ident: object) -> str:

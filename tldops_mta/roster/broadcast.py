@@ -22,7 +22,7 @@ from typing import Any
 from tldops_mta import logs
 from tldops_mta.mail import outbox
 from tldops_mta.mail.tlp import Tlp
-from tldops_mta.policy.texts import counted
+from tldops_mta.policy.texts import counted, utc_day
 from tldops_mta.roster import mailman
 from tldops_mta.roster.broadcast_schedule import WEEKDAYS, Period, Schedule, due, next_check
 from tldops_mta.settings.config import Config
@@ -75,7 +75,7 @@ def build(conn: sqlite3.Connection, cfg: Config, now: float, period: str, to: st
     label = Tlp.parse(cfg.broadcast.tlp)
     domain = cfg.server.domain
     ccs, sscs = formats.counts(table)
-    day = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%d")
+    day = utc_day(now)
     msg = EmailMessage()
     msg["From"] = f"TLD-OPS <{cfg.addresses.postmaster}@{domain}>"
     msg["To"] = f"TLD-OPS Security and Stability Contacts <{to or cfg.addresses.who + '@' + domain}>"

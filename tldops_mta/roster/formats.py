@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from tldops_mta.policy.roster_policy import RosterEntry
-from tldops_mta.policy.texts import counted
+from tldops_mta.policy.texts import counted, utc_day
 from tldops_mta.roster.roster_table import ROLE_ORDER
 from tldops_mta.settings.cctlds import tld_labels
 
@@ -85,7 +85,7 @@ def text(table: Sequence[Row], made_at: float, label: str, confirmed: bool = Fal
             current = r.tld
         out += entry_lines(r)
         if confirmed:
-            last = time.strftime("%Y-%m-%d", time.gmtime(r.confirmed_at)) if r.confirmed_at else "never"
+            last = utc_day(r.confirmed_at) if r.confirmed_at else "never"
             out.append(f"    last confirmed: {last}")
     out += ["", f"[{label}] Share only as the label allows."]
     return "\n".join(out) + "\n"

@@ -26,6 +26,7 @@ from tldops_mta.auth.iana import IanaClient, LookupUnavailable
 from tldops_mta.auth.token_purposes import Purpose
 from tldops_mta.mail import mailing
 from tldops_mta.mail.tlp import Tlp
+from tldops_mta.policy import texts
 from tldops_mta.settings.config import Config
 from tldops_mta.settings.live import Live
 from tldops_mta.store import tokens
@@ -170,7 +171,7 @@ def _ask(live: Live, conn: sqlite3.Connection, tld: str, email: str, now: float,
         "confirm_address": address, "update": live.service_address("update"),
         "help": live.service_address("help")}
     if asked is not None:
-        values["asked"] = time.strftime("%Y-%m-%d", time.gmtime(asked))
+        values["asked"] = texts.utc_day(asked)
     mailing.send(live, conn, "freshness_ask" if asked is None else "freshness_reminder", [email], values,
                  tlp=Tlp.parse(cfg.broadcast.tlp), bounce_tag=None, purpose="freshness",
                  reply_to=address, ref=tld)
@@ -248,7 +249,7 @@ def notify(live: Live, conn: sqlite3.Connection, tld: str, admin: str | None, no
         return 0
     blocks = []
     for row in formats.rows({tld: entries}):
-        since = time.strftime("%Y-%m-%d", time.gmtime(waiting[row.entry.email.lower()]))
+        since = texts.utc_day(waiting[row.entry.email.lower()])
         blocks.append("\n".join([*formats.entry_lines(row), f"    unconfirmed since {since}"]))
     to = list(dict.fromkeys([*([admin] if admin else []), *live.cfg.validation.validators]))
     mailing.send(live, conn, "freshness_notice", to, {
