@@ -42,7 +42,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
              ] if cfg is not None and cfg.dkim_key is None else []
     if args.json:
         print_json({"ok": not problems, "problems": problems, "notes": notes,
-                     "source": str(args.config) if args.config else None})
+                    "source": str(args.config) if args.config else None})
     elif problems:
         for p in problems:
             print(p, file=sys.stderr)
@@ -131,8 +131,8 @@ def cmd_dkim_check(args: argparse.Namespace) -> int:
             problem = f"the TXT record at {name} does not match {path}: {problem}"
     if args.json:
         print_json({"ok": problem is None, "name": name, "key": str(path), "problem": problem,
-                     "published": None if record is None else record.decode("ascii", "replace"),
-                     "expected": key.record})
+                    "published": None if record is None else record.decode("ascii", "replace"),
+                    "expected": key.record})
         return EXIT_ERROR if problem else EXIT_OK
     if problem is not None:
         raise CliError(problem)

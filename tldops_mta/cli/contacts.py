@@ -91,10 +91,10 @@ def cmd_iana_show(args: argparse.Namespace) -> int:
     age = max(0.0, time.time() - c.fetched_at)
     if args.json:
         print_json({"tld": c.tld, "u_label": c.u_label, "admin_email": c.email, "status": c.status,
-                     "source": c.source, "fetched_at": c.fetched_at,
-                     "fetched_at_utc": when(c.fetched_at) + "Z", "age_seconds": round(age, 1),
-                     "from_cache": c.from_cache, "reason": c.reason,
-                     "raw": c.raw.decode("utf-8", "replace")})
+                    "source": c.source, "fetched_at": c.fetched_at,
+                    "fetched_at_utc": when(c.fetched_at) + "Z", "age_seconds": round(age, 1),
+                    "from_cache": c.from_cache, "reason": c.reason,
+                    "raw": c.raw.decode("utf-8", "replace")})
         return EXIT_OK
     print(f"tld:         {c.tld}" + (f" ({c.u_label})" if c.u_label != c.tld else ""))
     print(f"admin:       {c.email or '-'}")

@@ -46,7 +46,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         problems += [f"rules: {p}" for p in e.problems]
     if args.json:
         print_json({**h.as_dict(), "running": pid is not None, "pid": pid, "rules": policy,
-                     "problems": problems})
+                    "problems": problems})
         return EXIT_ERROR if problems else EXIT_OK
 
     def counts(d: dict[str, int]) -> str:
@@ -153,7 +153,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         raise CliError(str(e)) from e
     if args.json:
         print_json({"database": str(done.path), "schema_version": done.schema_version,
-                     "migrations_applied": list(done.migrations_applied)})
+                    "migrations_applied": list(done.migrations_applied)})
     else:
         migrated = (f"; migrations {', '.join(map(str, done.migrations_applied))} applied"
                     if done.migrations_applied else "")
@@ -192,7 +192,7 @@ def cmd_person_erase(args: argparse.Namespace) -> int:
     counts = erased.counts()
     if args.json:  # the ids per kind: what `person export` listed beforehand
         print_json({"erased": bool(counts), "counts": counts,
-                     "ids": {k: v for k, v in erased.ids.items() if v}})
+                    "ids": {k: v for k, v in erased.ids.items() if v}})
     elif counts:
         # Per kind, named as `person export` names its sections (no noun to put in the plural).
         print("erased, rows per kind: "

@@ -72,7 +72,7 @@ def print_json(obj: Any) -> None:
 
 
 def print_listing(args: argparse.Namespace, rows: Sequence[T], as_json: Callable[[T], Any],
-                   line: Callable[[T], str], *, empty: str, header: str | None = None) -> int:
+                  line: Callable[[T], str], *, empty: str, header: str | None = None) -> int:
     """What every listing command prints: the rows as JSON with --json; else ``empty`` when
     there are none, or the header and one line per row."""
     if args.json:

@@ -65,7 +65,7 @@ def cmd_queue_show(args: argparse.Namespace) -> int:
 
         print(f"asks:        {item.action} .{item.tld}; the roster then ('-' leaves, '+' comes):")
         for line in roster_table.diff_lines(roster_table.from_dicts(change.get("before", [])),
-                                      roster_table.from_dicts(change.get("after", []))):
+                                            roster_table.from_dicts(change.get("after", []))):
             print(f"  {line}")
         for w in change.get("warnings", []):
             print(f"warning:     {w}")

@@ -58,7 +58,7 @@ def _confirmed(live: Live, conn: sqlite3.Connection, r: tokens.Redemption, sende
     wanted = json.loads(r.payload or "{}")
     by = transitions.By(Actor.VALIDATOR, sender_key, "token")
     result = transitions.act(live, conn, r.request_id, Event(wanted["event"]), by, wanted.get("reason"),
-                           now=now)
+                             now=now)
     transitions.answer_validator(live, conn, r.request_id, sender_key, result.message, None)
     return result.message
 
@@ -119,7 +119,7 @@ class DecisionDesk:
 
             def ask(conn: sqlite3.Connection) -> None:
                 transitions.ask_to_confirm(live, conn, rid, to, event, reason or None, now=now,
-                                         in_reply_to=facts.message_id, answered=label)
+                                           in_reply_to=facts.message_id, answered=label)
 
             log.info("decision waits for confirmation", request_id=request_id)
             return spool.Outcome(p.id, spool.Status.DONE, "decision without DKIM: confirmation asked",
@@ -156,9 +156,9 @@ class DecisionDesk:
                 conn.execute("INSERT INTO seen_messages (message_id, spool_id, seen_at) VALUES (?,?,?)",
                              (once, p.id, now))
                 result = transitions.act(live, conn, request_id, event, by, reason or None, now=now,
-                                       evidence=evidence)
+                                         evidence=evidence)
                 transitions.answer_validator(live, conn, request_id, sender.key, result.message,
-                                           facts.message_id, label)
+                                             facts.message_id, label)
             results[:] = [result]
             status = spool.Status.DONE if result.ok else spool.Status.REJECTED
             return spool.Verdict(status, result.message[:1000])

@@ -134,7 +134,7 @@ class RequestsDesk:
             log.info("request refused by policy", tld=d.tld, problems=len(judgement.problems))
             return self._refusal(p, facts, _policy_problems(judgement, d), effects)
         change = transitions.change_of(form, judgement, current, auto_reply.may_answer(self.rt, p, facts),
-                                     tlp.of_message(facts.subject or "", text))
+                                       tlp.of_message(facts.subject or "", text))
         evidence = _evidence(d, contact, report, authentication_results(cfg.hostname, report),
                              sender, facts, replay_why)
         ids: dict[str, int] = {}
@@ -166,7 +166,7 @@ class RequestsDesk:
             if self_admin:
                 by = transitions.By(Actor.POLICY, "self-administration", "dkim")
                 if transitions.act(live, conn, request_id, Event.APPROVE, by,
-                                 "verified and no policy warning", now=now).ok:
+                                   "verified and no policy warning", now=now).ok:
                     transitions.ask_validators(live, conn, request_id, now=now, template="applied")
                     return
             transitions.ask_validators(live, conn, request_id, now=now)
@@ -307,8 +307,8 @@ def _new_request(spool_id: int, d: Decision, action: str, requester: str, auth: 
         request_id = int(cur.lastrowid or 0)
         who = Actor.ADMIN if auth == "dkim" else Actor.REQUESTER
         transitions.record(conn, request_id, "submit", None, state.value,
-                         transitions.By(who, requester, auth if auth == "dkim" else "-"), d.reason, now,
-                         evidence)
+                           transitions.By(who, requester, auth if auth == "dkim" else "-"), d.reason, now,
+                           evidence)
         return request_id
 
     return job
@@ -331,7 +331,7 @@ def _withdrawn(live: Live, conn: sqlite3.Connection, r: tokens.Redemption, sende
     assert r.request_id is not None
     by = transitions.By(Actor.ADMIN, sender_key, "token")
     return transitions.act(live, conn, r.request_id, Event.WITHDRAW, by,
-                         "withdrawn by the administrative contact", now=now).message
+                           "withdrawn by the administrative contact", now=now).message
 
 
 PURPOSES = (

@@ -44,7 +44,7 @@ def apply(conn: sqlite3.Connection, cfg: Config, payload: str, address: str, now
         return "not applied: the roster changed since (you no longer hold that role)"
     new = RosterEntry(mine.role, wanted["first_name"], wanted["last_name"], wanted["phone"], mine.email)
     roster_table.replace_all(conn, tld, [new if e is mine else e for e in current], None, now,
-                       by=f"ssc:{address} (token)")
+                             by=f"ssc:{address} (token)")
     freshness.confirmed(conn, cfg, tld, address, now)  # a correction is an answer to the yearly ask
     return f"your details for .{tld} are corrected"
 

@@ -80,7 +80,7 @@ class QueueClock(DueLoop):
                 if what == "expire":
                     days = live.cfg.validation.expire_after / 86400
                     result = transitions.act(live, conn, request_id, Event.EXPIRE, scheduler,
-                                           f"nobody decided within {days:g} days", now=now)
+                                             f"nobody decided within {days:g} days", now=now)
                     done.append((request_id, what, result.message))
                 else:
                     n = transitions.ask_validators(live, conn, request_id, now=now, reminder=True)
