@@ -123,6 +123,11 @@ class _DaemonCollector:
         for status, n in sorted(h.spool.items()):
             spool.add_metric([status], n)
         yield spool
+        by_lane = GaugeMetricFamily(f"{PREFIX}_spool_waiting_by_lane",
+                                    "Messages waiting for the worker by priority lane", labels=["lane"])
+        for lane, n in sorted(h.waiting_lanes.items()):
+            by_lane.add_metric([lane], n)
+        yield by_lane
         queue = GaugeMetricFamily(f"{PREFIX}_queue_requests", "Requests by state", labels=["state"])
         for state, n in sorted(h.queue.items()):
             queue.add_metric([state], n)

@@ -22,7 +22,7 @@ from tldops_mta.policy.queue_states import State
 from tldops_mta.settings import config as config_mod
 from tldops_mta.settings import policy_files
 from tldops_mta.settings.recipients import Service
-from tldops_mta.store import private_state, spool, storage
+from tldops_mta.store import lanes, private_state, spool, storage
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--status", choices=[st.value for st in spool.Status])
     s.add_argument("--service", choices=[sv.value for sv in Service],
                    help="only mail handled for this service address (postmaster, abuse, ...)")
+    s.add_argument("--lane", choices=lanes.WORDS,
+                   help="only mail in this priority lane (the order the worker takes it in)")
     s.add_argument("--limit", type=int, default=50)
     s.set_defaults(func="messages:cmd_spool_list")
     s = _action(ssub, "show", help="one message: envelope, history and header", json=True)

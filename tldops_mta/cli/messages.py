@@ -32,15 +32,17 @@ def cmd_spool_list(args: argparse.Namespace) -> int:
         why = e.reason if e.reason and e.status not in (spool.Status.DONE, spool.Status.PROCESSING) else ""
         why = why.removeprefix(f"{spool.WAITING}: ")  # said in the status column
         what = f"{services}: {why}" if services and why else services or why
-        return (f"{e.queue_id:<19}  {when(e.received_at)}  {e.shown_status:<10}  {e.attempts:>3}  "
-                f"{e.size:>8}  {what}")
+        return (f"{e.queue_id:<19}  {when(e.received_at)}  {e.shown_status:<10}  {e.lane:<8}  "
+                f"{e.attempts:>3}  {e.size:>8}  {what}")
 
     which = " and ".join(([f"with status {args.status}"] if args.status else [])
-                         + ([f"for {args.service}@"] if args.service else []))
+                         + ([f"for {args.service}@"] if args.service else [])
+                         + ([f"in the {args.lane} lane"] if args.lane else []))
+    entries = spool.listing(conn, args.status, args.limit, args.service, args.lane)
     return print_listing(
-        args, spool.listing(conn, args.status, args.limit, args.service), lambda e: e.as_dict(), line,
+        args, entries, lambda e: e.as_dict(), line,
         empty=f"no messages {which}" if which else "spool is empty",
-        header=(f"{'ID':<19}  {'RECEIVED (UTC)':<19}  {'STATUS':<10}  {'TRY':>3}  {'SIZE':>8}"
+        header=(f"{'ID':<19}  {'RECEIVED (UTC)':<19}  {'STATUS':<10}  {'LANE':<8}  {'TRY':>3}  {'SIZE':>8}"
                 "  SERVICES / REASON"))
 
 
@@ -62,6 +64,7 @@ def cmd_spool_show(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"id:          {entry.queue_id}")
     print(f"status:      {entry.status} (attempts {entry.attempts})")
+    print(f"lane:        {entry.lane}")
     print(f"received:    {when(entry.received_at)} UTC from {entry.client_addr} "
           f"(HELO {entry.helo}), session {entry.session_id}")
     if entry.relay_addr:

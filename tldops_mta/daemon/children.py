@@ -306,7 +306,8 @@ class SpoolLink(asyncio.Protocol):
 
 class AppenderProcess(Supervised):
     """``python -m tldops_mta.intake.appender``: commits accepted mail for the SMTP process (see
-    ``appender`` for why it is a process). Storage settings apply at its start."""
+    ``appender`` for why it is a process). Storage settings and the fast lane's budget
+    (worker.fast_lane_*) apply at its start."""
 
     name = "spool appender"
 
@@ -325,6 +326,8 @@ class AppenderProcess(Supervised):
                 "--busy-timeout-ms", str(cfg.storage.busy_timeout_ms),
                 "--max-size-mb", str(cfg.storage.max_size_mb),
                 "--group-commit-max", str(cfg.storage.group_commit_max),
+                "--fast-lane-budget", str(cfg.worker.fast_lane_budget),
+                "--fast-lane-window", str(cfg.worker.fast_lane_window),
                 "--log-level", cfg.log.level]
         try:
             proc = await asyncio.create_subprocess_exec(

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tldops_mta.policy.texts import counted
-from tldops_mta.store import storage
+from tldops_mta.store import lanes, storage
 
 SPOOL_STATUSES = ("received", "processing", "done", "rejected", "failed")
 OUTBOX_STATUSES = ("queued", "sent", "failed")
@@ -27,6 +27,8 @@ class Health:
     """Messages by status (all of them: received and processing are still to do)."""
     oldest_waiting_s: float | None = None
     """Age of the oldest message not yet processed."""
+    waiting_lanes: dict[str, int] = field(default_factory=dict)
+    """Messages waiting for the worker (received) by priority lane (store/lanes.py)."""
     queue: dict[str, int] = field(default_factory=dict)
     """Requests by state."""
     outbox: dict[str, int] = field(default_factory=dict)
@@ -101,6 +103,7 @@ def read(conn: sqlite3.Connection, now: float | None = None) -> Health:
     try:
         spool_counts = dict.fromkeys(SPOOL_STATUSES, 0)
         spool_counts.update(conn.execute("SELECT status, count(*) FROM spool GROUP BY status").fetchall())
+        waiting_lanes = lanes.waiting_by_lane(conn)
         oldest = conn.execute("SELECT min(received_at) FROM spool WHERE status IN ('received', 'processing')"
                               ).fetchone()[0]
         queue = dict(conn.execute("SELECT state, count(*) FROM requests GROUP BY state").fetchall())
@@ -132,7 +135,7 @@ def read(conn: sqlite3.Connection, now: float | None = None) -> Health:
     finally:
         conn.execute("COMMIT")
     return Health(
-        at=now, schema_version=version, spool=spool_counts,
+        at=now, schema_version=version, spool=spool_counts, waiting_lanes=waiting_lanes,
         oldest_waiting_s=None if oldest is None else max(0.0, now - oldest),
         queue=queue, outbox=outbox,
         oldest_queued_mail_s=None if oldest_mail is None else max(0.0, now - oldest_mail),

@@ -32,7 +32,7 @@ from typing import Any
 
 from tldops_mta.child_setup import die_with_parent
 from tldops_mta.intake import spool_frames
-from tldops_mta.store import private_state, spool, storage
+from tldops_mta.store import lanes, private_state, spool, storage
 
 RECV = 1 << 20
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
@@ -62,8 +62,10 @@ def reply_for(seq: int, error: BaseException | None) -> bytes:
 
 class Appender:
     def __init__(self, sock: socket.socket, conn: sqlite3.Connection, max_batch: int,
-                 log: Log, lock_wait: float = 5.0) -> None:
+                 log: Log, lock_wait: float = 5.0, budget: lanes.Budget | None = None) -> None:
         self.sock = sock
+        self.insert = spool.inserter(budget or lanes.DEFAULT_BUDGET)
+        """The insert job, each arrival in its priority lane (store/lanes.py)."""
         self.lock_wait = lock_wait
         self.conn = conn
         self.max_batch = max_batch
@@ -96,7 +98,7 @@ class Appender:
                 return
 
     def commit(self, frames: Sequence[tuple[int, spool.Arrival]]) -> None:
-        results = storage.commit(self.conn, [spool.insert(a) for _, a in frames], lock_wait=self.lock_wait)
+        results = storage.commit(self.conn, [self.insert(a) for _, a in frames], lock_wait=self.lock_wait)
         self.commits += 1
         self.writes += len(frames)
         replies = []
@@ -116,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-size-mb", type=int, default=0)
     p.add_argument("--group-commit-max", type=int, default=512)
     p.add_argument("--log-level", choices=sorted(LEVELS), default="info")
+    p.add_argument("--fast-lane-budget", type=int, default=lanes.Budget.messages,
+                   help="worker.fast_lane_budget")
+    p.add_argument("--fast-lane-window", type=float, default=lanes.Budget.window,
+                   help="worker.fast_lane_window")
     args = p.parse_args(argv)
     private_state.restrict_umask()
     die_with_parent()
@@ -127,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     # (storage.begin), up to the configured busy timeout.
     conn = storage.connect(args.database, busy_timeout_ms=0, max_size_mb=args.max_size_mb)
     storage.check_schema(conn)
-    appender = Appender(sock, conn, args.group_commit_max, log, lock_wait=args.busy_timeout_ms / 1000)
+    appender = Appender(sock, conn, args.group_commit_max, log, lock_wait=args.busy_timeout_ms / 1000,
+                        budget=lanes.Budget(args.fast_lane_budget, args.fast_lane_window))
     log("info", "appender ready", pid=os.getpid())
     try:
         appender.serve()

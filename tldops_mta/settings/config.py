@@ -311,6 +311,18 @@ SCHEMA: tuple[Key, ...] = (
         "Seconds before the first retry of a failed attempt; doubles each time."),
     Key("worker", "retry_max", 3600.0, _float_range(0.01, 604800),
         "Longest wait between retries, in seconds."),
+    Key("worker", "max_wait", 600.0, _float_range(0, 604800),
+        "Seconds after which a spooled message is taken ahead of the priority lanes (oldest "
+        "first), so that no message waits for ever behind the fast lanes. 0: arrival order."),
+    Key("worker", "fast_lane_budget", 10, _int_range(0, 100_000),
+        "Messages from one known address (an IANA administrative contact, a Validator, an "
+        "SSC) that are taken ahead of ordinary mail per fast_lane_window; beyond that its "
+        "mail waits in the ordinary lane, so a flood that forges it cannot hold the lane. "
+        "0: no known lane (replies to one-time addresses still go first). The spool appender "
+        "decides the lane: a change applies when it next starts (a restart of tldops serve)."),
+    Key("worker", "fast_lane_window", 600.0, _float_range(1, 604800),
+        "Seconds over which fast_lane_budget counts. Applies when the spool appender next "
+        "starts (a restart of tldops serve)."),
     Key("dns", "nameservers", [], _addresses,
         "DNS servers for DKIM key lookups (IP addresses). Empty: those of /etc/resolv.conf."),
     Key("dns", "port", 53, _int_range(1, 65535), "Port of the DNS servers above."),

@@ -96,7 +96,8 @@ class HousekeepingConfig:
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    """[worker] The worker process: batches, retries and its share of the CPU."""
+    """[worker] The worker process: batches, retries, its share of the CPU, and the order in
+    which it takes mail (the priority lanes, decided by the spool appender)."""
 
     batch_size: int
     linger: float
@@ -105,6 +106,9 @@ class WorkerConfig:
     max_attempts: int
     retry_base: float
     retry_max: float
+    max_wait: float
+    fast_lane_budget: int
+    fast_lane_window: float
 
 
 @dataclass(frozen=True)

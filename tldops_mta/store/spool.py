@@ -7,6 +7,7 @@ received again when an attempt errs (with a backoff) or the daemon restarts mid-
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import sqlite3
@@ -17,6 +18,7 @@ from enum import StrEnum
 from typing import Any
 
 from tldops_mta.policy.texts import counted
+from tldops_mta.store import lanes
 from tldops_mta.store.storage import Grouped
 
 
@@ -140,6 +142,8 @@ class Entry:
     reason: str | None
     updated_at: float
     relay_addr: str | None = None
+    lane: str = lanes.Lane.ORDINARY.word
+    """The priority lane the worker takes it in (store/lanes.py), as a word."""
     events: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -162,21 +166,33 @@ def new_queue_id(now: float | None = None) -> str:
 
 
 def insert(arrival: Arrival) -> Grouped[Arrival, None]:
-    """The writer job that spools one arrival; concurrent ones are inserted together."""
+    """The writer job that spools one arrival (lanes within the default budget);
+    concurrent ones are inserted together."""
     return Grouped(insert_all, arrival)
 
 
-def insert_all(conn: sqlite3.Connection, arrivals: list[Arrival]) -> list[None]:
-    """Spool several arrivals with two statements, however many there are (in chunks that
-    stay under SQLite's limit on parameters): see ``storage.Grouped`` for why."""
+def inserter(budget: lanes.Budget) -> Callable[[Arrival], Grouped[Arrival, None]]:
+    """``insert`` with this budget of the known lane (the spool appender's, from its command
+    line). One function for every job it makes, so that they still run together."""
+    together = functools.partial(insert_all, budget=budget)
+    return lambda arrival: Grouped(together, arrival)
+
+
+def insert_all(conn: sqlite3.Connection, arrivals: list[Arrival],
+               budget: lanes.Budget = lanes.DEFAULT_BUDGET) -> list[None]:
+    """Spool several arrivals, each in the lane decided here (``lanes.assign``: three
+    statements), with two statements however many there are (in chunks that stay under
+    SQLite's limit on parameters): see ``storage.Grouped`` for why."""
+    now = max(a.received_at for a in arrivals) if arrivals else 0.0
+    assigned = lanes.assign(conn, [(a.mail_from, a.rcpt_to, a.raw) for a in arrivals], now, budget)
     for start in range(0, len(arrivals), _INSERT_CHUNK):
         chunk = arrivals[start:start + _INSERT_CHUNK]
         rows: list[Any] = []
         blobs: list[Any] = []
-        for a in chunk:
+        for a, (lane, key) in zip(chunk, assigned[start:start + _INSERT_CHUNK], strict=True):
             rows += (a.queue_id, a.received_at, a.session_id, a.client_addr, a.client_port,
                      a.helo, a.mail_from, json.dumps(list(a.rcpt_to)), int(a.smtputf8),
-                     len(a.raw), a.received_at, a.relay_addr)
+                     len(a.raw), a.received_at, a.relay_addr, int(lane), key)
             blobs += (a.queue_id, a.raw)
         conn.execute(_insert_sql(len(chunk)), rows)
         # The raw octets go to the rows just made, found by their (unique) queue ids.
@@ -187,9 +203,10 @@ def insert_all(conn: sqlite3.Connection, arrivals: list[Arrival]) -> list[None]:
 
 
 def _insert_sql(n: int) -> str:
-    rows = ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?)"] * n)  # placeholders only: no data in the SQL
+    rows = ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?,?,?)"] * n)  # placeholders only: no data in the SQL
     return ("INSERT INTO spool (queue_id, received_at, session_id, client_addr, client_port,"  # noqa: S608
-            f" helo, mail_from, rcpt_to, smtputf8, size, updated_at, relay_addr) VALUES {rows}")
+            " helo, mail_from, rcpt_to, smtputf8, size, updated_at, relay_addr, lane, lane_key)"
+            f" VALUES {rows}")
 
 
 def _insert_raw_sql(n: int) -> str:
@@ -199,7 +216,7 @@ def _insert_raw_sql(n: int) -> str:
 
 
 _INSERT_CHUNK = 64
-"""Arrivals per statement: 11 parameters each stays under SQLite's historical limit of 999,
+"""Arrivals per statement: 14 parameters each stays under SQLite's historical limit of 999,
 and the writer's statement cache holds every size up to it."""
 
 
@@ -216,13 +233,27 @@ def requeue_interrupted(conn: sqlite3.Connection) -> int:
     return len(rows)
 
 
-def due(conn: sqlite3.Connection, now: float, limit: int) -> list[Pending]:
-    """Messages waiting for the worker, oldest first."""
-    rows = conn.execute(
-        "SELECT s.id, s.queue_id, s.mail_from, s.rcpt_to, s.attempts, m.raw"
-        " FROM spool s JOIN spool_messages m ON m.id = s.id"
-        " WHERE s.status = 'received' AND s.next_attempt_at <= ?"
-        " ORDER BY s.next_attempt_at, s.id LIMIT ?", (now, limit)).fetchall()
+_DUE = ("SELECT s.id, s.queue_id, s.mail_from, s.rcpt_to, s.attempts, m.raw"
+        " FROM spool s INDEXED BY {index} JOIN spool_messages m ON m.id = s.id")
+# INDEXED BY: without ANALYZE's statistics SQLite prefers spool_status, then sorts every
+# received row; these walk their index in the order asked and stop at the limit.
+DUE_OVERDUE = (_DUE.format(index="spool_overdue") + " WHERE s.status = 'received' AND s.received_at < ?2"
+               " AND s.next_attempt_at <= ?1 ORDER BY s.received_at, s.id LIMIT ?3")
+"""What has waited longer than worker.max_wait (index spool_overdue)."""
+DUE_LANES = (_DUE.format(index="spool_lanes") + " WHERE s.status = 'received' AND s.next_attempt_at <= ?1"
+             " AND s.received_at >= ?2 ORDER BY s.lane, s.next_attempt_at, s.id LIMIT ?3")
+"""The rest, lane by lane (index spool_lanes, in its order: no sort)."""
+
+
+def due(conn: sqlite3.Connection, now: float, limit: int, max_wait: float = 600.0) -> list[Pending]:
+    """Messages waiting for the worker, in the order it takes them: first whatever was
+    received more than ``max_wait`` seconds ago (oldest first), so that nothing waits for
+    ever; then lane by lane (store/lanes.py), each by next attempt and arrival. A deferred
+    message keeps its lane. Two indexed queries, the second only when the first leaves room."""
+    cutoff = now - max_wait
+    rows = conn.execute(DUE_OVERDUE, (now, cutoff, limit)).fetchall()
+    if len(rows) < limit:
+        rows += conn.execute(DUE_LANES, (now, cutoff, limit - len(rows))).fetchall()
     return [Pending(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], r[5]) for r in rows]
 
 
@@ -338,22 +369,25 @@ def retry(queue_id: str, now: float) -> Callable[[sqlite3.Connection], bool]:
 
 _ENTRY_COLUMNS = (
     "id, queue_id, received_at, status, attempts, size, mail_from, rcpt_to, client_addr,"
-    " session_id, helo, services, reason, updated_at, relay_addr"
+    " session_id, helo, services, reason, updated_at, relay_addr, lane"
 )
 
 
 def _entry(r: tuple[Any, ...]) -> Entry:
     return Entry(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), r[8], r[9], r[10],
-                 json.loads(r[11]) if r[11] else None, r[12], r[13], r[14])
+                 json.loads(r[11]) if r[11] else None, r[12], r[13], r[14], lanes.lane_word(r[15]))
 
 
 def listing(conn: sqlite3.Connection, status: str | None = None, limit: int = 100,
-            service: str | None = None) -> list[Entry]:
-    """Newest first; only ``status``, and only mail handled for ``service``, when given."""
+            service: str | None = None, lane: str | None = None) -> list[Entry]:
+    """Newest first; only ``status``, only mail handled for ``service``, and only the lane
+    named ``lane`` (a word of ``lanes.Lane``), when given."""
+    lane_value = None if lane is None else int(lanes.Lane[lane.upper()])
     rows = conn.execute(
         f"SELECT {_ENTRY_COLUMNS} FROM spool WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL"  # noqa: S608
         " OR EXISTS (SELECT 1 FROM json_each(spool.services) WHERE value = ?2))"
-        " ORDER BY id DESC LIMIT ?3", (status or None, service or None, limit)).fetchall()
+        " AND (?4 IS NULL OR lane = ?4)"
+        " ORDER BY id DESC LIMIT ?3", (status or None, service or None, limit, lane_value)).fetchall()
     return [_entry(r) for r in rows]
 
 

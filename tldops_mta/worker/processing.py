@@ -33,7 +33,7 @@ from tldops_mta.roster.redelegation import RedelegationWatch
 from tldops_mta.settings import config as config_mod
 from tldops_mta.settings import policy_files
 from tldops_mta.settings.live import Live
-from tldops_mta.store import spool, storage
+from tldops_mta.store import lanes, spool, storage
 from tldops_mta.worker import dispatch, work_due
 from tldops_mta.worker.spool_loop import Worker
 
@@ -89,6 +89,9 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
     # A worker before us may have died mid-batch (we are its restart): what it had claimed
     # goes back to received. Only one worker runs at a time, so nothing live is taken.
     requeued = await writer.run(spool.requeue_interrupted)
+    # The Validators live in the configuration: the spool appender reads them from SQLite to
+    # give their mail the known lane (store/lanes.py). Written again on SIGHUP.
+    await writer.run(lanes.set_senders(lanes.VALIDATOR, cfg.validation.validators))
 
     async def exit_when_idle() -> None:
         """Ends this process once it has had nothing to do for worker.max_idle seconds and
@@ -133,6 +136,10 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
         os.set_blocking(wake_fd, False)
         loop.add_reader(wake_fd, on_wake)
 
+    def validators_written(done: asyncio.Future[None]) -> None:
+        if not done.cancelled() and done.exception() is not None:
+            log.error("known lane's Validators not written", error=str(done.exception()))
+
     def reload() -> None:
         try:
             new = config_mod.load(config_path, overrides)
@@ -140,6 +147,9 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
             senders.reconfigure(new.dns)  # new DNS servers and IANA settings: from the next message
             iana.reconfigure(new.iana)
             deliverer.reconfigure(new)
+            validators = asyncio.ensure_future(
+                writer.run(lanes.set_senders(lanes.VALIDATOR, new.validation.validators)))
+            validators.add_done_callback(validators_written)
             log.info("worker reloaded")
         except (config_mod.ConfigError, policy_files.RulesError) as e:
             log.error("worker reload refused", problems=[str(p) for p in e.problems])

@@ -1,4 +1,4 @@
-"""The worker: takes spooled messages in arrival order and carries each to an end state.
+"""The worker: takes spooled messages lane by lane (``spool.due``) and carries each to an end state.
 
 Each batch is claimed (committed as 'processing', attempt counted) before any work, then
 processed, then its outcomes committed together. A crash anywhere leaves messages in
@@ -63,7 +63,7 @@ class Worker(DueLoop):
         now_given = now is not None
         now = time.time() if now is None else now
         size = cfg.worker.batch_size
-        batch = await self.reader.run(spool.due, now, size)
+        batch = await self.reader.run(spool.due, now, size, cfg.worker.max_wait)
         if not batch:
             return False
         if len(batch) < size and cfg.worker.linger > 0:
@@ -71,7 +71,7 @@ class Worker(DueLoop):
             # outcomes for all of them costs the intake fewer waits for the database lock.
             await asyncio.sleep(cfg.worker.linger)
             now = now if now_given else time.time()
-            batch = await self.reader.run(spool.due, now, size)
+            batch = await self.reader.run(spool.due, now, size, cfg.worker.max_wait)
         claimed = set(await self.writer.run(spool.claim([p.id for p in batch], now, self.owner)))
         work = [p for p in batch if p.id in claimed]
         # Concurrently: one message's DNS or IANA wait is another's CPU time. Messages of
