@@ -39,7 +39,8 @@ async def classify_only(p: spool.Pending, facts: message_facts.MessageFacts,
 class Worker(DueLoop):
     def __init__(self, live: Live, writer: Writer, reader: Reader,
                  handler: Handler = classify_only, *, slot: int | None = None) -> None:
-        super().__init__(reader, logs.get("worker"))
+        log = logs.get("worker")
+        super().__init__(reader, log if slot is None else log.bind(slot=slot))
         self.rt = live
         self.writer = writer
         self.handler = handler
