@@ -261,6 +261,30 @@ class DaemonProc:
                 found.append((int(argv[argv.index(b"--slot") + 1]), pid))
         return [pid for _, pid in sorted(found)]
 
+    def pause_workers(self, pids: list[int] | None = None) -> list[int]:
+        """SIGSTOP the worker processes (all, or ``pids``) at a moment when none of them holds
+        the database's write lock: one stopped inside a transaction would keep intake from
+        storing mail. Their pids; ``resume_workers`` lets them go together."""
+        pids = self.worker_pids() if pids is None else pids
+        while True:
+            for pid in pids:
+                os.kill(pid, signal.SIGSTOP)
+            conn = sqlite3.connect(self.db_path, timeout=0, isolation_level=None)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("ROLLBACK")
+                return pids
+            except sqlite3.OperationalError:  # caught mid-commit: let it finish, try again
+                self.resume_workers(pids)
+            finally:
+                conn.close()
+
+    @staticmethod
+    def resume_workers(pids: list[int]) -> None:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
     def output(self) -> list[str]:
         """Every line it wrote, over all its starts; all of them once it has exited (the
         pipe is then read to its end)."""

@@ -11,9 +11,6 @@ transaction (a UNIQUE Message-ID, a token's use, the request's state read at com
 
 from __future__ import annotations
 
-import os
-import signal
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,26 +45,6 @@ def _mails_to(f: Flow, rcpt: str) -> int:
     return sum(1 for row in f.env.outbox_rows() if row[2] == rcpt)
 
 
-def _stopped_between_transactions(f: Flow) -> list[int]:
-    """Both worker processes SIGSTOPped while neither holds the database's write lock (one
-    stopped inside a transaction would keep intake from storing mail); their pids."""
-    pids = f.d.worker_pids()
-    assert len(pids) == 2
-    while True:
-        for pid in pids:
-            os.kill(pid, signal.SIGSTOP)
-        conn = sqlite3.connect(f.d.db_path, timeout=0, isolation_level=None)
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute("ROLLBACK")
-            return pids
-        except sqlite3.OperationalError:  # caught mid-commit: let it finish, and try again
-            for pid in pids:
-                os.kill(pid, signal.SIGCONT)
-        finally:
-            conn.close()
-
-
 def _form() -> str:
     return form(sscs=(JANE, JOHN))
 
@@ -83,7 +60,8 @@ def test_the_same_signed_request_twice_at_once_is_verified_once(f: Flow) -> None
     assert outcomes == {("done", ".mt: verified"),
                         ("done", ".mt: confirmation asked of the IANA administrative contact")}
     made = sorted(f.env.requests_for(first) + f.env.requests_for(second))
-    assert made == [("mt", "dkim", "awaiting-validator", ADMIN), ("mt", "token", "awaiting-confirmation", ADMIN)]
+    assert made == [("mt", "dkim", "awaiting-validator", ADMIN),
+                    ("mt", "token", "awaiting-confirmation", ADMIN)]
     assert f.d.query("SELECT count(*) FROM seen_messages") == [(1,)]
     assert _mails_to(f, VALIDATOR) == 1  # the Validators asked once
 
@@ -96,12 +74,12 @@ def test_the_same_confirmation_twice_at_once_confirms_once(f: Flow) -> None:
     to = confirm_address(f.mail_to(ADMIN, "onfirm"))
     answer = request(ADMIN, body="Yes, confirmed.\r\n", subject="Re: confirm")
     # Both copies wait until both processes go at them together.
-    pids = _stopped_between_transactions(f)
+    assert len(f.d.worker_pids()) == 2
+    pids = f.d.pause_workers()
     try:
         copies = [f.env.send(answer, rcpts=(to,)) for _ in range(2)]
     finally:
-        for pid in pids:
-            os.kill(pid, signal.SIGCONT)
+        f.d.resume_workers(pids)
     outcomes = sorted(f.env.processed(q) for q in copies)
     assert outcomes[0] == ("done", "confirmed request 1"), outcomes
     assert outcomes[1][0] == "rejected" and "token already used" in outcomes[1][1], outcomes
