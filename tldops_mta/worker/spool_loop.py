@@ -5,7 +5,8 @@ processed, then its outcomes committed together. A crash anywhere leaves message
 'received' or 'processing'; both are picked up again after a restart, so processing must be
 idempotent. An exception in a handler becomes a retry with backoff, then 'failed' after
 max_attempts: never a drop. Each message's header and recipients are read once, here, and
-handed to the handler (the dispatcher).
+handed to the handler (the dispatcher). Several worker processes may run this loop on one
+spool: a claim is conditional (``spool.claim``), so each message is in one worker's hands.
 """
 
 from __future__ import annotations
