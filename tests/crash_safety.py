@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Crash safety: the daemon killed with SIGKILL at random moments, and what it promised kept.
 
-Four proofs, each against the real daemon (its SMTP process, spool appender and worker
+Five proofs, each against the real daemon (its SMTP process, spool appender and worker
 killed together, as systemd kills a service's cgroup), with real loopback DNS and IANA
 servers and Postfix's smtp-source as the client:
 
@@ -25,8 +25,12 @@ servers and Postfix's smtp-source as the client:
   mails; each list post distributed once to each member; each bounce counted once; each
   help@ answered once; integrity_check ok. Every broken promise is listed, not only the first.
 
+- **one of two workers**: worker slot 1 SIGKILLed with a batch in hand while slot 0 holds
+  one too; slot 1's restart requeues its own claims only; each message claimed once, the
+  killed batch twice, every effect once.
+
 Run (a few minutes with the defaults): ``.venv/bin/python tests/crash_safety.py``
-(``--kills 20 --sscs 300 --approvals 6 --mix 200 --mix-kills 10``; ``--seed N`` repeats the
+(``--kills 20 --sscs 300 --approvals 6 --mix 200 --mix-kills 10 --processes 2``; ``--seed N`` repeats the
 random choices of a run); tests/test_crash_safety.py runs a short version.
 Exit status 0 when every check holds; each figure is printed.
 """
@@ -36,9 +40,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import random
 import re
 import shutil
+import signal
 import smtplib
 import subprocess
 import sys
@@ -139,9 +145,9 @@ def _source(port: int, message: Path, transcript: Path, count: int) -> subproces
         out.close()
 
 
-def under_load(workdir: Path, kills: int, rng: random.Random) -> LoadResult:
+def under_load(workdir: Path, kills: int, rng: random.Random, processes: int = 2) -> LoadResult:
     settings = {"validation.validators": [VALIDATOR], "worker.retry_base": 0.2, "log.level": "info",
-                "server.limit_exempt": ["127.0.0.0/8"]}
+                "server.limit_exempt": ["127.0.0.0/8"], "worker.processes": processes}
     with auth_daemon(workdir / "load", **settings) as env:
         d = env.d
         # One signed request, sent again and again: the first is verified, the others are
@@ -217,10 +223,10 @@ def _tldops(d: DaemonProc, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=60, cwd=d.workdir)
 
 
-def during_broadcast(workdir: Path, sscs: int, kills: int) -> BroadcastResult:
+def during_broadcast(workdir: Path, sscs: int, kills: int, processes: int = 2) -> BroadcastResult:
     """The roster mail to ``sscs`` SSCs; the daemon killed ``kills`` times while it goes out."""
     (workdir / "broadcast").mkdir()
-    d = DaemonProc(workdir / "broadcast", {"log.level": "info"})
+    d = DaemonProc(workdir / "broadcast", {"log.level": "info", "worker.processes": processes})
     d.start()
     try:
         for i in range(sscs):
@@ -288,10 +294,10 @@ def _newest_outgoing(d: DaemonProc, rcpt: str, subject_has: str) -> Any:
     return None
 
 
-def during_approval(workdir: Path, approvals: int, rng: random.Random) -> ApprovalResult:
+def during_approval(workdir: Path, approvals: int, rng: random.Random, processes: int = 2) -> ApprovalResult:
     tlds = TLDS[:approvals]
     with auth_daemon(workdir / "approval", **{"validation.validators": [VALIDATOR], "worker.retry_base": 0.2,
-                                              "log.level": "info"}) as env:
+                                              "log.level": "info", "worker.processes": processes}) as env:
         _serve_more_tlds(env, tlds)
         validator_key = rsa_key(2048, 2)
         env.publish("sel", "validators.example", validator_key)
@@ -450,7 +456,7 @@ WRITTEN = ("SELECT (SELECT count(*) FROM tokens) + (SELECT count(*) FROM outbox_
 
 
 def every_path(workdir: Path, per_kind: int, kills: int, rng: random.Random,
-               roster_tlds: int = 4) -> PathsResult:
+               roster_tlds: int = 4, processes: int = 2) -> PathsResult:
     """A mix of confirm+, decide+, who@, update@, list@, bounces+ and help@ mail (``per_kind``
     of each, in a random order), the whole daemon SIGKILLed ``kills`` times while the worker
     processes it. The tokens the mix answers are issued first, with the daemon left alone:
@@ -465,7 +471,7 @@ def every_path(workdir: Path, per_kind: int, kills: int, rng: random.Random,
     settings = {"validation.validators": [VALIDATOR], "worker.retry_base": 0.2, "log.level": "info",
                 "server.limit_exempt": ["127.0.0.0/8"], "iana.timeout": 10.0,
                 # Small batches: the worker finishes some, then a kill cuts the next in the middle.
-                "worker.batch_size": 16}
+                "worker.batch_size": 16, "worker.processes": processes}
     with auth_daemon(workdir / "paths", **settings) as env:
         d = env.d
         _serve_more_tlds(env, tuple(tlds))
@@ -702,6 +708,93 @@ def _paths_checks(d: DaemonProc, sent: dict[str, Mail], decided: dict[str, str],
     return failures
 
 
+# -- one of two workers killed --------------------------------------------------------------------
+
+
+@dataclass
+class SlotKillResult:
+    messages: int
+    killed_in_hand: int
+    """Messages slot 1 had claimed when it was killed: processed again after its restart."""
+    requests: int
+    deliveries: int
+
+
+_CLAIMED_BY = "SELECT id FROM spool WHERE status = 'processing' AND claimed_by LIKE 'w{slot}.%'"
+
+
+def _paused_with_a_batch(d: DaemonProc, slot: int, pid: int) -> set[int]:
+    """Worker ``slot`` (process ``pid``) SIGSTOPped while it holds a claimed batch; its ids."""
+    sql = _CLAIMED_BY.format(slot=slot)
+    while True:
+        wait_until(f"slot {slot} with a batch in hand", lambda: bool(d.query(sql)), timeout=120, every=0.001)
+        d.pause_workers([pid])
+        in_hand = {r[0] for r in d.query(sql)}
+        if in_hand:
+            return in_hand
+        d.resume_workers([pid])  # it had just committed: its next batch
+
+
+def one_worker_killed(workdir: Path, messages: int) -> SlotKillResult:
+    """Two worker processes at work on ``messages`` signed requests; worker slot 1 SIGKILLed
+    with a batch in hand while slot 0 goes on. Slot 1's restart requeues what it held (only
+    that), and: every message ends once with one request, each message not in the killed
+    batch was claimed once (one 'processing' event), each of the killed batch twice (its
+    cut attempt, then one after the restart), each outgoing mail delivered once."""
+    settings = {"validation.validators": [VALIDATOR], "log.level": "info", "worker.processes": 2,
+                "worker.max_idle": 0, "worker.batch_size": 8, "server.limit_exempt": ["127.0.0.0/8"]}
+    with auth_daemon(workdir / "slot", **settings) as env:
+        d = env.d
+        d.worker_ready(slot=0)
+        d.worker_ready(slot=1)
+        raws = [env.signed(request(ADMIN, body=form())) for _ in range(messages)]
+        paused = d.pause_workers()  # all spooled first, then both go at it together
+        try:
+            with smtplib.SMTP(d.host, d.port, timeout=30) as s:
+                s.ehlo("mail.nic.org.mt")
+                for raw in raws:
+                    s.sendmail(ADMIN, [REQUESTS], raw)
+        finally:
+            d.resume_workers(paused)
+        slot0, slot1 = d.worker_ready(slot=0)["pid"], d.worker_ready(slot=1)["pid"]
+        in_hand_0 = _paused_with_a_batch(d, 0, slot0)  # still at work when slot 1 restarts
+        in_hand = _paused_with_a_batch(d, 1, slot1)  # what the kill cuts off
+        os.kill(slot1, signal.SIGKILL)
+        restarted = d.worker_ready(slot=1, n=2, timeout=60)
+        if restarted["requeued"] != len(in_hand):
+            raise Broken(f"slot 1 requeued {restarted['requeued']} messages, it held {len(in_hand)}")
+        held_0 = {r[0] for r in d.query(_CLAIMED_BY.format(slot=0))}
+        if held_0 != in_hand_0:
+            raise Broken(f"slot 0's claims {sorted(in_hand_0)} were taken by slot 1's restart: "
+                         f"{sorted(held_0)} left")
+        d.resume_workers([slot0])
+        if any(r.get("slot") == 0 for r in d.events("worker ready")[2:]):
+            raise Broken("slot 0 was restarted too")
+        wait_until("every message processed and every mail delivered", lambda: quiet(d), timeout=300)
+        claims = dict(d.query("SELECT spool_id, count(*) FROM spool_events WHERE status = 'processing'"
+                              " GROUP BY spool_id"))
+        if len(claims) != messages:
+            raise Broken(f"{len(claims)} of {messages} messages were claimed")
+        wrong = {i: n for i, n in claims.items() if n != (2 if i in in_hand else 1)}
+        if wrong:
+            raise Broken(f"messages claimed other than once (twice for the killed batch): {wrong}; "
+                         f"killed batch {sorted(in_hand)}, slot 0 then held {sorted(in_hand_0)}")
+        not_done = d.query("SELECT queue_id, status FROM spool WHERE status != 'done'")
+        if not_done:
+            raise Broken(f"messages not processed to 'done': {not_done[:5]}")
+        per_message = d.query("SELECT s.queue_id, count(r.id) FROM spool s LEFT JOIN requests r"
+                              " ON r.spool_id = s.id GROUP BY s.id HAVING count(r.id) != 1")
+        if per_message:
+            raise Broken(f"messages with other than one request: {per_message[:5]}")
+        twice = d.query("SELECT purpose, ref, count(*) FROM outbox_messages GROUP BY purpose, ref"
+                        " HAVING count(*) > 1")
+        if twice:
+            raise Broken(f"outgoing mail written twice for one cause: {twice[:5]}")
+        checked = common_checks(d)
+        return SlotKillResult(messages, len(in_hand), one(d, "SELECT count(*) FROM requests"),
+                              checked["deliveries"])
+
+
 # -- the script --------------------------------------------------------------------------------
 
 
@@ -720,6 +813,7 @@ def main() -> int:
     ap.add_argument("--mix", type=int, default=200,
                     help="messages of each kind in the mix of every path (default 200)")
     ap.add_argument("--mix-kills", type=int, default=10, help="SIGKILLs while the mix is processed")
+    ap.add_argument("--processes", type=int, default=2, help="worker processes (default 2)")
     ap.add_argument("--seed", type=int, default=None)
     args = ap.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
@@ -727,7 +821,7 @@ def main() -> int:
     print(f"crash safety: seed {seed}", flush=True)
     with workspace() as w:
         t = time.monotonic()
-        load = under_load(w, args.kills, rng)
+        load = under_load(w, args.kills, rng, args.processes)
         print(f"under load: {load.kills} SIGKILLs; {load.acknowledged} messages acknowledged (250), "
               f"{load.stored} stored ({load.stored_without_250} stored whose 250 the kill cut off), "
               f"0 lost, 0 duplicated; each processed once ({load.requests} requests, one each); "
@@ -735,18 +829,18 @@ def main() -> int:
               f"({time.monotonic() - t:.0f} s)", flush=True)
         print("  at each kill: " + "; ".join(load.kill_moments), flush=True)
         t = time.monotonic()
-        b = during_broadcast(w, args.sscs, args.broadcast_kills)
+        b = during_broadcast(w, args.sscs, args.broadcast_kills, args.processes)
         print(f"during a broadcast: {b.kills} SIGKILLs with {', '.join(map(str, b.sent_at_kills))} of "
               f"{b.sscs} deliveries sent; afterwards one broadcast, {b.deliveries} deliveries, each SSC "
               f"exactly once ({time.monotonic() - t:.0f} s)", flush=True)
         t = time.monotonic()
-        a = during_approval(w, min(args.approvals, len(TLDS)), rng)
+        a = during_approval(w, min(args.approvals, len(TLDS)), rng, args.processes)
         print(f"during an approval: {a.approvals} approvals each SIGKILLed (committed before the kill "
               f"{a.committed_before_kill}, redone after the restart {a.committed_after_restart}); each "
               f"roster as approved, one approval event, each welcome once ({time.monotonic() - t:.0f} s)",
               flush=True)
         t = time.monotonic()
-        p = every_path(w, args.mix, args.mix_kills, rng, roster_tlds=10)
+        p = every_path(w, args.mix, args.mix_kills, rng, roster_tlds=10, processes=args.processes)
         print(f"on every path: {p.kills} SIGKILLs while the worker processed "
               + ", ".join(f"{n} {kind}" for kind, n in sorted(p.sent.items()))
               + f" mails; {p.deliveries} outgoing mails ({time.monotonic() - t:.0f} s)", flush=True)
@@ -757,6 +851,11 @@ def main() -> int:
               "each who@ answered once; each update@ token issued once; each decision applied once "
               "with one set of mails; each list post to each member once; each bounce counted once; "
               "each help@ answered once; integrity ok", flush=True)
+        t = time.monotonic()
+        s = one_worker_killed(w, 200)
+        print(f"one of two workers killed: {s.killed_in_hand} messages in its hand, claimed again after its "
+              f"restart; the other's never; {s.requests} requests for {s.messages} messages, "
+              f"{s.deliveries} outgoing mails, each once ({time.monotonic() - t:.0f} s)", flush=True)
     print()
     print(render_table(
         ["figure", "baseline", "tldops", "ratio", "target", "result"],
@@ -767,7 +866,9 @@ def main() -> int:
          [f"approvals applied other than once, {a.approvals} SIGKILLed", f"{a.approvals} approvals", "0",
           "-", "0", "PASS"],
          [f"mails of every path handled other than once, {p.kills} SIGKILLs",
-          f"{sum(p.sent.values())} mails", "0", "-", "0", "PASS"]]))
+          f"{sum(p.sent.values())} mails", "0", "-", "0", "PASS"],
+         ["messages claimed twice outside the killed batch, one of two workers SIGKILLed",
+          f"{s.messages} messages", "0", "-", "0", "PASS"]]))
     print("crash safety: PASS")
     return 0
 

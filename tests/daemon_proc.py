@@ -228,18 +228,62 @@ class DaemonProc:
                     raise AssertionError(f"{why} waiting for log event {event!r}; log tail:\n{tail}")
                 self._cond.wait(min(left, 0.5))
 
-    def wait_count(self, event: str, n: int, timeout: float = 15.0) -> list[dict[str, Any]]:
-        """Wait until ``event`` was logged at least ``n`` times; those records."""
+    def wait_count(self, event: str, n: int, timeout: float = 15.0,
+                   where: Callable[[dict[str, Any]], bool] | None = None) -> list[dict[str, Any]]:
+        """Wait until ``event`` was logged at least ``n`` times (matching ``where``); those records."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
-                found = [r for r in self.lines if r.get("event") == event]
+                found = [r for r in self.lines if r.get("event") == event and (where is None or where(r))]
                 if len(found) >= n:
                     return found
                 left = deadline - time.monotonic()
                 if left <= 0 or (self.proc is not None and self.proc.poll() is not None):
                     raise AssertionError(f"saw {len(found)} of {n} {event!r} events")
                 self._cond.wait(min(left, 0.5))
+
+    def worker_ready(self, slot: int = 0, n: int = 1, timeout: float = 15.0) -> dict[str, Any]:
+        """The ``n``th 'worker ready' of worker slot ``slot`` (slot 0 owns the outbox and the
+        clocks; every slot takes spooled mail), waiting for it."""
+        return self.wait_count("worker ready", n, timeout, where=lambda r: r.get("slot") == slot)[n - 1]
+
+    def worker_pids(self) -> list[int]:
+        """The worker processes running now, by /proc (the daemon's children that run
+        ``tldops worker``), slot 0 first."""
+        assert self.proc is not None
+        found: list[tuple[int, int]] = []
+        for pid in descendants(self.proc.pid):
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"worker" in argv and b"--slot" in argv:
+                found.append((int(argv[argv.index(b"--slot") + 1]), pid))
+        return [pid for _, pid in sorted(found)]
+
+    def pause_workers(self, pids: list[int] | None = None) -> list[int]:
+        """SIGSTOP the worker processes (all, or ``pids``) at a moment when none of them holds
+        the database's write lock: one stopped inside a transaction would keep intake from
+        storing mail. Their pids; ``resume_workers`` lets them go together."""
+        pids = self.worker_pids() if pids is None else pids
+        while True:
+            for pid in pids:
+                os.kill(pid, signal.SIGSTOP)
+            conn = sqlite3.connect(self.db_path, timeout=0, isolation_level=None)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("ROLLBACK")
+                return pids
+            except sqlite3.OperationalError:  # caught mid-commit: let it finish, try again
+                self.resume_workers(pids)
+            finally:
+                conn.close()
+
+    @staticmethod
+    def resume_workers(pids: list[int]) -> None:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
     def output(self) -> list[str]:
         """Every line it wrote, over all its starts; all of them once it has exited (the

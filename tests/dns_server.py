@@ -80,6 +80,7 @@ class DnsServer:
         """TTL of the answers, in seconds."""
         self._cond = threading.Condition()
         self._lock = threading.Lock()
+        self._gates: dict[str, tuple[int, list[tuple[socket.socket, object, bytes]]]] = {}
         self._udp: socket.socket | None = None
         self._tcp: socket.socket | None = None
         self._wake_r: socket.socket | None = None
@@ -103,6 +104,13 @@ class DnsServer:
     def never_answer(self, name: str) -> None:
         with self._lock:
             self.behaviour[_key(name)] = "drop"
+
+    def gather(self, name: str, n: int) -> None:
+        """Hold the UDP answers for ``name`` until ``n`` queries for it have come, then send
+        them all at once: proof that ``n`` lookups were in flight together (n processes at
+        work at the same moment), with no sleep. Once; a later query is answered at once."""
+        with self._lock:
+            self._gates[_key(name)] = (n, [])
 
     # -- life ------------------------------------------------------------------------
 
@@ -213,9 +221,22 @@ class DnsServer:
         except OSError:
             return
         answer = self._answer(data, "udp")
-        if answer is not None:
+        if answer is None:
+            return
+        out = [(sock, peer, answer)]
+        with contextlib.suppress(dns.exception.DNSException, IndexError):
+            name = _key(dns.message.from_wire(data).question[0].name.to_text())
+            with self._lock:
+                gate = self._gates.get(name)
+                if gate is not None:
+                    gate[1].append((sock, peer, answer))
+                    if len(gate[1]) < gate[0]:
+                        return
+                    out = gate[1]
+                    del self._gates[name]
+        for s, to, wire in out:
             with contextlib.suppress(OSError):
-                sock.sendto(answer, peer)
+                s.sendto(wire, to)
 
     def _on_tcp(self, conn: socket.socket, buffers: dict[socket.socket, bytes],
                 sel: selectors.BaseSelector) -> None:

@@ -158,11 +158,11 @@ def test_a_dead_worker_process_is_restarted_and_mail_still_processed(start_daemo
 
     d = start_daemon()
     d.wait_processed(queue_id(deliver(d, message("starts-the-worker"))))
-    first = d.wait_for("worker ready")
+    first = d.worker_ready(slot=0)
     os.kill(first["pid"], signal.SIGKILL)
     restarted = d.wait_for("worker process exited, restarting")
-    assert restarted["level"] == "error"
-    d.wait_count("worker ready", 2)
+    assert restarted["level"] == "error" and restarted["slot"] == 0
+    d.worker_ready(slot=0, n=2)
     qid = queue_id(deliver(d, message("after-worker-restart")))
     d.wait_processed(qid)
     assert d.query("SELECT status FROM spool WHERE queue_id = ?", (qid,)) == [("done",)]
@@ -173,14 +173,18 @@ def test_killing_the_daemon_takes_its_child_processes_with_it(start_daemon, chil
     import os
     import select
 
-    d = start_daemon({"worker.max_idle": 0})  # both children run from the start
-    pidfd = os.pidfd_open(d.wait_for(f"{child} ready")["pid"])  # readable once it has exited
+    d = start_daemon({"worker.max_idle": 0, "worker.processes": 2})  # every child runs from the start
+    pids = ([d.worker_ready(slot)["pid"] for slot in (0, 1)] if child == "worker"
+            else [d.wait_for("appender ready")["pid"]])
+    pidfds = [os.pidfd_open(pid) for pid in pids]  # readable once it has exited
     try:
         d.kill()
-        ready, _, _ = select.select([pidfd], [], [], 10)
-        assert ready, f"{child} process outlived the daemon"
+        for pidfd in pidfds:
+            ready, _, _ = select.select([pidfd], [], [], 10)
+            assert ready, f"a {child} process outlived the daemon"
     finally:
-        os.close(pidfd)
+        for pidfd in pidfds:
+            os.close(pidfd)
 
 
 @pytest.mark.parametrize(("cpu_class", "cores", "policy"),
@@ -201,15 +205,17 @@ def test_the_child_processes_yield_the_cpu_to_smtp_intake(start_daemon, cpu_clas
         d = start_daemon(overrides)
     finally:
         os.sched_setaffinity(0, ours)
-    ready = d.wait_for("worker ready")
-    worker_pid = ready["pid"]
+    # One worker process per core by default: each in the class.
+    readies = [d.worker_ready(slot) for slot in range(cores)]
     appender_pid = d.wait_for("appender ready")["pid"]
-    assert ready["cpu_class"] == ("idle" if policy == "SCHED_IDLE" else "batch")
     daemon_nice = os.getpriority(os.PRIO_PROCESS, d.proc.pid)
     assert os.sched_getscheduler(d.proc.pid) == os.SCHED_OTHER
-    assert os.sched_getscheduler(worker_pid) == getattr(os, policy)
-    if policy == "SCHED_BATCH":  # in SCHED_IDLE no nice level counts
-        assert os.getpriority(os.PRIO_PROCESS, worker_pid) == daemon_nice + 10
+    for ready in readies:
+        assert ready["cpu_class"] == ("idle" if policy == "SCHED_IDLE" else "batch")
+        assert os.sched_getscheduler(ready["pid"]) == getattr(os, policy)
+        if policy == "SCHED_BATCH":  # in SCHED_IDLE no nice level counts
+            assert os.getpriority(os.PRIO_PROCESS, ready["pid"]) == daemon_nice + 10
+    assert max(r["slot"] for r in d.events("worker ready")) == cores - 1  # no slot beyond the cores
     # The appender's commit is what a session waits for: it keeps the daemon's own class.
     assert os.getpriority(os.PRIO_PROCESS, appender_pid) == daemon_nice
     assert os.sched_getscheduler(appender_pid) == os.SCHED_OTHER
@@ -260,21 +266,25 @@ def test_a_stuck_spool_appender_answers_451_after_the_commit_timeout(start_daemo
 
 
 def test_the_worker_runs_only_when_there_is_work(start_daemon) -> None:
-    d = start_daemon({"worker.max_idle": 1.0})
+    d = start_daemon({"worker.max_idle": 1.0, "worker.processes": 2})
     d.wait_for("appender ready")
     assert d.events("worker ready") == []  # an empty spool: no worker in memory
     qid = queue_id(deliver(d, message("wakes-the-worker")))
-    d.wait_for("worker ready")
+    d.worker_ready(slot=0)
+    d.worker_ready(slot=1)  # mail wakes every slot
     d.wait_processed(qid)
-    # Nothing left to do: it exits on its own, cleanly, and the daemon says so at info.
-    idle = d.wait_for("worker idle, exiting")
-    assert idle["idle_for"] >= 1.0
-    exited = d.wait_for("worker process exited idle")
-    assert exited["level"] == "info"
+    # Nothing left to do: each exits on its own, cleanly, and the daemon says so at info.
+    for slot in (0, 1):
+        idle = d.wait_for("worker idle, exiting", lambda r, k=slot: r.get("slot") == k)
+        assert idle["idle_for"] >= 1.0
+        exited = d.wait_for("worker process exited idle", lambda r, k=slot: r.get("slot") == k)
+        assert exited["level"] == "info"
     assert d.events("worker process exited, restarting") == []
-    # The next message starts a new one.
+    assert d.worker_pids() == []
+    # The next message starts them again.
     qid2 = queue_id(deliver(d, message("wakes-it-again")))
-    d.wait_count("worker ready", 2)
+    d.worker_ready(slot=0, n=2)
+    d.worker_ready(slot=1, n=2)
     d.wait_processed(qid2)
 
 
@@ -282,19 +292,19 @@ def test_work_made_due_while_no_worker_runs_starts_one(start_daemon) -> None:
     import subprocess
     import sys
 
-    d = start_daemon({"worker.max_idle": 1.0})
+    d = start_daemon({"worker.max_idle": 1.0, "worker.processes": 2})
     two_froms = (b"From: a@nic.example\r\nFrom: b@nic.example\r\nSubject: x\r\n"
                  b"Date: Wed, 25 Nov 2026 12:00:00 +0000\r\n\r\nhello\r\n")
     # To help@: postmaster@ keeps even a malformed message for a person, rejecting nothing.
     qid = queue_id(deliver(d, two_froms, rcpt=f"help@{DOMAIN}"))
     d.wait_processed(qid)
     assert d.query("SELECT status FROM spool WHERE queue_id = ?", (qid,)) == [("rejected",)]
-    d.wait_for("worker process exited idle")
+    d.wait_count("worker process exited idle", 2)  # both slots
     # The operator re-queues it from the command line: no wake byte, only the database says.
     cli = subprocess.run([sys.executable, "-m", "tldops_mta", "spool", "retry", qid,
                           "--state-dir", str(d.state_dir)], capture_output=True, text=True,
                          check=False)
     assert cli.returncode == 0, cli.stderr
-    d.wait_count("worker ready", 2)
+    d.wait_count("worker ready", 3)  # slot 0 sees it due (every slot looks at the spool)
     d.wait_count("message processed", 2)
     assert d.query("SELECT status FROM spool WHERE queue_id = ?", (qid,)) == [("rejected",)]

@@ -113,8 +113,8 @@ def test_socket_activation_ready_watchdog_status_reload_stop(tmp_path: Path) -> 
         [ready] = notify.wait_for("READY", "1")
         assert ready.pid == d.proc.pid if d.proc else False
         assert ready.fields["STATUS"] == "spool 0 waiting, queue 0 open, outbox 0 queued"
-        # READY=1 only once the worker runs: it said so before systemd was told.
-        assert _log_time(d.wait_for("worker ready")) <= ready.at
+        # READY=1 only once the worker of slot 0 runs: it said so before systemd was told.
+        assert _log_time(d.worker_ready(slot=0)) <= ready.at
 
         pings = notify.wait_for("WATCHDOG", "1", count=4)
         assert all(p.at >= ready.at for p in pings)

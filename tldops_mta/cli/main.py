@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domain", help="mail domain of the service addresses")
     p.add_argument("--wake-fd", type=int, help=argparse.SUPPRESS)
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--slot", type=int, help=argparse.SUPPRESS)
     p.set_defaults(func="processes:cmd_worker")
 
     p = sub.add_parser("config", help="check or show the configuration")

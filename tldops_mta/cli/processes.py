@@ -21,4 +21,4 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from tldops_mta.worker.processing import main as worker_main  # the worker process
 
-    return worker_main(args.config, flag_overrides(args), args.wake_fd, args.ready_fd)
+    return worker_main(args.config, flag_overrides(args), args.wake_fd, args.ready_fd, args.slot)

@@ -1,4 +1,4 @@
-"""The SMTP process's children: the worker and the spool appender, kept running.
+"""The SMTP process's children: the worker processes and the spool appender, kept running.
 
 Postfix's shape: one job per process, a master that restarts a child that dies. Each child
 also dies with the SMTP process (``child_setup.die_with_parent``), so a kill -9 of the daemon never
@@ -116,18 +116,21 @@ class Supervised:
 
 
 class WorkerProcess(Supervised):
-    """``tldops worker`` beside the SMTP process, started when there is work (Postfix's way).
+    """``tldops worker --slot K`` beside the SMTP process, started when there is work (Postfix's way).
 
     The worker exits on its own after worker.max_idle seconds with nothing to do (exit 0).
     It is started again when mail is spooled (``wake``), or when queued work falls due:
-    ``next_work_at`` (work_due, a short query) is asked at start, after each exit, and every
-    POLL seconds while no worker runs, which also finds what the CLI made due. An idle
-    daemon thus holds no worker in memory. With max_idle 0 it runs from start to stop. A
-    worker that exits otherwise (non-zero) has crashed: logged at error, restarted.
+    ``next_work_at`` (work_due, a short query; the spool's alone for a slot above 0) is
+    asked at start, after each exit, and every POLL seconds while no worker runs, which
+    also finds what the CLI made due. An idle daemon thus holds no worker in memory. With
+    max_idle 0 it runs from start to stop. A worker that exits otherwise (non-zero) has
+    crashed: logged at error, restarted.
 
     The wake pipe carries a byte when mail was spooled, at most one per ``gap`` seconds (the
     worker's linger: it waits that long for a batch to fill anyway), so that a burst of
-    mail wakes the worker process a few times a second rather than once per commit.
+    mail wakes the worker process a few times a second rather than once per commit. The
+    ready pipe runs the other way: ``R`` once the worker runs, then ``W`` whenever its
+    outcomes may have queued work for slot 0 (``on_note``).
     """
 
     name = "worker"
@@ -135,13 +138,17 @@ class WorkerProcess(Supervised):
 
     def __init__(self, config_path: Path | None, overrides: Mapping[str, object],
                  gap: float = 0.0, *, next_work_at: Callable[[], float | None] = lambda: 0.0,
-                 max_idle: float = 0.0) -> None:
+                 max_idle: float = 0.0, slot: int = 0) -> None:
         super().__init__()
+        self.log = self.log.bind(slot=slot)
         self.config_path = config_path
         self.gap = gap
         self.max_idle = max_idle
         self.next_work_at = next_work_at
         self.overrides = dict(overrides)
+        self.slot = slot
+        self.on_note: Callable[[], None] = lambda: None
+        """Called when this worker says its outcomes set work going for slot 0."""
         self._read_fd, self._write_fd = os.pipe()
         os.set_blocking(self._write_fd, False)
         self._wake_pending = False
@@ -189,7 +196,7 @@ class WorkerProcess(Supervised):
 
     def argv(self, ready_fd: int) -> list[str]:
         args = [sys.executable, "-m", "tldops_mta", "worker", "--wake-fd", str(self._read_fd),
-                "--ready-fd", str(ready_fd)]
+                "--ready-fd", str(ready_fd), "--slot", str(self.slot)]
         if self.config_path is not None:
             args += ["--config", str(self.config_path)]
         if "storage.state_dir" in self.overrides:
@@ -199,7 +206,7 @@ class WorkerProcess(Supervised):
         return args
 
     async def spawn(self) -> asyncio.subprocess.Process:
-        # The worker writes one byte on its ready pipe once it runs; end of file without it
+        # The worker writes ``R`` on its ready pipe once it runs; end of file without it
         # means it died first (the supervisor restarts it; ``ready`` stays unset).
         ready_r, ready_w = os.pipe()
         try:
@@ -211,16 +218,23 @@ class WorkerProcess(Supervised):
         finally:
             os.close(ready_w)
         loop = asyncio.get_running_loop()
+        os.set_blocking(ready_r, False)
 
         def readable() -> None:
             try:
-                data = os.read(ready_r, 16)
+                data = os.read(ready_r, 4096)
+            except BlockingIOError:
+                return
             except OSError:
                 data = b""
-            loop.remove_reader(ready_r)
-            os.close(ready_r)
-            if data:
+            if not data:  # the worker has exited
+                loop.remove_reader(ready_r)
+                os.close(ready_r)
+                return
+            if b"R" in data:
                 self.ready.set()
+            if b"W" in data:
+                self.on_note()
 
         loop.add_reader(ready_r, readable)
         return proc
@@ -248,6 +262,54 @@ class WorkerProcess(Supervised):
         os.close(self._write_fd)
         os.close(self._read_fd)
         return code
+
+
+class Workers:
+    """The worker processes, one per slot (``child_setup.worker_processes``). Slot 0 is the
+    single owner of everything but the spool (outbox, clocks, broadcast, housekeeping,
+    Mailman, freshness); every slot takes spooled mail, each claim conditional, so none is
+    taken twice. Each slot is started on demand and exits when idle on its own."""
+
+    def __init__(self, count: int, config_path: Path | None, overrides: Mapping[str, object],
+                 gap: float, *, next_work_at: Callable[[], float | None],
+                 next_spool_at: Callable[[], float | None], max_idle: float) -> None:
+        self.slots = [WorkerProcess(config_path, overrides, gap, max_idle=max_idle, slot=k,
+                                    next_work_at=next_work_at if k == 0 else next_spool_at)
+                      for k in range(count)]
+        owner = self.slots[0]
+        for other in self.slots[1:]:
+            other.on_note = owner.wake
+
+    @property
+    def owner(self) -> WorkerProcess:
+        return self.slots[0]
+
+    @property
+    def ready(self) -> asyncio.Event:
+        """Slot 0's: what systemd's READY=1 waits for."""
+        return self.owner.ready
+
+    def configure(self, gap: float, max_idle: float) -> None:
+        for w in self.slots:
+            w.gap, w.max_idle = gap, max_idle
+
+    async def start(self, *, owner_at_once: bool = False) -> None:
+        """``owner_at_once``: slot 0 starts now even with nothing to do (systemd)."""
+        self.owner.start_at_once = owner_at_once
+        for w in self.slots:
+            await w.start()
+
+    def wake(self) -> None:
+        for w in self.slots:
+            w.wake()
+
+    def signal(self, sig: int) -> None:
+        for w in self.slots:
+            w.signal(sig)
+
+    async def stop(self) -> list[int | None]:
+        """Every slot asked at once (each finishes its batch), then waited for."""
+        return list(await asyncio.gather(*(w.stop() for w in self.slots)))
 
 
 class SpoolLink(asyncio.Protocol):

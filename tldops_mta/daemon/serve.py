@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from tldops_mta import logs, metrics
+from tldops_mta.child_setup import worker_processes
 from tldops_mta.daemon import health, pid_files
-from tldops_mta.daemon.children import AppenderProcess, WorkerProcess
+from tldops_mta.daemon.children import AppenderProcess, Workers
 from tldops_mta.daemon.systemd_notify import Notifier, take_environment
 from tldops_mta.intake.smtp_server import Runtime
 from tldops_mta.ops import config_files
@@ -81,9 +82,9 @@ class Daemon:
         # now and then, while no worker runs.
         appender = AppenderProcess(cfg)
         await appender.start()
-        worker = WorkerProcess(self.config_path, self.overrides, gap=cfg.worker.linger,
-                               next_work_at=lambda: work_due.next_work_at(conn, rt.cfg),
-                               max_idle=cfg.worker.max_idle)
+        worker = Workers(worker_processes(cfg.worker.processes), self.config_path, self.overrides,
+                         gap=cfg.worker.linger, next_work_at=lambda: work_due.next_work_at(conn, rt.cfg),
+                         next_spool_at=lambda: spool.next_due_at(conn), max_idle=cfg.worker.max_idle)
         rt = Runtime(cfg, appender.append, on_spooled=worker.wake)
 
         servers = []
@@ -98,22 +99,22 @@ class Daemon:
                 servers.append(await loop.create_server(factory, host, port, reuse_address=True))
         listening = [_fmt(s.getsockname()) for srv in servers for s in srv.sockets]
         metrics_server, metrics_at = self.start_metrics(rt)
-        # Under systemd, READY=1 means the worker runs too: start one now, even with nothing
-        # to do (it exits after worker.max_idle as usual). Run by hand, it starts on demand.
-        worker.start_at_once = self.notifier.enabled
-        await worker.start()
+        # Under systemd, READY=1 means the worker runs too: start slot 0 now, even with
+        # nothing to do (it exits after worker.max_idle as usual). Run by hand, and the other
+        # slots always, they start on demand.
+        await worker.start(owner_at_once=self.notifier.enabled)
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: self.reload(rt, worker, appender))
-        # SIGUSR1: the CLI queued work (a decision, a broadcast): the worker goes at it now
-        # instead of at its next look at the database.
+        # SIGUSR1: the CLI queued work (a decision, a broadcast): the workers go at it now
+        # instead of at their next look at the database.
         loop.add_signal_handler(signal.SIGUSR1, worker.wake)
         pid_file = pid_files.write(cfg.state_dir)
         self.log.info("ready", listening=listening, database=str(cfg.database_path),
                       migrations_applied=applied, requeued=requeued, domain=cfg.server.domain,
                       pid=os.getpid(), systemd_sockets=bool(inherited), metrics=metrics_at,
-                      rules=self.rule_sources)
+                      rules=self.rule_sources, worker_processes=len(worker.slots))
         if self.notifier.enabled:
             # A worker that keeps failing: systemd's start timeout. SIGTERM still stops us.
             waits = [asyncio.create_task(e.wait()) for e in (worker.ready, self._stop)]
@@ -133,7 +134,7 @@ class Daemon:
         await rt.shutdown(rt.cfg.server.shutdown_grace)
         if metrics_server is not None:
             await asyncio.to_thread(metrics_server.shutdown)
-        worker_exit = await worker.stop()
+        worker_exit = await worker.stop()  # one exit code per slot
         appender_exit = await appender.stop()
         conn.close()
         with contextlib.suppress(OSError):
@@ -184,14 +185,14 @@ class Daemon:
         except Exception as e:  # the pings go on; the line says why it is missing
             return f"status unavailable: {type(e).__name__}"
 
-    def reload(self, rt: Runtime, worker: WorkerProcess, appender: AppenderProcess) -> None:
+    def reload(self, rt: Runtime, worker: Workers, appender: AppenderProcess) -> None:
         self.notifier.send("RELOADING=1")
         try:
             self._reload(rt, worker, appender)
         finally:
             self.notifier.send("READY=1")
 
-    def _reload(self, rt: Runtime, worker: WorkerProcess, appender: AppenderProcess) -> None:
+    def _reload(self, rt: Runtime, worker: Workers, appender: AppenderProcess) -> None:
         try:
             cfg = config_mod.load(self.config_path, self.overrides)
             files = config_files.problems(cfg)
@@ -208,8 +209,7 @@ class Daemon:
             self.log.warning("listen addresses change only on restart")
         self.cfg, self.rules, self.rule_sources = cfg, new_rules, new_sources
         rt.reconfigure(cfg)
-        worker.gap = cfg.worker.linger
-        worker.max_idle = cfg.worker.max_idle
+        worker.configure(cfg.worker.linger, cfg.worker.max_idle)  # worker.processes: at restart
         appender.cfg = cfg  # commit_timeout now; its storage settings at its next start
         worker.signal(signal.SIGHUP)
         self.log.info("reloaded", changed_sections=changed, rules=new_sources)

@@ -304,6 +304,12 @@ SCHEMA: tuple[Key, ...] = (
         "waits over 10 minutes). 'batch' (SCHED_BATCH, nice 10): a small share even then, at "
         "some cost to intake under load. 'auto': idle with two cores or more to run on, batch "
         "with one. Applies when the worker next starts."),
+    Key("worker", "processes", 0, _int_range(0, 1024),
+        "Worker processes that take spooled mail, each on a core of its own (they never take "
+        "the same message twice). The first also runs the outbox, the queue's clock, the "
+        "broadcast, the redelegation watch, housekeeping, Mailman and the freshness asks. "
+        "0: one per CPU the daemon may run on (its affinity), at least 1. Applies when the "
+        "daemon starts."),
     Key("worker", "max_attempts", 5, _int_range(1, 1000),
         "Attempts before a message that keeps failing is marked failed (kept, never "
         "dropped; `tldops spool retry` re-queues it)."),

@@ -103,6 +103,7 @@ class WorkerConfig:
     linger: float
     max_idle: float
     cpu_class: str
+    processes: int
     max_attempts: int
     retry_base: float
     retry_max: float

@@ -222,10 +222,39 @@ and the writer's statement cache holds every size up to it."""
 
 def requeue_interrupted(conn: sqlite3.Connection) -> int:
     """At start-up: attempts cut short by a crash go back to received."""
+    return _requeue_claimed(conn, None)
+
+
+def requeue_claims(owner: str) -> Callable[[sqlite3.Connection], int]:
+    """Attempts of the claimant ``owner`` go back to received; ``owner`` ending in '.' names
+    every claimant whose name starts so (a worker slot's earlier processes, ``claimant``).
+    A sibling worker's live claims are never taken."""
+    return lambda conn: _requeue_claimed(conn, owner)
+
+
+def claimant(slot: int | None, name: str) -> str:
+    """The owner name a worker writes on its claims: ``w<slot>.<name>`` for a worker the
+    daemon runs in ``slot`` (so that its next process finds what it left), ``name`` alone
+    for one run by hand."""
+    return name if slot is None else f"{slot_prefix(slot)}{name}"
+
+
+def slot_prefix(slot: int) -> str:
+    return f"w{slot}."
+
+
+def _requeue_claimed(conn: sqlite3.Connection, owner: str | None) -> int:
     now = time.time()
+    params: tuple[object, ...] = ()
+    if owner is None:
+        where = ""
+    elif owner.endswith("."):
+        where, params = " AND substr(claimed_by, 1, ?) = ?", (len(owner), owner)
+    else:
+        where, params = " AND claimed_by = ?", (owner,)
     rows = conn.execute(
-        "UPDATE spool SET status = 'received', claimed_by = NULL, updated_at = ?"
-        " WHERE status = 'processing' RETURNING id", (now,)).fetchall()
+        "UPDATE spool SET status = 'received', claimed_by = NULL, updated_at = ?"  # noqa: S608
+        f" WHERE status = 'processing'{where} RETURNING id", (now, *params)).fetchall()
     conn.executemany(
         "INSERT INTO spool_events (spool_id, at, status, reason) VALUES (?,?,?,?)",
         [(r[0], now, Status.RECEIVED.value, "requeued: processing was interrupted") for r in rows],

@@ -5,7 +5,8 @@ processed, then its outcomes committed together. A crash anywhere leaves message
 'received' or 'processing'; both are picked up again after a restart, so processing must be
 idempotent. An exception in a handler becomes a retry with backoff, then 'failed' after
 max_attempts: never a drop. Each message's header and recipients are read once, here, and
-handed to the handler (the dispatcher).
+handed to the handler (the dispatcher). Several worker processes may run this loop on one
+spool: a claim is conditional (``spool.claim``), so each message is in one worker's hands.
 """
 
 from __future__ import annotations
@@ -38,14 +39,16 @@ async def classify_only(p: spool.Pending, facts: message_facts.MessageFacts,
 
 class Worker(DueLoop):
     def __init__(self, live: Live, writer: Writer, reader: Reader,
-                 handler: Handler = classify_only) -> None:
-        super().__init__(reader, logs.get("worker"))
+                 handler: Handler = classify_only, *, slot: int | None = None) -> None:
+        log = logs.get("worker")
+        super().__init__(reader, log if slot is None else log.bind(slot=slot))
         self.rt = live
         self.writer = writer
         self.handler = handler
         self.processed = 0
-        self.owner = secrets.token_hex(8)
-        """This worker's name on the messages it claims."""
+        self.owner = spool.claimant(slot, secrets.token_hex(8))
+        """This worker's name on the messages it claims (its slot's prefix first: what the
+        slot's next process requeues after a crash, never a sibling's)."""
         self.on_outcomes: Callable[[], None] = lambda: None
         """Called after outcomes commit: they may have queued mail for the outbox."""
 
@@ -53,9 +56,9 @@ class Worker(DueLoop):
         return spool.next_due_at(conn)
 
     async def recover(self) -> None:
-        # Storage trouble. Nothing is lost: a claimed message whose outcome could not be
-        # written goes back to received, as after a crash.
-        await self.writer.run(spool.requeue_interrupted)
+        # Storage trouble. Nothing is lost: a message it claimed whose outcome could not be
+        # written goes back to received, as after a crash; its siblings' claims stay theirs.
+        await self.writer.run(spool.requeue_claims(self.owner))
 
     async def step(self, now: float | None = None) -> bool:
         """Process one batch due at ``now`` (default: the clock); False when none was due."""
