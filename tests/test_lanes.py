@@ -278,8 +278,10 @@ def tldops(d: DaemonProc, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_daemon_spools_in_lanes_and_its_worker_takes_them_in_order(tmp_path: Path) -> None:
-    d = DaemonProc(tmp_path, {"worker.batch_size": 1, "worker.linger": 0, "worker.max_idle": 0,
-                              "worker.fast_lane_budget": 2, "validation.validators": [VALIDATOR]})
+    # One worker process: the order of its claims is the lanes' order (two would interleave).
+    d = DaemonProc(tmp_path, {"worker.processes": 1, "worker.batch_size": 1, "worker.linger": 0,
+                              "worker.max_idle": 0, "worker.fast_lane_budget": 2,
+                              "validation.validators": [VALIDATOR]})
     d.start()
     try:
         d.wait_for("worker ready")
