@@ -629,3 +629,36 @@ def test_the_verifier_uses_the_fast_rsa_and_keeps_parsed_keys() -> None:
         assert dkim_verify._Verifier(raw).verify(dnsfunc=lambda name, timeout=5: record)
     info = dkim_verify.evaluated_key.cache_info()
     assert (info.misses, info.hits) == (1, 2)
+
+
+_BTAG_ALPHABET = [b"b", b"=", b";", b" ", b"\t", b"\r", b"\n", b"\r\n", b"\x0b", b"\x0c", b"A", b"z", b"0",
+                  b"+", b"/", b"h", b":", b"-", b".", b"\xff", b"bh=", b" b=", b";b="]
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(st.sampled_from(_BTAG_ALPHABET), max_size=60).map(b"".join))
+def test_the_b_tag_pattern_matches_as_dkimpys(value: bytes) -> None:
+    """hash_headers blanks b= with our pattern (dkim_verify.RE_BTAG): the same octets as
+    with dkimpy's own, whatever the header holds (its whitespace, folding, other tags)."""
+    from tldops_mta.auth import dkim_verify
+
+    assert (dkim_verify.RE_BTAG.sub(b"\\1", value)
+            == dkim_verify.UPSTREAM_RE_BTAG.sub(b"\\1", value))
+
+
+def test_the_b_tag_pattern_is_in_place_and_upstreams_is_as_read() -> None:
+    import dkim
+
+    from tldops_mta.auth import dkim_verify
+
+    assert dkim.RE_BTAG is dkim_verify.RE_BTAG
+    fws = dkim.FWS
+    assert fws == rb"(?:(?:\s*\r?\n)?\s+)?"
+    assert dkim_verify.UPSTREAM_RE_BTAG.pattern == (
+        rb"([;\s]b" + fws + rb"=)(?:" + fws + rb"[a-zA-Z0-9+/=])*(?:\r?\n\Z)?")
+    key = rsa_key(2048)
+    record = key.record_text().encode()
+    raw = sign(message(subject="b= blanked our way"), "nic.example", "sel", key)
+    assert dkim.DKIM(raw).verify(dnsfunc=lambda name, timeout=5: record)
+    assert dkim.DKIM(raw.replace(b"b= blanked", b"b= changed")).verify(
+        dnsfunc=lambda name, timeout=5: record) is False

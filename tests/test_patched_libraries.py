@@ -64,6 +64,10 @@ PATCHED = (
              "calls RSASSA_PKCS1_v1_5_verify by its name in dkim's namespace, where dkim_verify "
              "puts its own; reads the pk, keysize, ktag and seqtlsrpt the copy of verify_sig sets",
              "ab008897178aa566719f17da464ac72f4e7aac920559a2a78ad382c9613d4820"),
+    Upstream("dkim:hash_headers", "dkimpy", ("tldops_mta.auth.dkim_verify:RE_BTAG",),
+             "blanks the b= value with RE_BTAG from dkim's namespace, where dkim_verify puts an "
+             "equivalent pattern that does not backtrack (signing and verifying)",
+             "216b8155ca91b6f828fde690bad5bdc745699a9a2a8abddebd43d7bf4038ce83"),
     Upstream("dkim.crypto:RSASSA_PKCS1_v1_5_verify", "dkimpy",
              ("tldops_mta.auth.dkim_verify:fast_rsassa_pkcs1_v1_5_verify",),
              "done again by OpenSSL, replacing it process-wide: the answers must stay the same",

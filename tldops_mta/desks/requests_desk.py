@@ -162,15 +162,19 @@ class RequestsDesk:
                       and not change["warnings"])
 
         def job(conn: sqlite3.Connection) -> None:
-            request_id = ids["request"] = request(conn)
+            row = request(conn)
+            request_id = ids["request"] = row.id
+            written: transitions.Request | None = row
             if self_admin:
                 by = transitions.By(Actor.POLICY, "self-administration", "dkim")
                 if transitions.act(live, conn, request_id, Event.APPROVE, by,
                                    "verified and no policy warning", now=now).ok:
                     transitions.ask_validators(live, conn, request_id, now=now, template="applied")
                     return
-            transitions.ask_validators(live, conn, request_id, now=now)
-            transitions.acknowledge(live, conn, request_id, now=now, in_reply_to=message_id)
+                written = None  # act read it again, and may have written: read afresh
+            transitions.ask_validators(live, conn, request_id, now=now, request=written)
+            transitions.acknowledge(live, conn, request_id, now=now, in_reply_to=message_id,
+                                    request=written)
 
         return job
 
@@ -214,7 +218,7 @@ class RequestsDesk:
                                evidence, change, now)
 
         def job(conn: sqlite3.Connection) -> None:
-            request_id = ids["request"] = request(conn)
+            request_id = ids["request"] = request(conn).id
             tokens.issue(token, PURPOSE_CONFIRM, request_id, admin, now=now, ttl=ttl)(conn)
             outbox.enqueue(raw, self.rt.service_address("bounces", f"r{request_id}"), [admin],
                            "confirmation", ref=f"request-{request_id}", cfg=cfg)(conn)
@@ -296,20 +300,23 @@ def _remember_message_id(message_id: str, spool_id: int, now: float, *, strict: 
 
 def _new_request(spool_id: int, d: Decision, action: str, requester: str, auth: str, state: State,
                  evidence: dict[str, Any], change: dict[str, Any], now: float,
-                 ) -> Callable[[sqlite3.Connection], int]:
-    """The request row and its birth in the audit log."""
-    def job(conn: sqlite3.Connection) -> int:
+                 ) -> Callable[[sqlite3.Connection], transitions.Request]:
+    """The request row and its birth in the audit log (the evidence encoded once for both);
+    the request as written, so that what follows in the transaction need not read it back."""
+    def job(conn: sqlite3.Connection) -> transitions.Request:
+        encoded = transitions.evidence_json(evidence)
         cur = conn.execute(
             "INSERT INTO requests (spool_id, tld, requester, admin_email, auth, state, evidence,"
             " created_at, updated_at, action, change) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            (spool_id, d.tld, requester, d.admin_key, auth, state.value, json.dumps(evidence), now, now,
+            (spool_id, d.tld, requester, d.admin_key, auth, state.value, encoded, now, now,
              action, json.dumps(change, ensure_ascii=False)))
         request_id = int(cur.lastrowid or 0)
         who = Actor.ADMIN if auth == "dkim" else Actor.REQUESTER
         transitions.record(conn, request_id, "submit", None, state.value,
                            transitions.By(who, requester, auth if auth == "dkim" else "-"), d.reason, now,
-                           evidence)
-        return request_id
+                           encoded)
+        return transitions.Request(request_id, d.tld, requester, d.admin_key or "", auth, state, action,
+                                   change, evidence, now, now)
 
     return job
 

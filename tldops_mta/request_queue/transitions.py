@@ -79,13 +79,19 @@ def load(conn: sqlite3.Connection, request_id: int) -> Request | None:
 
 def record(conn: sqlite3.Connection, request_id: int, event: str, from_state: str | None,
            to_state: str, by: By, reason: str | None, now: float,
-           evidence: dict[str, Any] | None = None) -> None:
-    """One row of the append-only audit log."""
+           evidence: dict[str, Any] | str | None = None) -> None:
+    """One row of the append-only audit log. ``evidence`` may come already as JSON
+    (``evidence_json``'s), as the new request's row stores it: encoded once for both."""
     conn.execute(
         "INSERT INTO request_events (request_id, at, event, from_state, to_state, actor, who, auth,"
         " evidence, reason) VALUES (?,?,?,?,?,?,?,?,?,?)",
         (request_id, now, event, from_state, to_state, by.actor.value, by.who, by.auth,
-         None if evidence is None else json.dumps(evidence, ensure_ascii=False), reason))
+         evidence if evidence is None or isinstance(evidence, str) else evidence_json(evidence), reason))
+
+
+def evidence_json(evidence: dict[str, Any]) -> str:
+    """Evidence as the requests and request_events rows store it."""
+    return json.dumps(evidence, ensure_ascii=False)
 
 
 def change_of(form: RequestForm, judgement: roster_policy.Judgement, current: list[RosterEntry],
@@ -175,15 +181,22 @@ def act(live: Live, conn: sqlite3.Connection, request_id: int, event: Event, by:
 
 
 def ask_validators(live: Live, conn: sqlite3.Connection, request_id: int, *, now: float,
-                   template: str = "validator", reminder: bool = False) -> int:
-    """Mail each Validator the request with their own decide+TOKEN@ address; how many."""
-    r = load(conn, request_id)
+                   template: str = "validator", reminder: bool = False,
+                   request: Request | None = None) -> int:
+    """Mail each Validator the request with their own decide+TOKEN@ address; how many.
+    ``request``: the request as this transaction just wrote it (else it is read)."""
+    validators = live.cfg.validation.validators
+    sent = 0
+    if not validators:
+        if reminder:
+            conn.execute("UPDATE requests SET reminded_at = ? WHERE id = ?", (now, request_id))
+        return sent
+    r = request or load(conn, request_id)
     assert r is not None
     expires = time.strftime("%Y-%m-%d %H:%M UTC",
                             time.gmtime(r.updated_at + live.cfg.validation.expire_after))
     rule = decision_rule(live.cfg.validation.decision_auth)
-    sent = 0
-    for validator in live.cfg.validation.validators:
+    for validator in validators:
         decide_address = mailing.one_time_address(live, conn, PURPOSE_DECIDE, to=validator.lower(), now=now,
                                                   ttl=DECIDE_TOKEN_TTL, request_id=r.id, service="decide")
         values: dict[str, object] = {**_summary(live, conn, r), "decide_address": decide_address,
@@ -212,10 +225,11 @@ def decision_rule(decision_auth: str) -> str:
 
 
 def acknowledge(live: Live, conn: sqlite3.Connection, request_id: int, *, now: float,
-                in_reply_to: str | None) -> None:
+                in_reply_to: str | None, request: Request | None = None) -> None:
     """Tell the IANA admin (who sent the request, or confirmed it) that it waits for a
-    Validator: its number, and a one-time address to withdraw it."""
-    r = load(conn, request_id)
+    Validator: its number, and a one-time address to withdraw it. ``request``: the request
+    as this transaction just wrote it (else it is read)."""
+    r = request or load(conn, request_id)
     assert r is not None
     if not r.change.get("reply_ok", True):
         return
