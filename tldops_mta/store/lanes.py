@@ -21,8 +21,6 @@ from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
-from tldops_mta.store.tokens import token_hash
-
 
 class Lane(IntEnum):
     """Stored as the integer (the claim order), shown as the word."""
@@ -261,9 +259,13 @@ def decide_all(facts: Sequence[Facts], known: Container[str], earned: Mapping[st
 
 def live_tokens(conn: sqlite3.Connection, tags: Iterable[str], now: float) -> set[str]:
     """The tags among ``tags`` that are tokens unused and unexpired at ``now``."""
-    by_hash = {token_hash(t): t for t in tags}
-    if not by_hash:
+    tags = list(tags)
+    if not tags:
         return set()
+    # hashlib brings OpenSSL's libcrypto (about 4 MB of the appender's memory): loaded with
+    # the first reply to a one-time address, not by an idle daemon.
+    from tldops_mta.store.tokens import token_hash
+    by_hash = {token_hash(t): t for t in tags}
     rows = conn.execute(
         "SELECT hash FROM tokens WHERE hash IN (SELECT value FROM json_each(?))"
         " AND used_at IS NULL AND expires_at > ?", (json.dumps(list(by_hash)), now)).fetchall()
