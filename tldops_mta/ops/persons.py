@@ -124,7 +124,7 @@ def find(conn: sqlite3.Connection, address: str) -> Found:
             check=False),
         "spool_messages": ids(
             "SELECT s.id, s.mail_from, s.rcpt_to, s.reason, m.raw FROM spool s"
-            " LEFT JOIN spool_messages m ON m.id = s.id WHERE lower(s.mail_from) = ?1"
+            " LEFT JOIN spool_messages m ON m.id = s.id WHERE lower(s.mail_from) = ?1 OR s.lane_key = ?1"
             " OR s.rcpt_to LIKE ?2 ESCAPE '\\' OR s.reason LIKE ?2 ESCAPE '\\'"
             " OR instr(lower(CAST(m.raw AS TEXT)), ?1) > 0 ORDER BY s.id", a, like),
         "outbox_deliveries": ids("SELECT id FROM outbox_deliveries WHERE lower(rcpt) = ? ORDER BY id", a,
@@ -175,7 +175,7 @@ _EXPORT: dict[str, str] = {
     "list_posts_unconfirmed": "SELECT rowid, created_at, expires_at,"
                               " json_extract(payload, '$.spool_id') FROM tokens WHERE rowid = ?",
     "spool_messages": "SELECT s.id, s.queue_id, s.received_at, s.status, s.size, s.services, s.mail_from,"
-                      " s.rcpt_to, m.raw FROM spool s LEFT JOIN spool_messages m ON m.id = s.id"
+                      " s.rcpt_to, m.raw, s.lane_key FROM spool s LEFT JOIN spool_messages m ON m.id = s.id"
                       " WHERE s.id = ?",
     "outbox_deliveries": "SELECT d.id, d.message_id, m.purpose, m.created_at, d.status, d.updated_at"
                          " FROM outbox_deliveries d JOIN outbox_messages m ON m.id = d.message_id"
@@ -234,7 +234,7 @@ def export(conn: sqlite3.Connection, address: str, found: Found | None = None) -
             return {"id": r[0], "created_at": _iso(r[1]), "expires_at": _iso(r[2]), "spool_id": r[3]}
         if kind == "spool_messages":
             named = [w for w, hit in (("sender", normalise(r[6]) == a), ("recipient", mine(r[7])),
-                                      ("in_message", mine(r[8]))) if hit]
+                                      ("in_message", mine(r[8])), ("fast_lane", r[9] == a)) if hit]
             return {"id": r[0], "queue_id": r[1], "received_at": _iso(r[2]), "status": r[3], "size": r[4],
                     "services": json.loads(r[5]) if r[5] else None, "as": named}
         if kind == "outbox_deliveries":
@@ -380,7 +380,8 @@ def erase(conn: sqlite3.Connection, address: str, *, by: str, reason: str, now: 
     # Mail: the octets of every message that names them, in and out.
     for sid, mail_from, rcpts, why in rows("SELECT id, mail_from, rcpt_to, reason FROM spool WHERE id = ?",
                                            "spool_messages"):
-        conn.execute("UPDATE spool SET mail_from = ?, rcpt_to = ?, reason = ? WHERE id = ?",
+        # lane_key: the address whose fast-lane budget the message used (store/lanes.py).
+        conn.execute("UPDATE spool SET mail_from = ?, rcpt_to = ?, reason = ?, lane_key = NULL WHERE id = ?",
                      (scrub(mail_from), scrub(rcpts), scrub(why), sid))
         conn.execute("DELETE FROM spool_messages WHERE id = ?", (sid,))
     # Mail to them not yet sent is not sent; the recipient is kept as [erased].
