@@ -33,7 +33,10 @@ def setup(level: str = "info", stream: TextIO | None = None) -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
         logger_factory=structlog.WriteLoggerFactory(file=out),
-        cache_logger_on_first_use=False,
+        # A process (stream None: the daemon's, the worker's) is configured once, at its
+        # start: each logger is built once, not anew at every line. The CLI and the fuzzer
+        # pass a stream and may configure again, so nothing is kept for them.
+        cache_logger_on_first_use=stream is None,
     )
     handler = logging.StreamHandler(out)
     handler.setFormatter(
