@@ -37,12 +37,3 @@ def yield_to_intake(cpu_class: str, niceness: int) -> str:
     with contextlib.suppress(OSError):
         os.nice(niceness)
     return cpu_class
-
-
-def worker_processes(configured: int) -> int:
-    """How many worker processes the daemon runs: ``configured`` (worker.processes), or
-    with 0 one per CPU this process may run on (its affinity, which a cgroup or taskset
-    narrows), at least 1."""
-    if configured > 0:
-        return configured
-    return max(1, len(os.sched_getaffinity(0)))

@@ -23,6 +23,15 @@ from tldops_mta.store import spool
 from tldops_mta.store.storage import StorageError, StorageFull
 
 
+def worker_processes(configured: int) -> int:
+    """How many worker processes the daemon runs: ``configured`` (worker.processes), or
+    with 0 one per CPU this process may run on (its affinity, which a cgroup or taskset
+    narrows), at least 1."""
+    if configured > 0:
+        return configured
+    return max(1, len(os.sched_getaffinity(0)))
+
+
 class Supervised:
     """Keeps one child process running: a child that exits on its own is restarted after
     RESTART_PAUSE, logged at error level (the daemon must not go on half working).
@@ -265,7 +274,7 @@ class WorkerProcess(Supervised):
 
 
 class Workers:
-    """The worker processes, one per slot (``child_setup.worker_processes``). Slot 0 is the
+    """The worker processes, one per slot (``worker_processes``). Slot 0 is the
     single owner of everything but the spool (outbox, clocks, broadcast, housekeeping,
     Mailman, freshness); every slot takes spooled mail, each claim conditional, so none is
     taken twice. Each slot is started on demand and exits when idle on its own."""

@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from tldops_mta import logs, metrics
-from tldops_mta.child_setup import worker_processes
 from tldops_mta.daemon import health, pid_files
-from tldops_mta.daemon.children import AppenderProcess, Workers
+from tldops_mta.daemon.children import AppenderProcess, Workers, worker_processes
 from tldops_mta.daemon.systemd_notify import Notifier, take_environment
 from tldops_mta.intake.smtp_server import Runtime
 from tldops_mta.ops import config_files
