@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
@@ -66,9 +65,15 @@ class Migration:
     sql: str
 
 
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
 def migrations() -> list[Migration]:
     found = []
-    for entry in resources.files("tldops_mta.store.migrations").iterdir():
+    # The package's own directory, not importlib.resources: that module brings tempfile,
+    # shutil, bz2 and lzma into every process (the spool appender's memory), for files
+    # that a wheel installs on disk anyway.
+    for entry in MIGRATIONS.iterdir():
         m = re.fullmatch(r"(\d{4})_(\w+)\.sql", entry.name)
         if m:
             found.append(Migration(int(m.group(1)), m.group(2), entry.read_text("utf-8")))
