@@ -117,8 +117,15 @@ class AuthEnv:
         return self.d.state_dir / "outgoing"
 
 
+OPEN_CONFIRMATIONS = 1000
+"""auth.max_open_confirmations for the tests' daemons: many send one daemon dozens of forged
+or unverified requests for .mt, each of which waits for the admin's confirmation; the cap
+(3 by default) has tests of its own (test_auth_confirm.py)."""
+
+
 def settings_for(dns: DnsServer, rdap: RdapServer, whois: WhoisServer, **extra: Any) -> dict[str, Any]:
-    return {
+    """The loopback servers, and ``extra``; a key given as None keeps the daemon's default."""
+    settings = {
         "dns.nameservers": [dns.host],
         "dns.port": dns.port,
         "dns.timeout": 2.0,
@@ -126,8 +133,10 @@ def settings_for(dns: DnsServer, rdap: RdapServer, whois: WhoisServer, **extra: 
         "iana.whois_host": whois.host,
         "iana.whois_port": whois.port,
         "iana.timeout": 2.0,
+        "auth.max_open_confirmations": OPEN_CONFIRMATIONS,
         **extra,
     }
+    return {k: v for k, v in settings.items() if v is not None}
 
 
 @contextlib.contextmanager

@@ -238,3 +238,33 @@ def test_sighup_switches_outgoing_mail_to_a_new_smarthost(tmp_path) -> None:
             assert [r.rcpt_tos for r in sink.wait(1)] == [[ADMIN]]
     finally:
         sink.stop()
+
+
+def test_a_flood_forging_the_admin_asks_them_only_so_many_times(tmp_path) -> None:
+    # Unsigned requests From the IANA admin's own address (anyone can write it): each would
+    # ask the admin to confirm. Only auth.max_open_confirmations of them wait at once; the
+    # others are refused without a mail to the admin, so our daemon cannot be made to flood
+    # the mailbox of a ccTLD's administrative contact.
+    with auth_daemon(tmp_path, **{"auth.max_open_confirmations": 2}) as env:
+        qids = [env.send(request(ADMIN), mail_from=ADMIN) for _ in range(4)]
+        outcomes = [env.processed(q) for q in qids]
+        assert sorted(status for status, _ in outcomes) == ["done", "done", "rejected", "rejected"], outcomes
+        assert all(reason == ".mt: already 2 requests waiting for the IANA administrative contact's"
+                   " confirmation; no more is asked" for status, reason in outcomes if status == "rejected")
+        assert env.d.query("SELECT count(*) FROM requests WHERE state = 'awaiting-confirmation'") == [(2,)]
+        mails = env.delivered(2)
+        assert [m["X-Envelope-To"] for m in mails] == [f"<{ADMIN}>"] * 2
+        # Answering one frees a place: the next forged request asks again.
+        cid = answer(env, confirm_address(mails[0]))
+        assert env.processed(cid)[0] == "done"
+        again = env.send(request(ADMIN), mail_from=ADMIN)
+        assert env.processed(again)[0] == "done"
+        assert env.d.query("SELECT count(*) FROM outbox_deliveries d JOIN outbox_messages m"
+                           " ON m.id = d.message_id WHERE m.purpose = 'confirmation' AND d.rcpt = ?",
+                           (ADMIN,)) == [(3,)]
+
+
+def test_the_default_cap_is_three_waiting_confirmations(tmp_path) -> None:
+    with auth_daemon(tmp_path, **{"auth.max_open_confirmations": None}) as env:
+        outcomes = [env.processed(env.send(request(ADMIN), mail_from=ADMIN)) for _ in range(4)]
+        assert [status for status, _ in outcomes] == ["done", "done", "done", "rejected"], outcomes

@@ -214,14 +214,26 @@ class RequestsDesk:
             tlp=tlp.Tlp[change["tlp"]],  # it quotes the request: labelled as the request is
             domain=cfg.server.domain, reply_to=confirm_addr, in_reply_to=facts.message_id)
         ttl = cfg.auth.token_ttl
+        cap = cfg.auth.max_open_confirmations
         request = _new_request(p.id, d, action, requester, "token", State.AWAITING_CONFIRMATION,
                                evidence, change, now)
 
-        def job(conn: sqlite3.Connection) -> None:
+        def job(conn: sqlite3.Connection) -> spool.Verdict | None:
+            # Anyone can write the admin's address in From: each such request would mail the
+            # admin. Counted in the transaction, so that two workers cannot both take the last
+            # place; a refused request mails nobody.
+            [(waiting,)] = conn.execute(
+                "SELECT count(*) FROM requests WHERE state = ? AND tld = ?",
+                (State.AWAITING_CONFIRMATION.value, d.tld)).fetchall()
+            if waiting >= cap:
+                return spool.Verdict(spool.Status.REJECTED,
+                                     f".{d.tld}: already {texts.counted(waiting, 'request')} waiting for"
+                                     " the IANA administrative contact's confirmation; no more is asked")
             request_id = ids["request"] = request(conn).id
             tokens.issue(token, PURPOSE_CONFIRM, request_id, admin, now=now, ttl=ttl)(conn)
             outbox.enqueue(raw, self.rt.service_address("bounces", f"r{request_id}"), [admin],
                            "confirmation", ref=f"request-{request_id}", cfg=cfg)(conn)
+            return None
 
         return job
 

@@ -150,6 +150,7 @@ class AuthConfig:
     token_ttl: float
     replay_window: float
     refusal_interval: float
+    max_open_confirmations: int
 
 
 @dataclass(frozen=True)
