@@ -117,10 +117,11 @@ class AuthEnv:
         return self.d.state_dir / "outgoing"
 
 
-OPEN_CONFIRMATIONS = 1000
-"""auth.max_open_confirmations for the tests' daemons: many send one daemon dozens of forged
-or unverified requests for .mt, each of which waits for the admin's confirmation; the cap
-(3 by default) has tests of its own (test_auth_confirm.py)."""
+OPEN_CONFIRMATIONS = 1_000_000
+"""auth.max_open_confirmations for the tests' daemons (the largest allowed): many send one
+daemon dozens of forged or unverified requests for .mt, the crash tests thousands of
+replays, each of which waits for the admin's confirmation; the cap (3 by default) has tests
+of its own (test_auth_confirm.py)."""
 
 
 def settings_for(dns: DnsServer, rdap: RdapServer, whois: WhoisServer, **extra: Any) -> dict[str, Any]:

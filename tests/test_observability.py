@@ -62,6 +62,11 @@ def test_metrics_count_replies_messages_and_outgoing_mail_across_worker_exits(
     assert m["tldops_smtp_sessions"] == 0
     assert m["tldops_last_broadcast_timestamp_seconds"] == 0
 
+    # A worker process that starts at the moment of a scrape has created its file and not yet
+    # sized it: the scrape still answers, with every value the others hold.
+    (d.state_dir / "metrics" / "counter_999999.db").touch()
+    assert scrape(d)['tldops_messages_total{outcome="done",service="help"}'] == 1
+
 
 def test_metrics_show_dkim_iana_and_dns_lookups_and_the_queue(tmp_path: Path) -> None:
     with flow(tmp_path) as f:

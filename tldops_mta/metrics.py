@@ -16,6 +16,7 @@ Nothing here carries a person's address: labels are services, outcomes and codes
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_FILE_HEADER = 8
+"""Octets before the first value in a prometheus_client multiprocess file."""
 PREFIX = "tldops"
 
 
@@ -91,8 +94,21 @@ def serve(host: str, port: int, counts: SmtpCounts, health_view: Callable[[], An
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client.multiprocess import MultiProcessCollector
 
+    class StartedFiles(MultiProcessCollector):
+        """prometheus_client reads every file of the directory, and one that a worker process
+        has just created is empty until it is sized: reading it fails the whole scrape (500).
+        Such a file holds no value yet, so it is left out."""
+
+        def collect(self) -> Any:
+            started = []
+            for f in Path(os.environ[MULTIPROC_ENV]).glob("*.db"):
+                with contextlib.suppress(FileNotFoundError):
+                    if f.stat().st_size >= _FILE_HEADER:
+                        started.append(str(f))
+            return self.merge(started, accumulate=True)  # type: ignore[no-untyped-call]
+
     registry = CollectorRegistry()
-    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    StartedFiles(registry)  # type: ignore[no-untyped-call]
     registry.register(_DaemonCollector(counts, health_view, sessions))
     server, _thread = start_http_server(port, addr=host, registry=registry)
     return server, int(server.server_port)

@@ -365,7 +365,7 @@ SCHEMA: tuple[Key, ...] = (
         "one makes the request wait and retry (never a refusal)."),
     Key("auth", "token_ttl", 7 * 86400.0, _float_range(60, 90 * 86400),
         "Seconds a confirmation token stays valid."),
-    Key("auth", "max_open_confirmations", 3, _int_range(1, 1000),
+    Key("auth", "max_open_confirmations", 3, _int_range(1, 1_000_000),
         "Requests of one ccTLD that may wait at once for its IANA administrative contact's "
         "confirmation; beyond them a request is refused without mail to the contact, so that "
         "a flood of requests forging the contact's address cannot flood their mailbox."),
