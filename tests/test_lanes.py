@@ -240,6 +240,23 @@ async def test_a_deferred_message_keeps_its_lane(db: Spool) -> None:
     assert await db.claimed(time.time() + 31) == [admin, junk]
 
 
+async def test_a_batch_that_begins_in_a_fast_lane_holds_only_fast_mail(tmp_path: Path) -> None:
+    """Under a flood its outcomes must not wait for a batch's worth of junk processed beside
+    them; nor does the worker linger for such a batch to fill."""
+    s = Spool(tmp_path, **{"worker.batch_size": 5, "worker.linger": 5})
+    junk = s.spool([message(JUNK) for _ in range(5)])
+    fast = s.spool([message(JUNK, f"confirm+{LIVE}@{DOMAIN}"), message(ADMIN)])
+    assert [p.queue_id for p in spool.due(s.conn, time.time(), 5)] == fast
+    started = time.monotonic()
+    assert await s.claimed() == fast + junk
+    assert time.monotonic() - started < 2.5  # a lingering fast batch would have taken 5 s
+    batches = [r[0] for r in s.conn.execute(
+        "SELECT group_concat(s.queue_id) FROM spool_events e JOIN spool s ON s.id = e.spool_id"
+        " WHERE e.status = 'processing' GROUP BY e.at ORDER BY e.at")]
+    assert batches == [",".join(fast), ",".join(junk)]
+    s.conn.close()
+
+
 def plan(conn: sqlite3.Connection, sql: str, params: Sequence[object]) -> str:
     return " | ".join(r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, params))
 

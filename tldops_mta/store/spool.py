@@ -58,6 +58,13 @@ class Pending:
     rcpt_to: tuple[str, ...]
     attempts: int
     raw: bytes
+    lane: int = lanes.Lane.ORDINARY
+    """Its priority lane (store/lanes.py)."""
+
+    @property
+    def fast(self) -> bool:
+        """In a lane ahead of the ordinary one: a reply to a one-time address, or known mail."""
+        return self.lane < lanes.Lane.ORDINARY
 
 
 Effect = Callable[[sqlite3.Connection], Any]
@@ -262,7 +269,7 @@ def _requeue_claimed(conn: sqlite3.Connection, owner: str | None) -> int:
     return len(rows)
 
 
-_DUE = ("SELECT s.id, s.queue_id, s.mail_from, s.rcpt_to, s.attempts, m.raw"
+_DUE = ("SELECT s.id, s.queue_id, s.mail_from, s.rcpt_to, s.attempts, m.raw, s.lane"
         " FROM spool s INDEXED BY {index} JOIN spool_messages m ON m.id = s.id")
 # INDEXED BY: without ANALYZE's statistics SQLite prefers spool_status, then sorts every
 # received row; these walk their index in the order asked and stop at the limit.
@@ -278,12 +285,18 @@ def due(conn: sqlite3.Connection, now: float, limit: int, max_wait: float = 600.
     """Messages waiting for the worker, in the order it takes them: first whatever was
     received more than ``max_wait`` seconds ago (oldest first), so that nothing waits for
     ever; then lane by lane (store/lanes.py), each by next attempt and arrival. A deferred
-    message keeps its lane. Two indexed queries, the second only when the first leaves room."""
+    message keeps its lane. Two indexed queries, the second only when the first leaves room.
+
+    A batch that begins with fast-lane mail holds only fast-lane mail: its outcomes then
+    commit without waiting for a batch's worth of ordinary mail (under a flood, junk)."""
     cutoff = now - max_wait
     rows = conn.execute(DUE_OVERDUE, (now, cutoff, limit)).fetchall()
     if len(rows) < limit:
         rows += conn.execute(DUE_LANES, (now, cutoff, limit - len(rows))).fetchall()
-    return [Pending(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], r[5]) for r in rows]
+    pending = [Pending(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], r[5], r[6]) for r in rows]
+    if pending and pending[0].fast:
+        return [p for p in pending if p.fast]
+    return pending
 
 
 def next_due_at(conn: sqlite3.Connection) -> float | None:

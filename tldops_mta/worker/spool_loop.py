@@ -69,9 +69,10 @@ class Worker(DueLoop):
         batch = await self.reader.run(spool.due, now, size, cfg.worker.max_wait)
         if not batch:
             return False
-        if len(batch) < size and cfg.worker.linger > 0:
+        if len(batch) < size and cfg.worker.linger > 0 and not batch[0].fast:
             # More are probably on their way (an SMTP burst): one claim and one commit of
             # outcomes for all of them costs the intake fewer waits for the database lock.
+            # Not for fast-lane mail, which is taken at once and alone (spool.due).
             await asyncio.sleep(cfg.worker.linger)
             now = now if now_given else time.time()
             batch = await self.reader.run(spool.due, now, size, cfg.worker.max_wait)
