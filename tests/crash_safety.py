@@ -120,6 +120,18 @@ def sound(d: DaemonProc) -> dict[str, int]:
     return {"deliveries": deliveries}
 
 
+def one_request_and_one_mail_each(d: DaemonProc) -> None:
+    """Each spooled request made exactly one request row, and no cause wrote its mail twice."""
+    per_message = d.query("SELECT s.queue_id, count(r.id) FROM spool s LEFT JOIN requests r"
+                          " ON r.spool_id = s.id GROUP BY s.id HAVING count(r.id) != 1")
+    if per_message:
+        raise Broken(f"messages with other than one request: {per_message[:5]}")
+    twice = d.query("SELECT purpose, ref, count(*) FROM outbox_messages GROUP BY purpose, ref"
+                    " HAVING count(*) > 1")
+    if twice:
+        raise Broken(f"outgoing mail written twice for one cause: {twice[:5]}")
+
+
 # -- under load ------------------------------------------------------------------------------
 
 
@@ -190,14 +202,7 @@ def under_load(workdir: Path, kills: int, rng: random.Random, processes: int = 2
         not_done = {q: s for q, s in stored.items() if s != "done"}
         if not_done:
             raise Broken(f"messages not processed to 'done': {list(not_done.items())[:5]}")
-        per_message = d.query("SELECT s.queue_id, count(r.id) FROM spool s LEFT JOIN requests r"
-                              " ON r.spool_id = s.id GROUP BY s.id HAVING count(r.id) != 1")
-        if per_message:
-            raise Broken(f"messages with other than one request: {per_message[:5]}")
-        twice = d.query("SELECT purpose, ref, count(*) FROM outbox_messages GROUP BY purpose, ref"
-                        " HAVING count(*) > 1")
-        if twice:
-            raise Broken(f"outgoing mail written twice for one cause: {twice[:5]}")
+        one_request_and_one_mail_each(d)
         unanswered = d.query("SELECT r.id FROM requests r WHERE NOT EXISTS (SELECT 1 FROM outbox_messages m"
                              " WHERE m.ref = 'request-' || r.id)")
         if unanswered:
@@ -782,14 +787,7 @@ def one_worker_killed(workdir: Path, messages: int) -> SlotKillResult:
         not_done = d.query("SELECT queue_id, status FROM spool WHERE status != 'done'")
         if not_done:
             raise Broken(f"messages not processed to 'done': {not_done[:5]}")
-        per_message = d.query("SELECT s.queue_id, count(r.id) FROM spool s LEFT JOIN requests r"
-                              " ON r.spool_id = s.id GROUP BY s.id HAVING count(r.id) != 1")
-        if per_message:
-            raise Broken(f"messages with other than one request: {per_message[:5]}")
-        twice = d.query("SELECT purpose, ref, count(*) FROM outbox_messages GROUP BY purpose, ref"
-                        " HAVING count(*) > 1")
-        if twice:
-            raise Broken(f"outgoing mail written twice for one cause: {twice[:5]}")
+        one_request_and_one_mail_each(d)
         checked = common_checks(d)
         return SlotKillResult(messages, len(in_hand), one(d, "SELECT count(*) FROM requests"),
                               checked["deliveries"])

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import smtplib
 import sqlite3
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from daemon_proc import DOMAIN, DaemonProc, descendants
+from test_intake_basic import send as smtp_send
 
 from tldops_mta.auth.message_facts import MessageFacts
 from tldops_mta.settings import config
@@ -278,13 +278,7 @@ def test_each_lookup_and_the_claim_use_an_index(db: Spool) -> None:
 
 def send(d: DaemonProc, mail_from: str, rcpt: str = REQUESTS, from_line: str | None = None) -> str:
     raw = f"From: {from_line or mail_from}\r\nTo: {rcpt}\r\nSubject: s\r\n\r\nbody\r\n".encode()
-    with smtplib.SMTP(d.host, d.port, timeout=10) as s:
-        s.ehlo("mail.example")
-        s.mail(mail_from)
-        assert s.rcpt(rcpt)[0] == 250
-        code, text = s.data(raw)
-    assert code == 250, text
-    return text.decode().rsplit(" ", 1)[1]
+    return smtp_send(d, [rcpt], raw, sender=mail_from)
 
 
 def tldops(d: DaemonProc, *args: str) -> subprocess.CompletedProcess[str]:
