@@ -60,7 +60,7 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
     the clocks, the broadcast, housekeeping, Mailman, freshness. A higher slot runs only the
     spool's Worker, and after outcomes that may have queued mail writes ``W`` on its ready
     pipe: the SMTP process then wakes slot 0, whose outbox sends it."""
-    log = logs.get("worker")
+    log = logs.get("worker").bind(slot=slot)
     loop = asyncio.get_running_loop()
     conn = storage.connect(cfg.database_path, busy_timeout_ms=cfg.storage.busy_timeout_ms,
                            max_size_mb=cfg.storage.max_size_mb)
@@ -145,7 +145,7 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
                                    else spool.next_due_at(c))
             if nxt is not None and nxt < time.time() + max_idle:
                 continue
-            log.info("worker idle, exiting", idle_for=round(idle_for, 1), next_work_at=nxt, slot=slot)
+            log.info("worker idle, exiting", idle_for=round(idle_for, 1), next_work_at=nxt)
             stop.set()
 
     def on_wake() -> None:
@@ -175,12 +175,13 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
             live.apply(new, policy_files.load(new.rules_dir))
             senders.reconfigure(new.dns)  # new DNS servers and IANA settings: from the next message
             iana.reconfigure(new.iana)
-            if deliverer is not None:
+            if owner:
+                assert deliverer is not None
                 deliverer.reconfigure(new)
                 validators = asyncio.ensure_future(
                     writer.run(lanes.set_senders(lanes.VALIDATOR, new.validation.validators)))
                 validators.add_done_callback(validators_written)
-            log.info("worker reloaded", slot=slot)
+            log.info("worker reloaded")
         except (config_mod.ConfigError, policy_files.RulesError) as e:
             log.error("worker reload refused", problems=[str(p) for p in e.problems])
 
@@ -190,7 +191,7 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
     tasks = [asyncio.create_task(one.run(), name=name) for name, one in loops.items()]
     if wake_fd is not None:  # run by the SMTP process, which starts it again on demand
         tasks.append(asyncio.create_task(exit_when_idle(), name="idle"))
-    log.info("worker ready", pid=os.getpid(), requeued=requeued, cpu_class=cpu_class, slot=slot)
+    log.info("worker ready", pid=os.getpid(), requeued=requeued, cpu_class=cpu_class)
     if ready_fd is not None:  # the SMTP process tells systemd READY=1 after this (slot 0's)
         with contextlib.suppress(OSError):
             os.write(ready_fd, b"R")
@@ -203,8 +204,7 @@ async def run(cfg: config_mod.Config, config_path: Path | None, overrides: Mappi
     reader.close()
     if ready_fd is not None:
         os.close(ready_fd)
-    log.info("worker stopped", processed=worker.processed, commits=writer.batches, writes=writer.jobs,
-             slot=slot)
+    log.info("worker stopped", processed=worker.processed, commits=writer.batches, writes=writer.jobs)
     return 0
 
 
