@@ -184,32 +184,30 @@ def ask_validators(live: Live, conn: sqlite3.Connection, request_id: int, *, now
                    template: str = "validator", reminder: bool = False,
                    request: Request | None = None) -> int:
     """Mail each Validator the request with their own decide+TOKEN@ address; how many.
-    ``request``: the request as this transaction just wrote it (else it is read)."""
+    ``request``: the request as this transaction just wrote it (else it is read, and only
+    when there is a Validator to mail)."""
     validators = live.cfg.validation.validators
     sent = 0
-    if not validators:
-        if reminder:
-            conn.execute("UPDATE requests SET reminded_at = ? WHERE id = ?", (now, request_id))
-        return sent
-    r = request or load(conn, request_id)
-    assert r is not None
-    expires = time.strftime("%Y-%m-%d %H:%M UTC",
-                            time.gmtime(r.updated_at + live.cfg.validation.expire_after))
-    rule = decision_rule(live.cfg.validation.decision_auth)
-    for validator in validators:
-        decide_address = mailing.one_time_address(live, conn, PURPOSE_DECIDE, to=validator.lower(), now=now,
-                                                  ttl=DECIDE_TOKEN_TTL, request_id=r.id, service="decide")
-        values: dict[str, object] = {**_summary(live, conn, r), "decide_address": decide_address,
-                                     "decision_rule": rule}
-        if template == "validator":
-            values["expires"] = expires
-            values["reminder"] = ("This is a reminder: the request has waited since "
-                                  + _when(r.updated_at) + ".\n\n") if reminder else ""
-        _mail(live, conn, r, template, [validator], values,
-              reply_to=decide_address)
-        sent += 1
+    if validators:
+        r = request or load(conn, request_id)
+        assert r is not None
+        expires = time.strftime("%Y-%m-%d %H:%M UTC",
+                                time.gmtime(r.updated_at + live.cfg.validation.expire_after))
+        rule = decision_rule(live.cfg.validation.decision_auth)
+        for validator in validators:
+            decide_address = mailing.one_time_address(live, conn, PURPOSE_DECIDE, to=validator.lower(),
+                                                      now=now, ttl=DECIDE_TOKEN_TTL, request_id=r.id,
+                                                      service="decide")
+            values: dict[str, object] = {**_summary(live, conn, r), "decide_address": decide_address,
+                                         "decision_rule": rule}
+            if template == "validator":
+                values["expires"] = expires
+                values["reminder"] = ("This is a reminder: the request has waited since "
+                                      + _when(r.updated_at) + ".\n\n") if reminder else ""
+            _mail(live, conn, r, template, [validator], values, reply_to=decide_address)
+            sent += 1
     if reminder:
-        conn.execute("UPDATE requests SET reminded_at = ? WHERE id = ?", (now, r.id))
+        conn.execute("UPDATE requests SET reminded_at = ? WHERE id = ?", (now, request_id))
     return sent
 
 
