@@ -23,6 +23,7 @@ Nothing in here raises on a hostile message: whatever a signature holds ends in 
 from __future__ import annotations
 
 import asyncio
+import base64
 import binascii
 import datetime as dt
 import functools
@@ -41,10 +42,16 @@ import dns.exception
 import dns.name
 import dns.rdtypes.ANY.TXT
 import dns.resolver
+import nacl.exceptions
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+from dkim.canonicalization import (  # type: ignore[import-untyped]
+    CanonicalizationPolicy,
+    InvalidCanonicalizationPolicyError,
+    Relaxed,
+)
 from publicsuffixlist import PublicSuffixList
 
 from tldops_mta import metrics
@@ -278,7 +285,47 @@ def evaluated_key(name: str | bytes, record: bytes) -> tuple[Any, Any, Any, Any]
 
 
 class _Verifier(dkim.DKIM):  # type: ignore[misc]
-    """dkimpy's DKIM, its key loading going through ``evaluated_key``."""
+    """dkimpy's DKIM, with its hot paths done again at a fraction of the cost, answering alike.
+
+    The key is loaded through ``evaluated_key``; the header is split by ``rfc822_parse``,
+    canonicalised with dkimpy's own regexes compiled once, and only the fields h= selects (the
+    same octets are hashed); a signature's tags come parsed (``verify_parsed``). Each
+    replacement is a copy of dkimpy 1.1.8's code, held to it by tests/test_patched_libraries.py
+    and compared with it on generated input by tests/test_dkim_verify.py.
+    """
+
+    headers: list[list[bytes]]
+    body: bytes | str
+    domain: bytes | None
+    selector: bytes | str
+    signature_fields: dict[bytes, bytes]
+    signed_headers: list[Any]
+    include_headers: tuple[bytes, ...]
+
+    def set_message(self, message: bytes | None) -> None:
+        """dkimpy 1.1.8's ``DomainSigner.set_message``, with ``rfc822_parse`` below."""
+        if message:
+            self.headers, self.body = rfc822_parse(message)
+        else:
+            self.headers, self.body = [], ""
+        self.domain = None
+        self.selector = "default"
+        self.signature_fields = {}
+        self.signed_headers = []
+        self.keysize = 0
+
+    def verify_parsed(self, sig: dict[bytes, bytes], sig_header: tuple[bytes, bytes],
+                      dnsfunc: Callable[..., bytes]) -> bool:
+        """dkimpy 1.1.8's ``DKIM.verify`` and ``verify_headerprep`` of the signature
+        ``sig_header``, whose tags ``sig`` holds as ``parse_tag_value`` read them: not parsed
+        a second time."""
+        self.signature_fields = sig
+        validate_signature_fields(sig)
+        self.domain = sig[b"d"]
+        self.selector = sig[b"s"]
+        include_headers = [x.strip().lower() for x in sig[b"h"].split(b":")]  # h= is stripped
+        self.include_headers = tuple(include_headers)
+        return self.verify_sig(sig, include_headers, sig_header, dnsfunc)
 
     def verify_sig(self, sig: dict[bytes, bytes], include_headers: list[bytes],
                    sig_header: tuple[bytes, bytes], dnsfunc: Callable[..., bytes]) -> bool:
@@ -294,6 +341,217 @@ class _Verifier(dkim.DKIM):  # type: ignore[misc]
             return False
         return bool(self.verify_sig_process(sig, include_headers, sig_header, dnsfunc))
 
+    def verify_sig_process(self, sig: dict[bytes, bytes], include_headers: list[bytes],
+                           sig_header: tuple[bytes, bytes], dnsfunc: Callable[..., bytes]) -> bool:
+        """dkimpy 1.1.8's ``DomainSigner.verify_sig_process`` without its debug logging, the
+        header fields hashed by ``hash_headers`` below and RSA by
+        ``fast_rsassa_pkcs1_v1_5_verify``."""
+        if self.tlsrpt == "strict" and not self.seqtlsrpt:
+            raise dkim.ValidationError("Message is tlsrpt and Service Type is not tlsrpt")
+        if not self.tlsrpt and self.seqtlsrpt:
+            raise dkim.ValidationError("Message is not tlsrpt and Service Type is tlsrpt")
+        try:
+            canon_policy = CanonicalizationPolicy.from_c_value(sig.get(b"c", b"simple/simple"))
+        except InvalidCanonicalizationPolicyError as e:
+            raise dkim.MessageFormatError("invalid c= value: %r" % e.args[0]) from e  # noqa: UP031
+        hasher = dkim.crypto.HASH_ALGORITHMS[sig[b"a"]]
+        if b"bh" in sig:
+            body = canon_policy.canonicalize_body(self.body)
+            if b"l" in sig and not self.tlsrpt:
+                body = body[:int(sig[b"l"])]
+            bodyhash = hasher(body).digest()
+            try:
+                bh = base64.b64decode(b"".join(sig[b"bh"].split()))
+            except TypeError as e:
+                raise dkim.MessageFormatError(str(e)) from e
+            if bodyhash != bh:
+                raise dkim.ValidationError(
+                    "body hash mismatch (got %r, expected %r)"  # noqa: UP031
+                    % (base64.b64encode(bodyhash), sig[b"bh"]))
+        if b"from" in include_headers:
+            include_headers.append(b"from")
+        h = hasher()
+        self.signed_headers = hash_headers(h, canon_policy, self.headers, include_headers,
+                                           sig_header)
+        signature = base64.b64decode(b"".join(sig[b"b"].split()))
+        if self.ktag == b"rsa":
+            try:
+                res = fast_rsassa_pkcs1_v1_5_verify(h, signature, self.pk)
+                if res and self.keysize < self.minkey:
+                    raise dkim.KeyFormatError("public key too small: %d" % self.keysize)  # noqa: UP031
+                return res
+            except (TypeError, dkim.crypto.DigestTooLargeError) as e:
+                raise dkim.KeyFormatError("digest too large for modulus: %s" % e) from e  # noqa: UP031
+        elif self.ktag == b"ed25519":
+            try:
+                self.pk.verify(h.digest(), signature)
+                return True
+            except nacl.exceptions.BadSignatureError:
+                return False
+        else:
+            raise dkim.UnknownKeyTypeError(self.ktag)
+
+
+_LINE_END = re.compile(rb"\r?\n")
+_FIELD_NAME = re.compile(rb"([\x21-\x7e]+?):")
+_FIELD = rb"([\x21-\x7e]+?):([^\n]*\n(?:[ \t][^\n]*\n)*)"
+_FIELDS = re.compile(_FIELD)
+_ONLY_FIELDS = re.compile(rb"(?:(?>" + _FIELD + rb"))*")
+"""A header of CRLF-ended fields, each as ``rfc822_parse`` reads a field and its continuation
+lines. Each field is an atomic group: on a header that is not one, nothing is tried again
+(a line with many colons costs no more than once)."""
+
+
+def rfc822_parse(message: bytes) -> tuple[list[list[bytes]], bytes]:
+    """dkimpy 1.1.8's ``rfc822_parse``: the same fields, body and errors. A message whose lines
+    all end in CRLF and whose header is only fields (the usual case) is read with two regex
+    passes over the header instead of a loop over its lines; any other goes the upstream way."""
+    if message.count(b"\n") == message.count(b"\r\n"):
+        if message[:2] == b"\r\n":
+            head, body = b"", message[2:]
+        else:
+            end = message.find(b"\r\n\r\n")
+            head, body = (message, b"") if end < 0 else (message[:end + 2], message[end + 4:])
+        if head[-2:] in (b"\r\n", b"") and _ONLY_FIELDS.fullmatch(head):
+            return [[name, value] for name, value in _FIELDS.findall(head)], body
+    return _rfc822_parse_lines(message)
+
+
+def _rfc822_parse_lines(message: bytes) -> tuple[list[list[bytes]], bytes]:
+    """dkimpy 1.1.8's ``rfc822_parse``, its regexes compiled once (IndexError included, for a
+    continuation line first)."""
+    headers: list[list[bytes]] = []
+    lines = _LINE_END.split(message)
+    match = _FIELD_NAME.match
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if len(line) == 0:
+            i += 1
+            break
+        if line[0] in (0x09, 0x20):
+            headers[-1][1] += line + b"\r\n"
+        else:
+            m = match(line)
+            if m is not None:
+                headers.append([m.group(1), line[m.end(0):] + b"\r\n"])
+            elif line.startswith(b"From "):
+                pass
+            else:
+                raise dkim.MessageFormatError(
+                    "Unexpected characters in RFC822 header: %r" % line)  # noqa: UP031
+        i += 1
+    return headers, b"\r\n".join(lines[i:])
+
+
+_B64ISH = re.compile(rb"[\s0-9A-Za-z+/]+[\s=]*$")
+_D_SPECIALS = re.compile(rb"[\(\)<>\[\]:;@\\,]")
+_L_VALUE = re.compile(rb"\d{,76}$")
+_DIGITS = re.compile(rb"\d+$")
+
+
+def validate_signature_fields(sig: dict[bytes, bytes]) -> None:
+    """dkimpy 1.1.8's ``validate_signature_fields`` for a DKIM-Signature (not ARC), its
+    regexes compiled once: the same ValidationError, with the same text, for the same tags
+    (``%r`` of bytes writes what dkimpy's ``%s`` does, without a BytesWarning)."""
+    for field in (b"v", b"a", b"b", b"bh", b"d", b"h", b"s"):
+        if field not in sig:
+            raise dkim.ValidationError("missing %r=" % field)  # noqa: UP031
+    if sig[b"a"] not in dkim.crypto.HASH_ALGORITHMS:
+        raise dkim.ValidationError("unknown signature algorithm: %r" % sig[b"a"])  # noqa: UP031
+    b = sig[b"b"]
+    if _B64ISH.match(b) is None or len(b"".join(b.split())) % 4 != 0:
+        raise dkim.ValidationError("b= value is not valid base64 (%r)" % b)  # noqa: UP031
+    # dkimpy matches b= again where bh= is meant (b= passed just above): only bh='s length counts
+    if len(b"".join(sig[b"bh"].split())) % 4 != 0:
+        raise dkim.ValidationError("bh= value is not valid base64 (%r)" % sig[b"bh"])  # noqa: UP031
+    if b"cv" in sig and sig[b"cv"] not in (dkim.CV_Pass, dkim.CV_Fail, dkim.CV_None):
+        raise dkim.ValidationError("cv= value is not valid (%r)" % sig[b"cv"])  # noqa: UP031
+    d = sig[b"d"]
+    if d.isascii() and _D_SPECIALS.search(d):
+        raise dkim.ValidationError("d= value is not valid (%r)" % d)  # noqa: UP031
+    if b"i" in sig and (not sig[b"i"].lower().endswith(d.lower())
+                        or sig[b"i"][-len(d) - 1] not in (64, 46)):
+        raise dkim.ValidationError(
+            "i= domain is not a subdomain of d= (i=%r d=%r)" % (sig[b"i"], d))  # noqa: UP031
+    if b"l" in sig and _L_VALUE.match(sig[b"l"]) is None:
+        raise dkim.ValidationError("l= value is not a decimal integer (%r)" % sig[b"l"])  # noqa: UP031
+    if b"q" in sig and sig[b"q"] != b"dns/txt":
+        raise dkim.ValidationError("q= value is not dns/txt (%r)" % sig[b"q"])  # noqa: UP031
+    t_sign: int | None = None
+    if b"t" in sig:
+        if _DIGITS.match(sig[b"t"]) is None:
+            raise dkim.ValidationError("t= value is not a decimal integer (%r)" % sig[b"t"])  # noqa: UP031
+        t_sign = int(sig[b"t"])
+        if t_sign > int(time.time()) + 36000:
+            raise dkim.ValidationError("t= value is in the future (%r)" % sig[b"t"])  # noqa: UP031
+    if sig[b"v"] != b"1":
+        raise dkim.ValidationError("v= value is not 1 (%r)" % sig[b"v"])  # noqa: UP031
+    if b"x" in sig:
+        if _DIGITS.match(sig[b"x"]) is None:
+            raise dkim.ValidationError("x= value is not a decimal integer (%r)" % sig[b"x"])  # noqa: UP031
+        x_sign = int(sig[b"x"])
+        if x_sign < int(time.time()) - 36000:
+            raise dkim.ValidationError("x= value is past (%r)" % sig[b"x"])  # noqa: UP031
+        if t_sign and x_sign < t_sign:
+            raise dkim.ValidationError(
+                "x= value is less than t= value (x=%r t=%r)" % (sig[b"x"], sig[b"t"]))  # noqa: UP031
+
+
+def select_headers(headers: list[list[bytes]], include_headers: list[bytes]) -> list[list[bytes]]:
+    """dkimpy 1.1.8's ``select_headers`` (``include_headers`` in lower case, as verifying
+    makes them), each field's name lowered once instead of once per comparison."""
+    lowered = [x[0].lower() for x in headers]
+    sign_headers = []
+    lastindex: dict[bytes, int] = {}
+    for h in include_headers:
+        i = lastindex.get(h, len(headers))
+        while i > 0:
+            i -= 1
+            if h == lowered[i]:
+                sign_headers.append(headers[i])
+                break
+        lastindex[h] = i
+    return sign_headers
+
+
+_WSP_RUN = re.compile(rb"[\t ]+")
+
+
+def relaxed_headers(headers: list[Any]) -> list[tuple[bytes, bytes]]:
+    """dkimpy 1.1.8's ``Relaxed.canonicalize_headers`` (``unfold_header_value`` then
+    ``compress_whitespace``) without a regex where none is needed: ``\\r?\\n`` removed by
+    two replacements, and blanks compressed only where two are adjacent or one is a tab."""
+    out = []
+    for x in headers:
+        value = x[1].replace(b"\r\n", b"").replace(b"\n", b"")
+        if b"\t" in value or b"  " in value:
+            value = _WSP_RUN.sub(b" ", value)
+        out.append((x[0].lower().rstrip(), value.strip() + b"\r\n"))
+    return out
+
+
+def hash_headers(hasher: Any, canon_policy: Any, headers: list[list[bytes]],
+                 include_headers: list[bytes], sig_header: tuple[bytes, bytes]) -> list[Any]:
+    """dkimpy 1.1.8's ``hash_headers`` of ``canon_policy.canonicalize_headers(headers)``, as
+    ``verify_sig_process`` calls it, with only the selected fields canonicalised: the same
+    fields are selected, since canonicalisation changes no name (as ``rfc822_parse`` reads
+    them: no white space) but its case, which selection ignores."""
+    canonicalize = (relaxed_headers if canon_policy.header_algorithm is Relaxed
+                    else canon_policy.canonicalize_headers)
+    sign_headers = canonicalize(select_headers(headers, include_headers))
+    cheaders = canonicalize([(sig_header[0], RE_BTAG.sub(b"\\1", sig_header[1]))])
+    update = hasher.update
+    for x, y in sign_headers:
+        update(x)
+        update(b":")
+        update(y)
+    for x, y in cheaders:
+        update(x)
+        update(b":")
+        update(y.rstrip())
+    return sign_headers
+
 
 # rsa-sha1 is still verified, to report it; our policy then refuses it (RFC 8301).
 _OPENSSL_HASHES: dict[str, hashes.HashAlgorithm] = {
@@ -301,13 +559,20 @@ _OPENSSL_HASHES: dict[str, hashes.HashAlgorithm] = {
 
 
 @functools.lru_cache(maxsize=1024)
-def _openssl_key(n: int, e: int) -> rsa.RSAPublicKey | None:
-    """The key as OpenSSL holds it, or None for one it will not load (dkimpy's arithmetic
-    then answers)."""
+def _openssl_key(n: int, e: int) -> tuple[rsa.RSAPublicKey, bytes] | None:
+    """The key as OpenSSL holds it and its modulus in octets, or None for a key OpenSSL will
+    not load (dkimpy's arithmetic then answers)."""
     try:
-        return rsa.RSAPublicNumbers(e, n).public_key()
+        return rsa.RSAPublicNumbers(e, n).public_key(), n.to_bytes((n.bit_length() + 7) // 8, "big")
     except (ValueError, TypeError, OverflowError):
         return None
+
+
+_PKCS1V15 = padding.PKCS1v15()
+_PREHASHED = {name: Prehashed(algorithm) for name, algorithm in _OPENSSL_HASHES.items()}
+_DIGEST_INFO_LENGTHS = {"sha256": 19 + 32, "sha1": 15 + 20}
+"""The length of the DER DigestInfo that EMSA_PKCS1_v1_5_encode builds for each hash: it
+raises DigestTooLargeError when that plus 11 exceeds the modulus's length."""
 
 
 def fast_rsassa_pkcs1_v1_5_verify(hash: Any, signature: bytes, public_key: dict[str, int]) -> bool:
@@ -315,20 +580,27 @@ def fast_rsassa_pkcs1_v1_5_verify(hash: Any, signature: bytes, public_key: dict[
     does it), by OpenSSL; tests/test_patched_libraries.py fails when the upstream code differs.
 
     dkimpy reads the signature as a number of any length and reduces it modulo n (pow does);
-    OpenSSL wants exactly the modulus's length and a number below n. So the number is reduced
-    and written at that length first: what dkimpy accepts, OpenSSL is shown, and the answers
-    match. DigestTooLargeError comes from the same encoding step as in dkimpy.
+    OpenSSL wants exactly the modulus's length and a number below n. So a signature that is
+    not already that is reduced and written at that length first: what dkimpy accepts, OpenSSL
+    is shown, and the answers match. DigestTooLargeError is raised where dkimpy's encoding
+    step raises it (the encoding itself is OpenSSL's work here).
     """
     n, e = public_key["modulus"], public_key["publicExponent"]
     modlen = max(1, (n.bit_length() + 7) // 8)
-    encoded = dkim.crypto.EMSA_PKCS1_v1_5_encode(hash, modlen)
-    algorithm = _OPENSSL_HASHES.get(str(hash.name).lower())
-    key = _openssl_key(n, e) if algorithm is not None else None
-    s = int.from_bytes(signature, "big") % n if n > 0 else 0
-    if key is None or algorithm is None:
+    name = str(hash.name).lower()
+    prehashed = _PREHASHED.get(name)
+    loaded = _openssl_key(n, e) if prehashed is not None else None
+    if loaded is None or prehashed is None:
+        encoded = dkim.crypto.EMSA_PKCS1_v1_5_encode(hash, modlen)
+        s = int.from_bytes(signature, "big") % n if n > 0 else 0
         return bool(encoded == pow(s, e, n).to_bytes(modlen, "big"))
+    if _DIGEST_INFO_LENGTHS[name] + 11 > modlen:
+        raise dkim.crypto.DigestTooLargeError()
+    key, modulus = loaded
+    if len(signature) != modlen or signature >= modulus:  # octets of equal length compare as numbers
+        signature = (int.from_bytes(signature, "big") % n).to_bytes(modlen, "big")
     try:
-        key.verify(s.to_bytes(modlen, "big"), hash.digest(), padding.PKCS1v15(), Prehashed(algorithm))
+        key.verify(signature, hash.digest(), _PKCS1V15, prehashed)
     except InvalidSignature:
         return False
     return True
@@ -368,8 +640,10 @@ class _Signature:
 
 @dataclass
 class _Prepared:
-    verifier: Any  # dkim.DKIM, or None when dkimpy cannot parse the message
+    verifier: Any  # _Verifier, or None when dkimpy cannot parse the message
     signatures: list[_Signature]
+    fields: list[tuple[bytes, bytes]]
+    """The DKIM-Signature fields (name, value) as dkimpy read them, in order."""
 
 
 def _text(value: bytes | None) -> str:
@@ -400,10 +674,12 @@ def _prepare(raw: bytes, now: float, max_signatures: int) -> _Prepared:
     """Parse the message once and decide what can be decided without DNS."""
     try:
         verifier = _Verifier(raw, minkey=0)
-        values = [v for k, v in verifier.headers if k.lower() == b"dkim-signature"]
+        fields = [(k, v) for k, v in verifier.headers if k.lower() == b"dkim-signature"]
+        values = [v for _k, v in fields]
         unparsable: str | None = None
     except Exception as e:  # dkimpy raises MessageFormatError, and IndexError on some garbage
         verifier = None
+        fields = []
         values = _lenient_dkim_headers(raw)
         unparsable = f"message header cannot be parsed: {_short(e)}"
     out: list[_Signature] = []
@@ -419,12 +695,36 @@ def _prepare(raw: bytes, now: float, max_signatures: int) -> _Prepared:
                                         "signatures are")
         else:
             sig.outcome = _static_checks(sig, now)
-    return _Prepared(verifier, out)
+    return _Prepared(verifier, out, fields)
+
+
+_TAG_NAME = re.compile(rb"^[a-zA-Z](\w)*")
+
+
+def parse_tag_value(tag_list: bytes) -> dict[bytes, bytes]:
+    """dkimpy 1.1.8's ``dkim.util.parse_tag_value``, its regex compiled once: the same tags
+    and errors."""
+    tags = {}
+    tag_specs = tag_list.strip().split(b";")
+    if not tag_specs[-1]:  # trailing semicolons are valid
+        tag_specs.pop()
+    match = _TAG_NAME.match
+    for tag_spec in tag_specs:
+        key, equals, value = tag_spec.partition(b"=")
+        if not equals:
+            raise dkim.util.InvalidTagSpec(tag_spec)
+        key, value = key.strip(), value.strip()
+        if match(key) is None:
+            raise dkim.util.InvalidTagSpec(tag_spec)
+        if key in tags:
+            raise dkim.util.DuplicateTag(key)
+        tags[key] = value
+    return tags
 
 
 def _read_signature(index: int, value: bytes) -> _Signature:
     try:
-        tags: dict[bytes, bytes] = dkim.util.parse_tag_value(value)
+        tags = parse_tag_value(value)
     except dkim.util.DuplicateTag as e:
         why = f"DKIM-Signature repeats tag {_short(e.args[0] if e.args else b'', 20)}="
         return _Signature(index, {}, outcome=("permerror", why))
@@ -509,15 +809,15 @@ def _check_all(prepared: _Prepared, keys: dict[str, _KeyOutcome],
             result, reason = sig.outcome
         else:
             assert sig.key_name is not None
-            result, reason, key_bits, counts = _check_one(prepared.verifier, sig,
-                                                          keys[sig.key_name], min_bits)
+            result, reason, key_bits, counts = _check_one(
+                prepared.verifier, prepared.fields[sig.index], sig, keys[sig.key_name], min_bits)
         out.append(SignatureResult(sig.index, sig.domain, sig.selector, sig.algorithm, key_bits,
                                    result, reason, counts))
     return out
 
 
-def _check_one(verifier: Any, sig: _Signature, key: _KeyOutcome,
-               min_bits: int) -> tuple[Result, str, int | None, bool]:
+def _check_one(verifier: _Verifier, field: tuple[bytes, bytes], sig: _Signature,
+               key: _KeyOutcome, min_bits: int) -> tuple[Result, str, int | None, bool]:
     if isinstance(key, KeyTemporaryError):
         return "temperror", f"DNS lookup failed: {key}", None, False
     if isinstance(key, KeyRecordError):
@@ -528,7 +828,7 @@ def _check_one(verifier: Any, sig: _Signature, key: _KeyOutcome,
     if problem:
         return "permerror", problem, bits, False
     try:
-        ok = verifier.verify(idx=sig.index, dnsfunc=lambda _name, timeout=0: key)
+        ok = verifier.verify_parsed(sig.tags, field, lambda _name, timeout=0: key)
     except dkim.ValidationError as e:
         if "body hash mismatch" in str(e):
             return "fail", "body hash mismatch", bits, False
@@ -596,7 +896,7 @@ def _policy_refusals(sig: _Signature, kind: str, bits: int | None, min_bits: int
     refusals = []
     if sig.algorithm not in ACCEPTED_ALGORITHMS:
         refusals.append(f"{sig.algorithm} is not accepted (RFC 8301)")
-    signed = {h.lower() for h in re.split(rb"\s*:\s*", sig.tags[b"h"].strip())}
+    signed = {h.strip().lower() for h in sig.tags[b"h"].split(b":")}
     if b"from" not in signed:
         refusals.append("signature does not cover From")
     elif unsigned := [name for h, name in REPLAY_HEADERS if h not in signed]:
