@@ -326,7 +326,7 @@ class _Verifier(dkim.DKIM):  # type: ignore[misc]
         validate_signature_fields(sig)
         self.domain = sig[b"d"]
         self.selector = sig[b"s"]
-        include_headers = [x.strip() for x in sig[b"h"].lower().split(b":")]  # h= is stripped
+        include_headers = signed_fields(sig[b"h"])
         self.include_headers = tuple(include_headers)
         return self.verify_sig(sig, include_headers, sig_header, dnsfunc)
 
@@ -393,6 +393,12 @@ class _Verifier(dkim.DKIM):  # type: ignore[misc]
                 return False
         else:
             raise dkim.UnknownKeyTypeError(self.ktag)
+
+
+def signed_fields(h: bytes) -> list[bytes]:
+    """The names in an h= value as dkimpy's ``verify_headerprep`` reads them
+    (``re.split(rb"\\s*:\\s*", h)``, lowered) from a value ``parse_tag_value`` stripped."""
+    return [x.strip() for x in h.lower().split(b":")]
 
 
 _LINE_END = re.compile(rb"\r?\n")
@@ -898,7 +904,7 @@ def _policy_refusals(sig: _Signature, kind: str, bits: int | None, min_bits: int
     refusals = []
     if sig.algorithm not in ACCEPTED_ALGORITHMS:
         refusals.append(f"{sig.algorithm} is not accepted (RFC 8301)")
-    signed = {h.strip().lower() for h in sig.tags[b"h"].split(b":")}
+    signed = set(signed_fields(sig.tags[b"h"]))
     if b"from" not in signed:
         refusals.append("signature does not cover From")
     elif unsigned := [name for h, name in REPLAY_HEADERS if h not in signed]:
