@@ -403,26 +403,24 @@ def signed_fields(h: bytes) -> list[bytes]:
 
 _LINE_END = re.compile(rb"\r?\n")
 _FIELD_NAME = re.compile(rb"([\x21-\x7e]+?):")
-_FIELD = rb"([\x21-\x7e]+?):([^\n]*\n(?:[ \t][^\n]*\n)*)"
-_FIELDS = re.compile(_FIELD)
-_ONLY_FIELDS = re.compile(rb"(?:(?>" + _FIELD + rb"))*")
-"""A header of CRLF-ended fields, each as ``rfc822_parse`` reads a field and its continuation
-lines. Each field is an atomic group: on a header that is not one, nothing is tried again
-(a line with many colons costs no more than once)."""
+_FIELDS = re.compile(rb"([\x21-\x7e]+?):([^\n]*\n(?:[ \t][^\n]*\n)*)|([\s\S]+)")
+"""A field and its continuation lines as ``rfc822_parse`` reads them, CRLF-ended; or, where
+none begins, the rest of the header (so findall never slides: one pass, whatever the text)."""
 
 
 def rfc822_parse(message: bytes) -> tuple[list[list[bytes]], bytes]:
     """dkimpy 1.1.8's ``rfc822_parse``: the same fields, body and errors. A message whose lines
-    all end in CRLF and whose header is only fields (the usual case) is read with two regex
-    passes over the header instead of a loop over its lines; any other goes the upstream way."""
+    all end in CRLF and whose header is only fields (the usual case) is read by one regex pass
+    over the header instead of a loop over its lines; any other goes the upstream way."""
     if message.count(b"\n") == message.count(b"\r\n"):
         if message[:2] == b"\r\n":
             head, body = b"", message[2:]
         else:
             end = message.find(b"\r\n\r\n")
             head, body = (message, b"") if end < 0 else (message[:end + 2], message[end + 4:])
-        if head[-2:] in (b"\r\n", b"") and _ONLY_FIELDS.fullmatch(head):
-            return [[name, value] for name, value in _FIELDS.findall(head)], body
+        found = _FIELDS.findall(head) if head[-2:] in (b"\r\n", b"") else [(b"", b"", head)]
+        if not found or not found[-1][2]:
+            return [[name, value] for name, value, _rest in found], body
     return _rfc822_parse_lines(message)
 
 
