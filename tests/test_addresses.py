@@ -506,7 +506,9 @@ def test_stdlib_crashes_where_we_refuse() -> None:
 # --- the plain shape's shortcut -------------------------------------------------------------
 
 ascii_words = st.text(ATEXT, min_size=1, max_size=8)
-ascii_names = st.lists(ascii_words, min_size=1, max_size=4).map(" ".join)
+ascii_names = st.builds(lambda first, rest: first + "".join(sep + w for sep, w in rest), ascii_words,
+                        st.lists(st.tuples(st.sampled_from([" ", " ", " ", "  ", "\t", " \t"]), ascii_words),
+                                 max_size=3))
 plain_locals = st.one_of(local_parts, st.text(ATEXT + "..", min_size=1, max_size=70))
 plain_domains = st.one_of(
     domains,
