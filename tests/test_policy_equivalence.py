@@ -11,10 +11,12 @@ them).
 
 from __future__ import annotations
 
+import hashlib
 import string
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import email_validator
 import phonenumbers
@@ -53,19 +55,44 @@ UPSTREAM = (
     Upstream("email_validator.syntax:validate_email_length", "email-validator",
              ("tldops_mta.policy.roster_policy:plain_email",), "254 octets, the same for an ASCII address",
              "80601ce3e060773ce1f7b16c989afe8cae6a196af8d03d7452ff82e55315dc74"),
-    Upstream("phonenumbers:normalize_digits_only", "phonenumbers",
+    Upstream("phonenumbers.phonenumberutil:normalize_digits_only", "phonenumbers",
              ("tldops_mta.policy.roster_policy:normalize_digits_only",),
-             "replaced process-wide in phonenumberutil, where parse calls it by its name (the "
-             "package's own name for it stays upstream's): the answers must stay the same",
+             "replaced process-wide in phonenumberutil, where parse calls it by its name: the "
+             "answers must stay the same",
              "d04d26d16733d85a6e2da100daddf36a8ceef270c69260e73a7b28122a728a5a"),
+    Upstream("phonenumbers.phonenumberutil:_maybe_strip_extension", "phonenumbers",
+             ("tldops_mta.policy.roster_policy:_maybe_strip_extension",),
+             "replaced process-wide in phonenumberutil, where parse calls it by its name; ours "
+             "relies on _EXTN_PATTERN as recorded in EXTN_PATTERN_SHA256",
+             "7a87aae1f355658617ad280482ae6bacf0bc5428c40d50c1867199699b79aa89"),
 )
 
 THIS_FILE = "tests/test_policy_equivalence.py"
 
+EXTN_PATTERN_SHA256 = "f60f9646f08a677a2c87cc41fe53846b897d517237945c5cafe4c1b3fd184f89"
+"""phonenumbers' extension pattern, every alternative of which needs a character that
+roster_policy._NO_EXTENSION does not delete."""
+
+REPLACED = {"normalize_digits_only": roster_policy.normalize_digits_only,
+            "_maybe_strip_extension": roster_policy._maybe_strip_extension}
+ORIGINAL = {"normalize_digits_only": roster_policy._upstream_normalize_digits_only,
+            "_maybe_strip_extension": roster_policy._upstream_maybe_strip_extension}
+
+
+def upstream(target: str) -> Any:
+    """The library's own object at ``target``, also where roster_policy has put its own."""
+    name = target.rpartition(":")[2]
+    return ORIGINAL.get(name) or resolve(target)
+
+
+def extn_pattern_digest() -> str:
+    pattern = phonenumberutil._EXTN_PATTERN
+    return hashlib.sha256(f"{pattern.flags} {pattern.pattern}".encode()).hexdigest()
+
 
 @pytest.mark.parametrize("entry", UPSTREAM, ids=[e.target for e in UPSTREAM])
 def test_upstream_code_is_what_the_shortcut_was_written_against(entry: Upstream) -> None:
-    actual = digest(resolve(entry.target))
+    actual = digest(upstream(entry.target))
     dist = entry.distribution
     assert actual == entry.sha256, (
         f"{entry.target} of {dist} {installed(dist)} differs from the code of {dist} "
@@ -84,8 +111,12 @@ def test_installed_version_is_within_the_pin(distribution: str) -> None:
     assert spec.contains(installed(distribution)) and spec.contains(WRITTEN_AGAINST[distribution])
 
 
-def test_the_replacement_is_in_place_and_email_validator_defaults_hold() -> None:
-    assert phonenumberutil.normalize_digits_only is roster_policy.normalize_digits_only
+def test_the_replacements_are_in_place_and_what_they_rely_on_holds() -> None:
+    for name, ours in REPLACED.items():
+        assert getattr(phonenumberutil, name) is ours
+    assert extn_pattern_digest() == EXTN_PATTERN_SHA256, (
+        "phonenumbers' _EXTN_PATTERN changed: check that roster_policy._NO_EXTENSION still holds "
+        f"no character an extension can be written with, then record {extn_pattern_digest()}")
     # plain_email answers for the defaults: STRICT would refuse local parts over 64 characters.
     assert email_validator.STRICT is False
 
@@ -152,37 +183,51 @@ def test_plain_email_leaves_the_rest_to_email_validator(address: str) -> None:
     assert plain_email(address) is None
 
 
-# --- normalize_digits_only --------------------------------------------------------------------
+# --- phonenumbers' replaced functions -----------------------------------------------------------
 
-upstream_normalize = roster_policy._upstream_normalize_digits_only
+PHONE_CHARS = ("+0123456789 ()-./x#;,~\u0663\u06f5\uff10\u00b2\uff58\uff03\u00a0\t"
+               "abcdefghijklmnopqrstuvwxyzEXT\u0434\u043e\u0431")  # Arabic-Indic, full-width, Cyrillic
+phone_texts = st.one_of(st.text(), st.text(alphabet=PHONE_CHARS, max_size=30),
+                        st.text(alphabet="+0123456789 ()-./", max_size=25))
 
 
 @settings(max_examples=1000)
-@given(number=st.one_of(st.text(), st.text(alphabet="+0123456789 ()-./x#;٣۵０²", max_size=30)),
-       keep=st.booleans())
+@given(number=phone_texts, keep=st.booleans())
 def test_normalize_digits_only_answers_as_phonenumbers(number: str, keep: bool) -> None:
-    assert roster_policy.normalize_digits_only(number, keep) == upstream_normalize(number, keep)
+    original = ORIGINAL["normalize_digits_only"]
+    assert roster_policy.normalize_digits_only(number, keep) == original(number, keep)
 
 
-@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
-@given(number=st.text(alphabet="+0123456789 ()-./x#٣０", max_size=25),
-       region=st.sampled_from([None, "MT", "US", "GB", "DE", "RU", "IT"]))
-def test_phone_numbers_parse_as_before(number: str, region: str | None) -> None:
-    """parse, validity and E.164 with the replacement equal the same without it."""
+@settings(max_examples=1000)
+@given(number=st.one_of(phone_texts, st.builds(lambda a, b: a + b, phone_texts,
+                                               st.sampled_from([" ext 12", " x 3", ";ext=4", "#", " 12#"]))))
+def test_maybe_strip_extension_answers_as_phonenumbers(number: str) -> None:
+    assert roster_policy._maybe_strip_extension(number) == ORIGINAL["_maybe_strip_extension"](number)
+
+
+@settings(max_examples=1000, suppress_health_check=[HealthCheck.too_slow])
+@given(number=phone_texts, region=st.sampled_from([None, "MT", "US", "GB", "DE", "RU", "IT"]))
+@example(number="+356 2133 1234", region="MT")
+@example(number="2133 1234 ext. 5", region="MT")
+def test_phone_numbers_read_as_before(number: str, region: str | None) -> None:
+    """parse, validity and E.164 with the replacements equal the same with phonenumbers' own."""
     def answer() -> tuple[str, ...]:
         try:
             n = phonenumbers.parse(number, region)
         except phonenumbers.NumberParseException as e:
             return ("error", str(e.error_type), str(e))
         return (str(n), str(phonenumbers.is_valid_number(n)),
-                phonenumbers.format_number(n, phonenumbers.PhoneNumberFormat.E164))
+                phonenumbers.format_number(n, phonenumbers.PhoneNumberFormat.E164),
+                str(roster_policy.e164(number, region)))
 
     fast = answer()
-    phonenumberutil.normalize_digits_only = upstream_normalize
+    for name, original in ORIGINAL.items():
+        setattr(phonenumberutil, name, original)
     try:
         slow = answer()
     finally:
-        phonenumberutil.normalize_digits_only = roster_policy.normalize_digits_only
+        for name, ours in REPLACED.items():
+            setattr(phonenumberutil, name, ours)
     assert fast == slow
 
 
@@ -190,5 +235,6 @@ if __name__ == "__main__":
     for d in sorted(WRITTEN_AGAINST):
         print(f"{d} {installed(d)}")
     for e in UPSTREAM:
-        print(f"{e.target} {digest(resolve(e.target))}")
+        print(f"{e.target} {digest(upstream(e.target))}")
+    print(f"_EXTN_PATTERN {extn_pattern_digest()}")
     sys.exit(0)

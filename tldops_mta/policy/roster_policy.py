@@ -126,7 +126,23 @@ def normalize_digits_only(number: str, keep_non_digits: bool = False) -> str:
     return str(_upstream_normalize_digits_only(number, keep_non_digits))
 
 
+_NO_EXTENSION = str.maketrans("", "", "0123456789 +()-./")
+"""Characters none of which _EXTN_PATTERN's alternatives can begin or end an extension with:
+each needs a letter, ';', ',', '#' or '~' (or their full-width forms)."""
+_upstream_maybe_strip_extension = phonenumberutil._maybe_strip_extension
+
+
+def _maybe_strip_extension(number: str) -> tuple[str, str]:
+    """phonenumbers' own, put in its place: a number written with digits, spaces and ``+()-./``
+    alone holds no extension, which its regex search (3 us) finds out character by character."""
+    if type(number) is str and not number.translate(_NO_EXTENSION):
+        return ("", number)
+    found: tuple[str, str] = _upstream_maybe_strip_extension(number)
+    return found
+
+
 phonenumberutil.normalize_digits_only = normalize_digits_only
+phonenumberutil._maybe_strip_extension = _maybe_strip_extension
 phonenumbers.enable_pattern_cache()  # metadata patterns kept compiled, not looked up in re's cache
 
 
