@@ -245,8 +245,8 @@ def plain_email(address: str) -> tuple[str, str] | None:
     windows) to reach an answer that needs none of it: ASCII dot-atoms and LDH labels are
     their own normal form, but for the domain's case and RFC 2142's case-insensitive local
     parts. tests/test_policy_equivalence.py holds both answers equal."""
-    m = _PLAIN_EMAIL.fullmatch(address)
-    if m is None or len(address) > 254:  # EMAIL_MAX_LENGTH
+    m = _PLAIN_EMAIL.fullmatch(address) if len(address) <= 254 else None  # EMAIL_MAX_LENGTH
+    if m is None:
         return None
     local, domain = m.group(1), m.group(2).lower()
     if "--" in domain:  # R-LDH and Punycode labels
