@@ -22,7 +22,15 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from tldops_mta.auth.addresses import MAX_MAILBOXES, AddressError, Mailbox, parse_address_list, parse_single
+from tldops_mta.auth.addresses import (
+    MAX_MAILBOXES,
+    AddressError,
+    Mailbox,
+    _full_single,
+    _plain_single,
+    parse_address_list,
+    parse_single,
+)
 
 SOURCE = Path(__file__).resolve().parent.parent / "tldops_mta" / "auth" / "addresses.py"
 
@@ -493,3 +501,65 @@ def test_stdlib_crashes_where_we_refuse() -> None:
     assert stdlib_read(".Name <admin@nic.mt>") == (None, ["raised AttributeError"])
     with pytest.raises(AddressError, match="starts with a dot"):
         parse_single(".Name <admin@nic.mt>")
+
+
+# --- the plain shape's shortcut -------------------------------------------------------------
+
+ascii_words = st.text(ATEXT, min_size=1, max_size=8)
+ascii_names = st.builds(lambda first, rest: first + "".join(sep + w for sep, w in rest), ascii_words,
+                        st.lists(st.tuples(st.sampled_from([" ", " ", " ", "  ", "\t", " \t"]), ascii_words),
+                                 max_size=3))
+plain_locals = st.one_of(local_parts, st.text(ATEXT + "..", min_size=1, max_size=70))
+plain_domains = st.one_of(
+    domains,
+    st.builds(lambda ls, tld: ".".join([*ls, tld]), st.lists(labels, min_size=0, max_size=3),
+              st.sampled_from(["MT", "mt", "123", "1x", "x1", "a" * 63, "a" * 64, "", "-a", "a-"])),
+    st.builds(lambda n: ("a" * 62 + ".") * n + "mt", st.integers(3, 5)),
+)
+plain_addresses = st.builds(lambda lp, d: f"{lp}@{d}", plain_locals, plain_domains)
+plain_values = st.one_of(
+    plain_addresses,
+    plain_addresses.map(lambda a: f"<{a}>"),
+    st.builds(lambda n, sp, a: f"{n}{sp}<{a}>", ascii_names, st.sampled_from(["", " ", "  ", "\t"]),
+              plain_addresses),
+)
+EDGE = ["", " ", "  ", "\t", ".", "..", "=?", "?=", "@", "<", ">", '"', "ö", "\u200b", "-", "1", ",", ";",
+        ":", "(", "[", "\\", "\r\n ", "a" * 60]
+
+
+@st.composite
+def near_plain(draw: st.DrawFn) -> str:
+    """A plain From: value with a few characters changed where the shortcut must step aside."""
+    value = draw(plain_values)
+    for _ in range(draw(st.integers(0, 2))):
+        i = draw(st.integers(0, len(value)))
+        j = draw(st.integers(i, min(len(value), i + 2)))
+        value = value[:i] + draw(st.sampled_from(EDGE)) + value[j:]
+    return value
+
+
+@settings(max_examples=3000, suppress_health_check=[HealthCheck.too_slow])
+@given(value=st.one_of(near_plain(), near_plain(), mailboxes, mutated(), piece_values))
+@example("NIC Admin <admin@nic.org.mt>")
+@example("Admin@NIC.MT")
+@example("a " * 1000 + "<admin@nic.mt>")
+def test_the_plain_shortcut_reads_exactly_as_the_full_parser(value: str) -> None:
+    """Where the shortcut answers, the full parser accepts the value with the same Mailbox; it
+    refuses nothing itself, so every refusal stays the full parser's (docs/security.md)."""
+    plain = _plain_single(value)
+    if plain is None:
+        event("left to the full parser")
+        return
+    event("answered by the shortcut")
+    assert _full_single(value, "From") == plain, value
+    assert parse_address_list(value) == [plain]
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[1] == SINGLE], ids=lambda c: repr(c[0])[:60])
+def test_the_plain_shortcut_on_the_table(case: tuple[str, str, Ok | No]) -> None:
+    value, _, expected = case
+    plain = _plain_single(value)
+    if isinstance(expected, No):
+        assert plain is None
+    elif plain is not None:
+        assert _full_single(value, "From") == plain

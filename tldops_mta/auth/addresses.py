@@ -92,6 +92,11 @@ def parse_single(value: str, *, field: str = "From") -> Mailbox:
     Several authors in From: are legal in RFC 5322 but clients show only one of them, and not
     all the same one, so exactly one is required.
     """
+    plain = _plain_single(value)
+    return plain if plain is not None else _full_single(value, field)
+
+
+def _full_single(value: str, field: str) -> Mailbox:
     boxes = _Parser(_prepare(value, field), field, groups=False).address_list()
     if len(boxes) != 1:
         raise AddressError(
@@ -100,6 +105,32 @@ def parse_single(value: str, *, field: str = "From") -> Mailbox:
             "send from the single address IANA lists, alone on the line",
         )
     return boxes[0]
+
+
+_W = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_PLAIN = re.compile(rf"(?:({_W}(?: {_W})*) ?)?<({_W}(?:\.{_W})*)@({_LABEL}(?:\.{_LABEL})+)>"
+                    rf"|({_W}(?:\.{_W})*)@({_LABEL}(?:\.{_LABEL})+)")
+
+
+def _plain_single(value: str) -> Mailbox | None:
+    """The Mailbox of the plainest From: values (``Name Words <local@domain>``, ``<local@domain>``,
+    ``local@domain``: ASCII atoms, single spaces, a dot-atom and LDH labels) as the full parser
+    reads them, without its tokens; None for anything else, which the full parser then reads or
+    refuses. It refuses nothing itself: a value it answers is one the full parser accepts with
+    the same Mailbox (tests/test_addresses.py compares both on generated values)."""
+    if len(value) > MAX_VALUE_CHARS:
+        return None
+    m = _PLAIN.fullmatch(value)
+    if m is None or "=?" in value:
+        return None
+    display, local, domain = m.group(1, 2, 3) if m.group(3) else ("", *m.group(4, 5))
+    host = domain.lower()
+    if (len(local) > MAX_LOCAL_PART or len(host) > MAX_DOMAIN or host.rpartition(".")[2].isdigit()
+            or len(local) + 1 + len(host) > MAX_ADDRESS
+            or any(len(label) > MAX_LABEL for label in host.split("."))):
+        return None
+    return Mailbox(f"{local}@{host}", display or "")
 
 
 # --- characters ---------------------------------------------------------------------------

@@ -122,12 +122,12 @@ _FIELDS = {
     "replaces": "replaces", "replace": "replaces", "remove": "remove",
 }
 _PERSON = ("first_name", "last_name", "phone", "email")
+_PERSON_SET = frozenset(_PERSON)
 _LABEL = {"first_name": "First name", "last_name": "Last name", "phone": "Phone",
           "email": "Email", "replaces": "Replaces"}
 _FIELD_LINE = re.compile(r"^([A-Za-z][A-Za-z _-]{0,30}?)\s*:\s*(.*)$")
 _QUOTE = re.compile(r"^\s*(?:>\s*)+")
 _SIGNATURE = re.compile(r"--\s*")
-_NAME_NOISE = re.compile(r"[\s_-]")
 _EMAIL = re.compile(r"^[^@\s<>\"(),;:]+@[^@\s<>\"(),;:]+\.[^@\s<>\"(),;:.]+$")
 _PHONE = re.compile(r"^\+?[0-9 ()./-]{6,30}$")
 FIELD_LIST = "Action, ccTLD, SSC, First name, Last name, Phone, Email, Replaces, Remove"
@@ -210,16 +210,17 @@ def parse_form(text: str) -> RequestForm:
         problems.append(FormProblem(line, what, fix))
 
     for n, raw_line in enumerate(text.splitlines(), 1):
-        line = _QUOTE.sub("", raw_line)
-        if _SIGNATURE.fullmatch(line):
+        line = _QUOTE.sub("", raw_line) if ">" in raw_line else raw_line
+        if line[:2] == "--" and _SIGNATURE.fullmatch(line):
             break  # a signature follows
         stripped = line.strip()
         if not stripped:
-            if current is not None and all(f in current.fields for f in _PERSON):
+            if current is not None and current.fields.keys() >= _PERSON_SET:
                 current = None
             continue
         m = _FIELD_LINE.match(stripped)
-        field = _FIELDS.get(_NAME_NOISE.sub("", m.group(1)).lower()) if m else None
+        field = (_FIELDS.get(m.group(1).replace(" ", "").replace("_", "").replace("-", "").lower())
+                 if m else None)  # what a name may hold beside letters (_FIELD_LINE), dropped
         if m is None or field is None:
             if current is not None:
                 shown = stripped[:40]
@@ -333,11 +334,11 @@ def _read_blocks(blocks: list[_Block], action: str | None,
             problem(email_line, f"'{values['email'][:60]}' is not an email address",
                     "Write the SSC's own address, such as 'Email: jane.doe@nic.example'.")
         phone_line = block.fields["phone"][1]
-        if not _PHONE.match(values["phone"]) or sum(c.isdigit() for c in values["phone"]) < 6:
+        if not _PHONE.match(values["phone"]) or sum(map(str.isdigit, values["phone"])) < 6:
             problem(phone_line, f"'{values['phone'][:40]}' is not a phone number",
                     "Write it with its country code, such as 'Phone: +356 2133 4455'.")
         for f in ("first_name", "last_name"):
-            if len(values[f]) > 100 or not any(c.isalpha() for c in values[f]):
+            if len(values[f]) > 100 or not any(map(str.isalpha, values[f])):
                 problem(block.fields[f][1], f"'{values[f][:40]}' is not a name",
                         f"Write the SSC's {_LABEL[f].lower()} as it should appear in the roster.")
         replaces = values.get("replaces")

@@ -10,12 +10,16 @@ ccTLDs: nothing here looks at other ccTLDs.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
+import email_validator
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
+from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
+from phonenumbers import phonenumberutil
 
 from tldops_mta.policy.request_form import FormProblem, RequestForm, SscEntry
 from tldops_mta.policy.texts import counted
@@ -58,6 +62,20 @@ def table(rules: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     return {section: {**defaults, **given.get(section, {})} for section, defaults in DEFAULTS.items()}
 
 
+_derived: list[tuple[Mapping[str, Mapping[str, Any]], dict[str, Any], frozenset[str]]] = []
+
+
+def _table_and_roles(rules: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str, Any], frozenset[str]]:
+    """``table(rules)`` and its role local parts, kept for the last rules seen: the rules are
+    replaced whole on SIGHUP, never changed in place (settings/live.py)."""
+    last = _derived[-1] if _derived else None  # read once: the writer thread judges too
+    if last is None or last[0] is not rules:
+        t = table(rules)
+        last = (rules, t, frozenset(p.lower() for p in t["addresses"]["role_local_parts"]))
+        _derived[:] = [last]
+    return last[1], last[2]
+
+
 def check(rules: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """What is wrong with rules/roster.toml, for ``tldops config check`` and SIGHUP."""
     t = table(rules)
@@ -96,6 +114,38 @@ def region_of(tld: str, t: Mapping[str, Any]) -> str | None:
     return code if len(code) == 2 and code in phonenumbers.SUPPORTED_REGIONS else None
 
 
+_NOT_DIGITS = {c: None for c in range(128) if not 0x30 <= c <= 0x39}
+_upstream_normalize_digits_only = phonenumberutil.normalize_digits_only
+
+
+def normalize_digits_only(number: str, keep_non_digits: bool = False) -> str:
+    """phonenumbers' own, put in its place (parse calls it twice per number): ASCII text,
+    whose only digits are 0-9, without a Unicode lookup and a string copy per character."""
+    if not keep_non_digits and type(number) is str and number.isascii():
+        return number.translate(_NOT_DIGITS)
+    return str(_upstream_normalize_digits_only(number, keep_non_digits))
+
+
+_NO_EXTENSION = str.maketrans("", "", "0123456789 +()-./")
+"""Characters none of which _EXTN_PATTERN's alternatives can begin or end an extension with:
+each needs a letter, ';', ',', '#' or '~' (or their full-width forms)."""
+_upstream_maybe_strip_extension = phonenumberutil._maybe_strip_extension
+
+
+def _maybe_strip_extension(number: str) -> tuple[str, str]:
+    """phonenumbers' own, put in its place: a number written with digits, spaces and ``+()-./``
+    alone holds no extension, which its regex search (3 us) finds out character by character."""
+    if type(number) is str and not number.translate(_NO_EXTENSION):
+        return ("", number)
+    found: tuple[str, str] = _upstream_maybe_strip_extension(number)
+    return found
+
+
+phonenumberutil.normalize_digits_only = normalize_digits_only
+phonenumberutil._maybe_strip_extension = _maybe_strip_extension
+phonenumbers.enable_pattern_cache()  # metadata patterns kept compiled, not looked up in re's cache
+
+
 def e164(phone: str, region: str | None) -> str | None:
     """The number in E.164, or None when it is not a valid number."""
     try:
@@ -111,10 +161,9 @@ def judge(form: RequestForm, tld: str, current: Sequence[RosterEntry],
           rules: Mapping[str, Mapping[str, Any]]) -> Judgement:
     """Apply the policy to a well-formed ``form`` for ``tld`` (A-label) and its ``current``
     roster."""
-    t = table(rules)
+    t, roles = _table_and_roles(rules)
     problems: list[FormProblem] = []
     warnings: list[str] = []
-    roles = {p.lower() for p in t["addresses"]["role_local_parts"]}
     region = region_of(tld, t)
     entries = _checked_entries(form.sscs, region, roles, problems)
     roster = _after(form, entries, current, problems)
@@ -137,44 +186,80 @@ def entry_problems(form: RequestForm, tld: str | None,
                    rules: Mapping[str, Mapping[str, Any]]) -> list[FormProblem]:
     """The checks of each SSC alone (address, role mailbox, phone), which need no roster:
     run on a form that has other problems too, so its one reply lists them all."""
-    t = table(rules)
+    t, roles = _table_and_roles(rules)
     problems: list[FormProblem] = []
     region = region_of(tld, t) if tld else None
-    _checked_entries(form.sscs, region, {p.lower() for p in t["addresses"]["role_local_parts"]},
-                     problems)
+    _checked_entries(form.sscs, region, roles, problems)
     return problems
 
 
-def _checked_entries(sscs: Sequence[SscEntry], region: str | None, roles: set[str],
+def _checked_entries(sscs: Sequence[SscEntry], region: str | None, roles: frozenset[str],
                      problems: list[FormProblem]) -> list[SscEntry]:
     """The SSCs with their address normalised and phone in E.164, where valid; a problem,
     at the line of the value, where not."""
     entries: list[SscEntry] = []
     for s in sscs:
-        entry = s
-        try:
-            valid = validate_email(s.email, check_deliverability=False, allow_smtputf8=True)
-        except EmailNotValidError as e:
-            problems.append(FormProblem(s.email_line or s.line, f"the {s.role} SSC's address "
-                                        f"{s.email[:60]!r} is not valid ({e})",
-                                        "Give the SSC's own address."))
-        else:
-            local = valid.local_part.split("+", 1)[0].lower()
-            if local in roles:
+        email = s.email
+        plain = plain_email(email)
+        if plain is None:
+            try:
+                valid = validate_email(email, check_deliverability=False, allow_smtputf8=True)
+            except EmailNotValidError as e:
+                problems.append(FormProblem(s.email_line or s.line, f"the {s.role} SSC's address "
+                                            f"{email[:60]!r} is not valid ({e})",
+                                            "Give the SSC's own address."))
+            else:
+                plain = valid.local_part, valid.normalized
+        if plain is not None:
+            if plain[0].split("+", 1)[0].lower() in roles:
                 problems.append(FormProblem(
-                    s.email_line or s.line, f"{valid.normalized[:60]} is a role mailbox, not a person",
+                    s.email_line or s.line, f"{plain[1][:60]} is a role mailbox, not a person",
                     "TLD-OPS lists people: give the SSC's personal address."))
-            entry = replace(entry, email=valid.normalized)
-        number = e164(s.phone, region)
-        if number is None:
+            email = plain[1]
+        phone = e164(s.phone, region)
+        if phone is None:
             how = ("with its country code, such as +356 2133 4455" if region is None else
                    f"with its country code, or as dialled in {region}")
             problems.append(FormProblem(s.phone_line or s.line, f"the {s.role} SSC's phone "
                                         f"{s.phone[:40]!r} is not a valid number", f"Write it {how}."))
-        else:
-            entry = replace(entry, phone=number)
-        entries.append(entry)
+            phone = s.phone
+        entries.append(s if email is s.email and phone is s.phone else
+                       SscEntry(s.role, s.first_name, s.last_name, phone, email, s.replaces, s.line,
+                                s.phone_line, s.email_line))
     return entries
+
+
+_PLAIN_EMAIL = re.compile(
+    r"([A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*)"
+    r"@((?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+(?:[A-Za-z0-9][A-Za-z0-9-]*)?[A-Za-z])")
+_CASE_INSENSITIVE = frozenset(CASE_INSENSITIVE_MAILBOX_NAMES)
+
+
+def plain_email(address: str) -> tuple[str, str] | None:
+    """(local part, normalised address) as ``validate_email(address, check_deliverability=False,
+    allow_smtputf8=True)`` gives them, for the plain ASCII shape most addresses have
+    (``jane.doe@nic.org.mt``); None when that shape does not hold, and then only
+    email_validator can answer (Unicode, quotes, ``xn--`` labels, special-use domains...).
+
+    email_validator walks such an address character by character (UTS #46 checks, NFC
+    windows) to reach an answer that needs none of it: ASCII dot-atoms and LDH labels are
+    their own normal form, but for the domain's case and RFC 2142's case-insensitive local
+    parts. tests/test_policy_equivalence.py holds both answers equal."""
+    m = _PLAIN_EMAIL.fullmatch(address) if len(address) <= 254 else None  # EMAIL_MAX_LENGTH
+    if m is None:
+        return None
+    local, domain = m.group(1), m.group(2).lower()
+    if "--" in domain:  # R-LDH and Punycode labels
+        return None
+    for label in domain.split("."):
+        if len(label) > 63:
+            return None
+    for d in email_validator.SPECIAL_USE_DOMAIN_NAMES:
+        if domain == d or domain.endswith("." + d):
+            return None
+    if local.lower() in _CASE_INSENSITIVE:
+        local = local.lower()
+    return local, f"{local}@{domain}"
 
 
 def _after(form: RequestForm, entries: Sequence[SscEntry], current: Sequence[RosterEntry],
