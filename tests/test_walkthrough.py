@@ -65,7 +65,7 @@ def test_the_walkthrough_works_as_written(tmp_path: Path, demo_iana: int, dns_se
         # 2. the request, From the address the stand-in IANA gives for .mt, unsigned
         send(d, "admin@nic.mt.test", "requests@tld-ops.localhost",
              (EXAMPLES / "subscribe-mt.txt").read_text().replace("\n", "\r\n"))
-        d.wait_for("request decided", lambda r: r.get("verdict") == "needs-confirmation")
+        d.wait_for("message processed", lambda r: r.get("verdict") == "needs-confirmation")
         # 3. the admin confirms
         confirm = str(outgoing_when(d, "Please confirm a request for .mt")["Reply-To"])
         send(d, "admin@nic.mt.test", confirm, "Yes, this is our request.\r\n")

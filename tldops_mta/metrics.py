@@ -75,6 +75,24 @@ class WorkerMetrics:
                                       "IANA and DNS lookups that failed", ["source"])
         self.outgoing = PCounter(f"{PREFIX}_outgoing_mail_total",
                                  "Outgoing deliveries, by outcome (sent, deferred, failed)", ["outcome"])
+        self._messages: Counter[tuple[str, str]] = Counter()
+        self._dkim: Counter[tuple[str, str]] = Counter()
+
+    def count_message(self, service: str, outcome: str) -> None:
+        """Counted at once, written by ``flush``: a multiprocess value costs a lock, a pid
+        check and a write per increment, so a batch writes each pair of labels once."""
+        self._messages[service, outcome] += 1
+
+    def count_signature(self, result: str, counted: str) -> None:
+        """As ``count_message``, for ``dkim``."""
+        self._dkim[result, counted] += 1
+
+    def flush(self) -> None:
+        """Write what was counted since the last flush (the worker's, after each batch)."""
+        for pending, metric in ((self._messages, self.messages), (self._dkim, self.dkim)):
+            for labels, n in pending.items():
+                metric.labels(*labels).inc(n)
+            pending.clear()
 
 
 @functools.cache

@@ -88,9 +88,9 @@ class RequestsDesk:
 
         signed = await self.senders.verify(p.raw, sender.domain, now)
         report, counting = signed.report, signed.counting
-        dkim_counter = metrics.worker_metrics().dkim
+        counted = metrics.worker_metrics()
         for sig in report.signatures:
-            dkim_counter.labels(sig.result, "yes" if sig in counting else "no").inc()
+            counted.count_signature(sig.result, "yes" if sig in counting else "no")
         replayed, replay_why = await self._replayed(facts, now)
         view = MessageView(
             from_key=sender.key,
@@ -113,8 +113,10 @@ class RequestsDesk:
         # A wait names the lookup that failed and how (refused, SERVFAIL, timed out, HTTP 500),
         # in the log and in the spool's reason: an operator must see which service is down.
         failed = None if d.verdict is not Verdict.WAIT else unavailable or report.key_failures()
-        log.info("request decided", tld=d.tld, verdict=d.verdict.value, reason=d.reason,
-                 dkim=[s.domain for s in counting], replayed=replayed, failed=failed)
+        decided = {"tld": d.tld, "verdict": d.verdict.value, "reason": d.reason,
+                   "dkim": [s.domain for s in counting], "replayed": replayed}
+        if d.verdict is Verdict.WAIT or d.verdict is Verdict.REFUSED:
+            log.info("request decided", failed=failed, **decided)
         if d.verdict is Verdict.WAIT:
             return self.senders.wait(p.id, "requests", f".{d.tld}: {d.reason} ({failed})")
 
@@ -131,6 +133,7 @@ class RequestsDesk:
         current = await self.reader.run(roster_table.current, d.tld)
         judgement = roster_policy.judge(form, d.tld, current, self.rt.rules)
         if judgement.problems:
+            log.info("request decided", failed=failed, **decided)
             log.info("request refused by policy", tld=d.tld, problems=len(judgement.problems))
             return self._refusal(p, facts, _policy_problems(judgement, d), effects)
         change = transitions.change_of(form, judgement, current, auto_reply.may_answer(self.rt, p, facts),
@@ -147,7 +150,9 @@ class RequestsDesk:
             effects.append(self._confirmation(p, facts, d, form.action or "", sender.key, evidence,
                                               change, now, ids))
             said = f".{d.tld}: confirmation asked of the IANA administrative contact"
-        return spool.Outcome(p.id, spool.Status.DONE, said, ("requests",), effects=tuple(effects), ids=ids)
+        # Said once, by the worker after the commit, with the request's id.
+        return spool.Outcome(p.id, spool.Status.DONE, said, ("requests",), effects=tuple(effects), ids=ids,
+                             decided=decided)
 
     def _verified(self, p: spool.Pending, d: Decision, action: str, requester: str,
                   evidence: dict[str, Any], change: dict[str, Any], now: float,

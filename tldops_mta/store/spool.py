@@ -105,6 +105,9 @@ class Outcome:
     after_commit: Callable[[], None] | None = None
     """Called once the outcome and its effects committed (not when a retry replaced them):
     the handler's log line of what its effects found, said only when the database holds it."""
+    decided: dict[str, Any] = field(default_factory=dict)
+    """What the handler decided, said on the worker's log line after the commit (one line per
+    request, not one before the commit and one after)."""
 
 
 @dataclass(frozen=True)

@@ -87,12 +87,13 @@ class Worker(DueLoop):
         finished = await self.writer.run(finish)
         replaced = {o.id: o for o in finished.retries}
         self.processed += len(outcomes)
-        counted = metrics.worker_metrics().messages
+        counted = metrics.worker_metrics()
         committed = {o.id: (replaced.get(o.id) or finished.settled.get(o.id) or o).status
                      for o in outcomes}
         for o in outcomes:
             for service in o.services or ("none",):
-                counted.labels(service.split("+")[0], committed[o.id].value).inc()
+                counted.count_message(service.split("+")[0], committed[o.id].value)
+        counted.flush()
         self.on_outcomes()
         for p, o in zip(work, outcomes, strict=True):
             if o.id in replaced:
@@ -101,9 +102,9 @@ class Worker(DueLoop):
                 continue
             if o.after_commit is not None and o.id not in finished.dropped:
                 o.after_commit()
-            if o.ids:  # it became something (a request): the line that ties them, at info
+            if o.ids or o.decided:  # it became something (a request): the line that ties them, at info
                 self.log.info("message processed", queue_id=p.queue_id, status=committed[o.id].value,
-                              **o.ids)
+                              **o.ids, **o.decided)
             else:
                 self.log.debug("message processed", queue_id=p.queue_id, status=committed[o.id].value)
         return True
