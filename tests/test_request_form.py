@@ -6,10 +6,15 @@ Pure: text in, a RequestForm out. Each refusal names its line and says how to fi
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from email.message import Message
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
+from tldops_mta.policy import request_form
 from tldops_mta.policy.request_form import RequestForm, SscEntry, parse_form
 
 SUBSCRIBE = """Action: subscribe
@@ -141,3 +146,35 @@ def test_every_problem_is_named_with_its_line(text: str, expected: list[str]) ->
 def _line(problem: str) -> int:
     m = re.match(r"line (\d+):", problem)
     return int(m.group(1)) if m else 0
+
+
+def _outcome(f: Callable[[], object]) -> object:
+    """What ``f`` answers, or how it fails: the same failure is part of the same answer."""
+    try:
+        return ("ok", f())
+    except Exception as e:
+        return ("raised", type(e), e.args)
+
+
+PARAMS = st.lists(st.sampled_from([
+    "charset=utf-8", "charset=UTF-8", 'charset="iso-8859-1"', "charset*=utf-8''%e2%82%ac", "charset*0=ut",
+    "charset*1=f-8", "charset*=x-unknown'en'abc", "charset*=''utf-8", "format=flowed", "charset=",
+    'charset="a\\"b"', "charset=\u00e9", "CHARSET=Latin1", "charset", ";", "=",
+    "charset=utf-8; charset=ascii", "charset*=utf-8'en'%FF", "charset=\udcff"]), max_size=4)
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.sampled_from(["text/plain", "TEXT/HTML", "text", "", "multipart/alternative"]), PARAMS,
+       st.text(max_size=12), st.booleans())
+@example("text/plain", ["charset=utf-8"], "", False)
+def test_the_charset_is_the_one_get_content_charset_gives(ctype: str, params: list[str], noise: str,
+                                                           twice: bool) -> None:
+    """body_text reads a part's charset from a cache of Content-Type values: the same answer
+    (or the same failure) as the stdlib's get_content_charset, for a value read once or again."""
+    value = "; ".join([ctype, *params]) + noise
+    part = Message()
+    part["Content-Type"] = value
+    if twice:
+        part["Content-Type"] = "text/plain; charset=koi8-r"  # the first one counts
+    for _ in range(2):  # the second from the cache
+        assert _outcome(lambda: request_form._charset(part)) == _outcome(part.get_content_charset)

@@ -7,6 +7,7 @@ or not, before a ``-- `` signature): ``named_tlds``. The request workflow reads 
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,12 +50,29 @@ def _decoded(part: Message) -> str:
     if not isinstance(payload, bytes):
         return ""
     try:
-        charset = part.get_content_charset() or "utf-8"
+        charset = _charset(part) or "utf-8"
         return payload.decode(charset, "replace")
     except (LookupError, ValueError):
         # An unknown charset name (LookupError), or one no codec takes: a NUL in the name,
         # a codec without 'replace' such as idna (ValueError, UnicodeError among them).
         return payload.decode("utf-8", "replace")
+
+
+def _charset(part: Message) -> str | None:
+    """``part.get_content_charset()``, which parses the Content-Type's parameters (RFC 2231
+    included) at each call: it is a function of that field's value, and the same few values
+    come again and again."""
+    value = part.get("content-type")
+    if isinstance(value, str):  # not a Header (8-bit octets): those are read as before
+        return _charset_of(value)
+    return part.get_content_charset()
+
+
+@functools.lru_cache(maxsize=256)
+def _charset_of(content_type: str) -> str | None:
+    part = Message()
+    part["Content-Type"] = content_type
+    return part.get_content_charset()
 
 
 class _Text(HTMLParser):
