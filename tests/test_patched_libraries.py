@@ -203,8 +203,10 @@ PATCHED = (
              ("tldops_mta.auth.dkim_verify:_Quoted.quote_if_needed",),
              "what _Quoted stands in for (quoting a value that holds @ too)",
              "c608912a7ed5ed0b761c27ddf7d5f738d6a312f5c0d1557ce06d5864e6e84e29"),
-    Upstream("authres.core:AuthenticationResult.__str__", "authres", ("tldops_mta.auth.dkim_verify:_Quoted",),
-             "calls quote_if_needed on the reason as it was set, which is how _Quoted takes effect",
+    Upstream("authres.core:AuthenticationResult.__str__", "authres",
+             ("tldops_mta.auth.dkim_verify:_Quoted", "tldops_mta.auth.dkim_verify:authentication_results"),
+             "what authentication_results writes again (quote_if_needed on the reason as it was set, "
+             "which is how _Quoted takes effect); tests/test_authentication_results.py compares them",
              "9b44c16f01ba3668a5999d3e4b1831cfce00aaf7e8f4273c01173f9172cb239c"),
 )
 
