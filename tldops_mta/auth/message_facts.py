@@ -26,6 +26,7 @@ from tldops_mta.policy.request_form import body_text
 
 SINGLETONS = ("from", "sender", "date", "subject", "to", "cc", "message-id", "reply-to")
 REQUIRED_FOR_REQUESTS = ("from", "date", "subject")
+_SINGLETONS = frozenset(SINGLETONS)
 
 _parser = BytesParser(policy=compat32)
 
@@ -107,8 +108,8 @@ def _single_part(text: str) -> Message | None:
     if header is None:
         return None
     msg = Message()
-    for m in _FIELD.finditer(text, 0, header.end()):
-        msg.set_raw(m[1], m[2].rstrip("\r\n"))  # header_source_parse's (name, value)
+    for name, value in _FIELD.findall(text, 0, header.end()):
+        msg.set_raw(name, value.rstrip("\r\n"))  # header_source_parse's (name, value)
     if msg.get_content_maintype() in ("multipart", "message"):
         return None
     msg.set_payload(text[header.end():])
@@ -134,7 +135,7 @@ def read(raw: bytes) -> MessageFacts:
     values: dict[str, str] = {}
     for name, value in msg.raw_items():
         key = name.lower()
-        if key in SINGLETONS:
+        if key in _SINGLETONS:
             counts[key] = counts.get(key, 0) + 1
         values.setdefault(key, value)  # the first of each, as get_all(name)[0] would give
 
