@@ -53,7 +53,7 @@ class RequestsDesk:
     async def handle(self, p: spool.Pending, facts: MessageFacts, services: Services) -> spool.Outcome:
         cfg = self.rt.cfg
         now = time.time()
-        log = self.log.bind(queue_id=p.queue_id)
+        log, qid = self.log, p.queue_id  # bound only in the lines said (a verified request says none here)
         problem = facts.problem(REQUIRED_FOR_REQUESTS)
         sender: addresses.Mailbox | None = None
         cc: list[addresses.Mailbox] = []
@@ -69,19 +69,19 @@ class RequestsDesk:
         text = facts.text if problem is None else ""
         form = parse_form(text) if problem is None else None
         if problem is not None or form is None:
-            log.info("request refused", reason=problem)
+            log.info("request refused", queue_id=qid, reason=problem)
             return self._refusal(p, facts, [problem or "unreadable"])
         try:
             table = self.rt.cctld_table()
         except cctlds.CctldsError as e:
-            log.error("requests wait: rules/cctlds.csv cannot be read", problems=e.problems[:3])
+            log.error("requests wait: rules/cctlds.csv cannot be read", queue_id=qid, problems=e.problems[:3])
             return spool.waiting(p.id, "requests", f"rules/cctlds.csv cannot be read: {e.problems[0]}",
                                  cfg.worker.retry_base)
         # Before DKIM and IANA: a name that is no ccTLD costs no lookup.
         cctld, tld_problem = _cctld_of(form, table, dt.datetime.fromtimestamp(now, dt.UTC).date())
         if not form.ok or tld_problem is not None:
             problems = _all_problems(form, self.rt, cctld, tld_problem)
-            log.info("request form refused", problems=len(problems))
+            log.info("request form refused", queue_id=qid, problems=len(problems))
             return self._refusal(p, facts, [str(x) for x in problems])
         assert cctld is not None and sender is not None
         a_label = cctld.tld
@@ -106,7 +106,7 @@ class RequestsDesk:
             contact = await self.iana.admin_contact(a_label)
         except LookupUnavailable as e:
             unavailable = e.reason
-            log.warning("IANA lookup unavailable", tld=a_label, reason=e.reason)
+            log.warning("IANA lookup unavailable", queue_id=qid, tld=a_label, reason=e.reason)
             d = decide(view, IanaView(a_label, None, unavailable=True))
         else:
             d = decide(view, IanaView(a_label, contact.email if contact.status == "ok" else None))
@@ -116,7 +116,7 @@ class RequestsDesk:
         decided = {"tld": d.tld, "verdict": d.verdict.value, "reason": d.reason,
                    "dkim": [s.domain for s in counting], "replayed": replayed}
         if d.verdict is Verdict.WAIT or d.verdict is Verdict.REFUSED:
-            log.info("request decided", failed=failed, **decided)
+            log.info("request decided", queue_id=qid, failed=failed, **decided)
         if d.verdict is Verdict.WAIT:
             return self.senders.wait(p.id, "requests", f".{d.tld}: {d.reason} ({failed})")
 
@@ -133,8 +133,8 @@ class RequestsDesk:
         current = await self.reader.run(roster_table.current, d.tld)
         judgement = roster_policy.judge(form, d.tld, current, self.rt.rules)
         if judgement.problems:
-            log.info("request decided", failed=failed, **decided)
-            log.info("request refused by policy", tld=d.tld, problems=len(judgement.problems))
+            log.info("request decided", queue_id=qid, failed=failed, **decided)
+            log.info("request refused by policy", queue_id=qid, tld=d.tld, problems=len(judgement.problems))
             return self._refusal(p, facts, _policy_problems(judgement, d), effects)
         change = transitions.change_of(form, judgement, current, auto_reply.may_answer(self.rt, p, facts),
                                        tlp.of_message(facts.subject or "", text))
