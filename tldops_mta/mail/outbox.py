@@ -10,12 +10,15 @@ permanent refusal is recorded as failed, never dropped silently.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import functools
 import os
 import re
 import secrets
 import sqlite3
 import ssl
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -396,42 +399,102 @@ class Deliverer(DueLoop):
         return (text.splitlines() or [""])[0]
 
     def _write_batch(self, batch: Sequence[Due]) -> list[OSError | None]:
-        """Each delivery as one file, written whole (temp file, fsync, rename), so a reader
-        of the directory never sees half a message; then the directory fsynced once, for
-        the renames. A file that could not be written is that delivery's error."""
+        """The batch's files in the outbox directory (``write_files``). A file that could not
+        be written is that delivery's error."""
         directory = self.maildir
         try:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as e:
             return [e] * len(batch)
-        errors: list[OSError | None] = [self._write_one(directory, d) for d in batch]
-        if any(e is None for e in errors):
-            try:
-                dir_fd = os.open(directory, os.O_RDONLY)
-                try:
-                    os.fsync(dir_fd)
-                finally:
-                    os.close(dir_fd)
-            except OSError as e:
-                errors = [e] * len(batch)
-        return errors
+        try:
+            return write_files(dir_fd, batch, _syncfs())
+        finally:
+            os.close(dir_fd)
 
-    @staticmethod
-    def _write_one(directory: Path, d: Due) -> OSError | None:
+
+_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+
+
+def write_files(dir_fd: int, batch: Sequence[Due], syncfs: Callable[[int], None] | None,
+                ) -> list[OSError | None]:
+    """Each delivery as one file, written whole, in the directory ``dir_fd``: every file
+    written under a temporary name, then all of them made durable at once (``syncfs`` on
+    the directory's filesystem: one call for the batch, where an fsync per file costs
+    hundreds of microseconds; without it, an fsync per file), then renamed to their names,
+    then the directory fsynced once for the renames. So a reader of the directory never sees
+    half a message, even after a crash, and each file is on disk before its row says sent."""
+    written: list[tuple[int, str, str]] = []
+    errors: list[OSError | None] = [None] * len(batch)
+    for i, d in enumerate(batch):
         safe_rcpt = "".join(c if c.isalnum() or c in "@.-_+" else "_" for c in d.rcpt)[:100]
         name = f"{d.message_id:08d}-{d.id:08d}-{safe_rcpt}.eml"
-        header = f"X-Envelope-From: <{d.mail_from}>\r\nX-Envelope-To: <{d.rcpt}>\r\n".encode()
-        tmp = directory / f".{name}.tmp"
+        tmp = f".{name}.tmp"
+        data = f"X-Envelope-From: <{d.mail_from}>\r\nX-Envelope-To: <{d.rcpt}>\r\n".encode() + d.raw
         try:
             # Roster mail: the owner's alone, also where outbox.directory is outside the state.
-            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
-                f.write(header + d.raw)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, directory / name)
+            fd = os.open(tmp, _OPEN_FLAGS, 0o600, dir_fd=dir_fd)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                if syncfs is None:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
         except OSError as e:
             # A full disk: the delivery is deferred; its half-written file must not stay
             # to take the space the retry needs.
-            tmp.unlink(missing_ok=True)
-            return e
+            _unlink(tmp, dir_fd)
+            errors[i] = e
+            continue
+        written.append((i, tmp, name))
+    if written and syncfs is not None:
+        try:
+            syncfs(dir_fd)
+        except OSError as e:
+            for _, tmp, _ in written:
+                _unlink(tmp, dir_fd)
+            return [e] * len(batch)
+    renamed = False
+    for i, tmp, name in written:
+        try:
+            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            renamed = True
+        except OSError as e:
+            _unlink(tmp, dir_fd)
+            errors[i] = e
+    if renamed:
+        try:
+            os.fsync(dir_fd)
+        except OSError as e:
+            return [e] * len(batch)
+    return errors
+
+
+def _unlink(name: str, dir_fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(name, dir_fd=dir_fd)
+
+
+@functools.cache
+def _syncfs() -> Callable[[int], None] | None:
+    """Linux's syncfs(2) (Python has no os.syncfs), or None: another system, or a kernel
+    before 5.8, whose syncfs did not report write errors."""
+    release = re.match(r"(\d+)\.(\d+)", os.uname().release)
+    if sys.platform != "linux" or release is None or (int(release[1]), int(release[2])) < (5, 8):
         return None
+    import ctypes  # here, once: the SMTP process imports this module and must not load libffi
+
+    try:
+        call = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = [ctypes.c_int]
+
+    def syncfs(fd: int) -> None:
+        if call(fd) != 0:  # ctypes releases the GIL for the call
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+
+    return syncfs
