@@ -204,9 +204,13 @@ def enqueue(raw: bytes, mail_from: str, rcpts: Sequence[str], purpose: str,
             "INSERT INTO outbox_messages (created_at, purpose, ref, mail_from, raw) VALUES (?,?,?,?,?)",
             (now, purpose, ref, mail_from, raw))
         mid = int(cur.lastrowid or 0)
-        conn.executemany(
-            "INSERT INTO outbox_deliveries (message_id, rcpt, updated_at) VALUES (?,?,?)",
-            [(mid, r, now) for r in rcpts])
+        if len(rcpts) == 1:  # most mail: one statement is cheaper than executemany's loop
+            conn.execute("INSERT INTO outbox_deliveries (message_id, rcpt, updated_at) VALUES (?,?,?)",
+                         (mid, rcpts[0], now))
+        else:
+            conn.executemany(
+                "INSERT INTO outbox_deliveries (message_id, rcpt, updated_at) VALUES (?,?,?)",
+                [(mid, r, now) for r in rcpts])
         if verp:
             local, _, domain = mail_from.rpartition("@")
             conn.execute("UPDATE outbox_deliveries SET mail_from = ? || '+b' || id || '@' || ?"

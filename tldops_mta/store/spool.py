@@ -330,20 +330,27 @@ def claim(ids: Iterable[int], now: float, owner: str) -> Callable[[sqlite3.Conne
 
 def finish(outcomes: Iterable[Outcome], now: float, retry_at: float, owner: str,
            ) -> Callable[[sqlite3.Connection], Finished]:
-    """Commit outcomes, each in its own savepoint: an outcome whose effects fail is
-    replaced by a retry at ``retry_at`` (returned, so the caller can log it) and the
-    others still commit. An outcome for a message ``owner`` no longer holds is dropped
-    with its effects: whoever holds it now will write its own."""
-    rows = list(outcomes)
-    done = Finished([], {}, set())
+    """Commit outcomes: an outcome whose effects fail is replaced by a retry at ``retry_at``
+    (returned, so the caller can log it) and the others still commit. An outcome for a
+    message ``owner`` no longer holds is dropped with its effects: whoever holds it now
+    will write its own.
 
-    def write(conn: sqlite3.Connection, o: Outcome) -> None:
+    First all together in one savepoint (the common case, two statements fewer per
+    outcome); when an outcome fails, again with each in a savepoint of its own (effects,
+    like writer jobs, may run twice after a rollback: ``storage.commit``)."""
+    rows = list(outcomes)
+    services_json: dict[tuple[str, ...], str | None] = {}
+
+    def write(conn: sqlite3.Connection, o: Outcome, done: Finished) -> None:
+        services = services_json.get(o.services, "")
+        if services == "":
+            services = services_json[o.services] = json.dumps(list(o.services)) if o.services else None
         cur = conn.execute(
             "UPDATE spool SET status = ?, reason = ?, services = ?, next_attempt_at = ?,"
             " updated_at = ?, attempts = attempts - ?, claimed_by = NULL"
             " WHERE id = ? AND status = 'processing' AND claimed_by = ?",
-            (o.status.value, o.reason, json.dumps(list(o.services)) if o.services else None,
-             o.retry_at, now, 0 if o.counts_attempt else 1, o.id, owner))
+            (o.status.value, o.reason, services, o.retry_at, now, 0 if o.counts_attempt else 1, o.id,
+             owner))
         if cur.rowcount != 1:
             done.dropped.add(o.id)
             return
@@ -360,20 +367,31 @@ def finish(outcomes: Iterable[Outcome], now: float, retry_at: float, owner: str,
                      (o.id, now, status.value, reason))
 
     def job(conn: sqlite3.Connection) -> Finished:
-        for o in rows:
-            conn.execute("SAVEPOINT outcome")
-            try:
-                write(conn, o)
-            except Exception as e:
-                if not conn.in_transaction:
-                    raise
-                conn.execute("ROLLBACK TO outcome")
-                done.settled.pop(o.id, None)
-                retry = Outcome(o.id, Status.RECEIVED, f"could not record the outcome: {e}"[:500],
-                                o.services, retry_at)
-                write(conn, retry)
-                done.retries.append(retry)
-            conn.execute("RELEASE outcome")
+        conn.execute("SAVEPOINT outcomes")
+        done = Finished([], {}, set())
+        try:
+            for o in rows:
+                write(conn, o, done)
+        except Exception:
+            if not conn.in_transaction:
+                raise
+            conn.execute("ROLLBACK TO outcomes")
+            done = Finished([], {}, set())
+            for o in rows:
+                conn.execute("SAVEPOINT outcome")
+                try:
+                    write(conn, o, done)
+                except Exception as e:
+                    if not conn.in_transaction:
+                        raise
+                    conn.execute("ROLLBACK TO outcome")
+                    done.settled.pop(o.id, None)
+                    retry = Outcome(o.id, Status.RECEIVED, f"could not record the outcome: {e}"[:500],
+                                    o.services, retry_at)
+                    write(conn, retry, done)
+                    done.retries.append(retry)
+                conn.execute("RELEASE outcome")
+        conn.execute("RELEASE outcomes")
         return done
 
     return job
