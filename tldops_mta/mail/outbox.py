@@ -128,7 +128,12 @@ def date_field(t: float) -> str:
 def message_id(t: float, domain: str) -> str:
     """``email.utils.make_msgid(domain=domain)`` at time ``t``: the same form (centiseconds,
     process id, 64 random bits; tests/test_outbox_compose.py holds it to the original)."""
-    return f"<{int(t * 100)}.{os.getpid()}.{random.getrandbits(64)}@{domain}>"
+    return f"<{int(t * 100)}.{_pid[0]}.{random.getrandbits(64)}@{domain}>"
+
+
+_pid = [os.getpid()]
+"""This process's id, asked once (a system call each time), again in a forked child."""
+os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
 
 
 def _boundary(attached: bytes) -> str:

@@ -95,8 +95,9 @@ def evidence_json(evidence: dict[str, Any]) -> str:
     return as_json(evidence)
 
 
-as_json = json.JSONEncoder(ensure_ascii=False).encode
-"""``json.dumps(value, ensure_ascii=False)``, the same text, without a new encoder each time."""
+as_json = json.JSONEncoder(ensure_ascii=False, check_circular=False).encode
+"""``json.dumps(value, ensure_ascii=False)``, the same text, without a new encoder each time
+(nor the check for cycles: the rows' values are trees of plain values)."""
 
 
 def change_of(form: RequestForm, judgement: roster_policy.Judgement, current: list[RosterEntry],
