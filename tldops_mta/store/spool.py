@@ -335,13 +335,16 @@ def finish(outcomes: Iterable[Outcome], now: float, retry_at: float, owner: str,
     message ``owner`` no longer holds is dropped with its effects: whoever holds it now
     will write its own.
 
-    First all together in one savepoint (the common case, two statements fewer per
-    outcome); when an outcome fails, again with each in a savepoint of its own (effects,
-    like writer jobs, may run twice after a rollback: ``storage.commit``)."""
+    First all together in one savepoint, their event rows in one statement (the common
+    case, three statements fewer per outcome); when anything fails, again with each outcome
+    in a savepoint of its own, its event row with it (effects, like writer jobs, may run
+    twice after a rollback: ``storage.commit``)."""
     rows = list(outcomes)
     services_json: dict[tuple[str, ...], str | None] = {}
 
-    def write(conn: sqlite3.Connection, o: Outcome, done: Finished) -> None:
+    def write(conn: sqlite3.Connection, o: Outcome, done: Finished,
+              events: list[tuple[int, float, str, str | None]] | None = None) -> None:
+        """One outcome; its event row inserted, or added to ``events`` to insert together."""
         services = services_json.get(o.services, "")
         if services == "":
             services = services_json[o.services] = json.dumps(list(o.services)) if o.services else None
@@ -363,15 +366,19 @@ def finish(outcomes: Iterable[Outcome], now: float, retry_at: float, owner: str,
             done.settled[o.id] = Verdict(status, reason)
             conn.execute("UPDATE spool SET status = ?, reason = ? WHERE id = ?",
                          (status.value, reason, o.id))
-        conn.execute("INSERT INTO spool_events (spool_id, at, status, reason) VALUES (?,?,?,?)",
-                     (o.id, now, status.value, reason))
+        if events is None:
+            conn.execute(_EVENT, (o.id, now, status.value, reason))
+        else:
+            events.append((o.id, now, status.value, reason))
 
     def job(conn: sqlite3.Connection) -> Finished:
         conn.execute("SAVEPOINT outcomes")
         done = Finished([], {}, set())
+        events: list[tuple[int, float, str, str | None]] = []
         try:
             for o in rows:
-                write(conn, o, done)
+                write(conn, o, done, events)
+            conn.executemany(_EVENT, events)
         except Exception:
             if not conn.in_transaction:
                 raise
@@ -395,6 +402,9 @@ def finish(outcomes: Iterable[Outcome], now: float, retry_at: float, owner: str,
         return done
 
     return job
+
+
+_EVENT = "INSERT INTO spool_events (spool_id, at, status, reason) VALUES (?,?,?,?)"
 
 
 def requeue(conn: sqlite3.Connection, spool_id: int, now: float, reason: str,
