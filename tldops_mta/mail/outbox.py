@@ -120,9 +120,19 @@ def date_field(t: float) -> str:
     """``email.utils.format_datetime`` of ``t`` as a UTC datetime (``+0000``), the same text
     without the datetime and its formatting at every mail (tests/test_outbox_compose.py holds
     it to the original)."""
-    g = time.gmtime(t)
-    return (f"{_DAYS[g.tm_wday]}, {g.tm_mday:02d} {_MONTHS[g.tm_mon - 1]} {g.tm_year:04d}"
+    second = int(t)
+    last = _last_date[0]
+    if last[0] == second:  # mail written in the same second: the same text
+        return last[1]
+    g = time.gmtime(second)
+    text = (f"{_DAYS[g.tm_wday]}, {g.tm_mday:02d} {_MONTHS[g.tm_mon - 1]} {g.tm_year:04d}"
             f" {g.tm_hour:02d}:{g.tm_min:02d}:{g.tm_sec:02d} +0000")
+    _last_date[0] = (second, text)
+    return text
+
+
+_last_date = [(-1, "")]
+"""The last second written and its text (a tuple, replaced whole: safe between threads)."""
 
 
 def message_id(t: float, domain: str) -> str:
