@@ -90,12 +90,13 @@ def compose(*, from_addr: str, to: str, subject: str, body: str, domain: str, tl
     boundary = _boundary(attached) if attached is not None else ""
     headers += ([("Content-Type", f'multipart/mixed; boundary="{boundary}"')] if attached is not None
                 else text_part) + [("MIME-Version", "1.0")]
-    values = "\0".join(value for _, value in headers)
-    if "\n" in values or "\r" in values or max(len(value) for _, value in headers) > 990:
+    values = [value for _, value in headers]
+    joined = "\0".join(values)
+    if "\n" in joined or "\r" in joined or max(map(len, values)) > 990:
         for name, value in headers:
             if "\n" in value or "\r" in value or len(value) > 990:
                 raise ValueError(f"the {name} value would break the header: {value[:60]!r}")
-    head = "".join(f"{name}: {value}\r\n" for name, value in headers)
+    head = "".join([f"{name}: {value}\r\n" for name, value in headers])
     if attached is None:
         return (head + "\r\n" + encoded.replace("\n", "\r\n")).encode("utf-8")
     # RFC 2046 5.2.1: a message/rfc822 part is 7bit or 8bit, never re-encoded, so the
