@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tldops_mta.policy import texts
 
@@ -54,3 +58,22 @@ def test_config_check_reports_a_bad_template(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0
     assert "[welcome] body uses {nmae}" in r.stdout + r.stderr
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.lists(st.sampled_from(["{id}", "{tld}", "{diff}", "{nope}", "{", "}", "{ID}", "{a b}", "x",
+                                      "\n", " ", "é{", "{{tld}}"]), max_size=30).map("".join),
+       values=st.dictionaries(st.sampled_from(["id", "tld", "diff"]),
+                              st.text(max_size=20) | st.integers()))
+def test_a_template_cut_once_fills_as_the_regular_expression_did(body: str,
+                                                                 values: dict[str, object]) -> None:
+    # render cuts each template at its placeholders once (cached), where it ran re.sub per
+    # mail: the text must be what re.sub gives, braces of every other kind left as written.
+    rules = {"replies": {"received": {"subject": body, "body": body}}}
+    filled = {k: str(v) for k, v in values.items()}
+
+    def by_sub(text: str) -> str:
+        return re.sub(r"\{([a-z_]+)\}", lambda m: filled.get(m.group(1), m.group(0)), text)
+
+    assert texts.render(rules, "received", values) == (" ".join(by_sub(body).split()),
+                                                        by_sub(body.lstrip("\n")))

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tldops_mta.mail import tlp
 from tldops_mta.mail.tlp import Tlp, for_reply, labelled, labels_in, of_message
 
 
@@ -48,3 +49,15 @@ def test_the_subject_label_is_replaced_not_stacked() -> None:
     assert Tlp.parse("amber") is Tlp.AMBER and Tlp.parse("TLP:WHITE") is Tlp.CLEAR
     with pytest.raises(ValueError, match="not a TLP label"):
         Tlp.parse("purple")
+
+
+PIECES = ["[", "]", " ", "\t", "TLP", "tlp", "Tl", "P", ":", "-", "AMBER", "red", "+STRICT", "x",
+          "\u212a", "\u0130", "[TLP:GREEN]"]
+
+
+@given(st.lists(st.sampled_from(PIECES), max_size=14).map("".join) | st.text(max_size=40),
+       st.sampled_from(list(Tlp)))
+def test_labelled_is_the_regular_expression_s_answer(subject: str, level: Tlp) -> None:
+    # labelled skips the regex when "tlp" is nowhere in the subject: the answer must be the same.
+    bare = tlp._BRACKETED.sub(" ", subject).strip()
+    assert labelled(subject, level) == f"[{level.label}] {bare}".rstrip()

@@ -11,7 +11,6 @@ request, withdrawing one) are declared here, in ``PURPOSES``.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import sqlite3
 import time
 from collections.abc import Callable
@@ -326,7 +325,7 @@ def _new_request(spool_id: int, d: Decision, action: str, requester: str, auth: 
             "INSERT INTO requests (spool_id, tld, requester, admin_email, auth, state, evidence,"
             " created_at, updated_at, action, change) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (spool_id, d.tld, requester, d.admin_key, auth, state.value, encoded, now, now,
-             action, json.dumps(change, ensure_ascii=False)))
+             action, transitions.as_json(change)))
         request_id = int(cur.lastrowid or 0)
         who = Actor.ADMIN if auth == "dkim" else Actor.REQUESTER
         transitions.record(conn, request_id, "submit", None, state.value,

@@ -68,7 +68,8 @@ def for_reply(answered: Iterable[Tlp], own: Iterable[Tlp] = ()) -> Tlp:
 def labelled(subject: str, level: Tlp) -> str:
     """``subject`` headed by ``[TLP:LEVEL]``, with any bracketed label it had taken out
     (the new one is never less strict: callers pass for_reply's answer)."""
-    bare = _BRACKETED.sub(" ", subject).strip()
+    # Without "tlp" in it no label can be (labels_in's shortcut): no regex walk per character.
+    bare = (_BRACKETED.sub(" ", subject) if "tlp" in subject.lower() else subject).strip()
     return f"[{level.label}] {bare}".rstrip()
 
 

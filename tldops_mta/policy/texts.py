@@ -9,6 +9,7 @@ values, labelled) so nothing is lost; ``tldops config check`` reports it.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Mapping
@@ -90,9 +91,19 @@ def render(rules: Mapping[str, Mapping[str, Any]], name: str,
     filled = {k: str(v) for k, v in values.items()}
 
     def fill(text: str) -> str:
-        return _PLACEHOLDER.sub(lambda m: filled.get(m.group(1), m.group(0)), text)
+        parts = _parts(text)  # literal, name, literal, name, ..., literal
+        out = list(parts)
+        for i in range(1, len(parts), 2):
+            out[i] = filled.get(parts[i], "{" + parts[i] + "}")
+        return "".join(out)
 
     return " ".join(fill(str(t["subject"])).split()), fill(str(t["body"]).lstrip("\n"))
+
+
+@functools.lru_cache(maxsize=256)
+def _parts(text: str) -> tuple[str, ...]:
+    """A template cut at its placeholders once, not searched again for each mail."""
+    return tuple(_PLACEHOLDER.split(text))
 
 
 def counted(n: int, noun: str, nouns: str | None = None) -> str:

@@ -11,6 +11,7 @@ to commit wins and the second finds the request decided.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import time
@@ -91,7 +92,12 @@ def record(conn: sqlite3.Connection, request_id: int, event: str, from_state: st
 
 def evidence_json(evidence: dict[str, Any]) -> str:
     """Evidence as the requests and request_events rows store it."""
-    return json.dumps(evidence, ensure_ascii=False)
+    return as_json(evidence)
+
+
+as_json = json.JSONEncoder(ensure_ascii=False, check_circular=False).encode
+"""``json.dumps(value, ensure_ascii=False)``, the same text, without a new encoder each time
+(nor the check for cycles: the rows' values are trees of plain values)."""
 
 
 def change_of(form: RequestForm, judgement: roster_policy.Judgement, current: list[RosterEntry],
@@ -235,7 +241,7 @@ def acknowledge(live: Live, conn: sqlite3.Connection, request_id: int, *, now: f
                                        ttl=live.cfg.validation.expire_after, request_id=request_id)
     _mail(live, conn, r, "received", [r.admin_email], {
         "id": r.id, "tld": r.tld, "action": r.action, "withdraw_address": address,
-        "diff": _summary(live, conn, r)["diff"]},
+        "diff": _diff(live, conn, r)},
         reply_to=address, auto="auto-replied", in_reply_to=in_reply_to)
 
 
@@ -261,6 +267,16 @@ def open_states() -> tuple[str, ...]:
 
 
 def _summary(live: Live, conn: sqlite3.Connection, r: Request) -> dict[str, object]:
+    warnings = r.change.get("warnings") or []
+    return {
+        "id": r.id, "tld": r.tld, "action": r.action, "requester": r.requester,
+        "evidence": evidence_text(r),
+        "diff": _diff(live, conn, r),
+        "warnings": "".join(f"  - {w}\n" for w in warnings) or "  (none)\n",
+    }
+
+
+def _diff(live: Live, conn: sqlite3.Connection, r: Request) -> str:
     before = roster_table.from_dicts(r.change.get("before", []))
     after = roster_table.from_dicts(r.change.get("after", []))
     if r.state in (State.AWAITING_VALIDATOR, State.ESCALATED, State.AWAITING_CONFIRMATION):
@@ -272,13 +288,7 @@ def _summary(live: Live, conn: sqlite3.Connection, r: Request) -> dict[str, obje
             j = roster_policy.judge(form_of(r), r.tld, before, live.rules)
             if not j.problems:
                 after = list(j.roster)
-    warnings = r.change.get("warnings") or []
-    return {
-        "id": r.id, "tld": r.tld, "action": r.action, "requester": r.requester,
-        "evidence": evidence_text(r),
-        "diff": "\n".join(roster_table.diff_lines(before, after)) or "  (no SSCs)",
-        "warnings": "".join(f"  - {w}\n" for w in warnings) or "  (none)\n",
-    }
+    return "\n".join(roster_table.diff_lines(before, after)) or "  (no SSCs)"
 
 
 def evidence_text(r: Request) -> str:
@@ -316,12 +326,16 @@ ANSWERS_THE_REQUEST = frozenset({"received", "outcome"})
 
 
 def _label(live: Live, r: Request | None, template: str, answered: Tlp) -> Tlp:
-    roster_label = Tlp.parse(live.cfg.broadcast.tlp)
+    roster_label = _parsed_label(live.cfg.broadcast.tlp)
     if template in ROSTER_MAIL:
         return roster_label
     if template in ANSWERS_THE_REQUEST and r is not None:
         return for_reply([Tlp[r.change.get("tlp", "RED")]], [roster_label])
     return for_reply([answered])
+
+
+_parsed_label = functools.lru_cache(maxsize=8)(Tlp.parse)
+"""broadcast.tlp as a label: parsed once per setting, not per mail."""
 
 
 def _mail(live: Live, conn: sqlite3.Connection, r: Request | None, template: str, to: list[str],

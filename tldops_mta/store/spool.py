@@ -333,20 +333,30 @@ def claim(ids: Iterable[int], now: float, owner: str) -> Callable[[sqlite3.Conne
 
 def finish(outcomes: Iterable[Outcome], now: float, retry_at: float, owner: str,
            ) -> Callable[[sqlite3.Connection], Finished]:
-    """Commit outcomes, each in its own savepoint: an outcome whose effects fail is
-    replaced by a retry at ``retry_at`` (returned, so the caller can log it) and the
-    others still commit. An outcome for a message ``owner`` no longer holds is dropped
-    with its effects: whoever holds it now will write its own."""
-    rows = list(outcomes)
-    done = Finished([], {}, set())
+    """Commit outcomes: an outcome whose effects fail is replaced by a retry at ``retry_at``
+    (returned, so the caller can log it) and the others still commit. An outcome for a
+    message ``owner`` no longer holds is dropped with its effects: whoever holds it now
+    will write its own.
 
-    def write(conn: sqlite3.Connection, o: Outcome) -> None:
+    First all together in one savepoint, their event rows in one statement (the common
+    case, three statements fewer per outcome); when anything fails, again with each outcome
+    in a savepoint of its own, its event row with it (effects, like writer jobs, may run
+    twice after a rollback: ``storage.commit``)."""
+    rows = list(outcomes)
+    services_json: dict[tuple[str, ...], str | None] = {}
+
+    def write(conn: sqlite3.Connection, o: Outcome, done: Finished,
+              events: list[tuple[int, float, str, str | None]] | None = None) -> None:
+        """One outcome; its event row inserted, or added to ``events`` to insert together."""
+        services = services_json.get(o.services, "")
+        if services == "":
+            services = services_json[o.services] = json.dumps(list(o.services)) if o.services else None
         cur = conn.execute(
             "UPDATE spool SET status = ?, reason = ?, services = ?, next_attempt_at = ?,"
             " updated_at = ?, attempts = attempts - ?, claimed_by = NULL"
             " WHERE id = ? AND status = 'processing' AND claimed_by = ?",
-            (o.status.value, o.reason, json.dumps(list(o.services)) if o.services else None,
-             o.retry_at, now, 0 if o.counts_attempt else 1, o.id, owner))
+            (o.status.value, o.reason, services, o.retry_at, now, 0 if o.counts_attempt else 1, o.id,
+             owner))
         if cur.rowcount != 1:
             done.dropped.add(o.id)
             return
@@ -359,27 +369,45 @@ def finish(outcomes: Iterable[Outcome], now: float, retry_at: float, owner: str,
             done.settled[o.id] = Verdict(status, reason)
             conn.execute("UPDATE spool SET status = ?, reason = ? WHERE id = ?",
                          (status.value, reason, o.id))
-        conn.execute("INSERT INTO spool_events (spool_id, at, status, reason) VALUES (?,?,?,?)",
-                     (o.id, now, status.value, reason))
+        if events is None:
+            conn.execute(_EVENT, (o.id, now, status.value, reason))
+        else:
+            events.append((o.id, now, status.value, reason))
 
     def job(conn: sqlite3.Connection) -> Finished:
-        for o in rows:
-            conn.execute("SAVEPOINT outcome")
-            try:
-                write(conn, o)
-            except Exception as e:
-                if not conn.in_transaction:
-                    raise
-                conn.execute("ROLLBACK TO outcome")
-                done.settled.pop(o.id, None)
-                retry = Outcome(o.id, Status.RECEIVED, f"could not record the outcome: {e}"[:500],
-                                o.services, retry_at)
-                write(conn, retry)
-                done.retries.append(retry)
-            conn.execute("RELEASE outcome")
+        conn.execute("SAVEPOINT outcomes")
+        done = Finished([], {}, set())
+        events: list[tuple[int, float, str, str | None]] = []
+        try:
+            for o in rows:
+                write(conn, o, done, events)
+            conn.executemany(_EVENT, events)
+        except Exception:
+            if not conn.in_transaction:
+                raise
+            conn.execute("ROLLBACK TO outcomes")
+            done = Finished([], {}, set())
+            for o in rows:
+                conn.execute("SAVEPOINT outcome")
+                try:
+                    write(conn, o, done)
+                except Exception as e:
+                    if not conn.in_transaction:
+                        raise
+                    conn.execute("ROLLBACK TO outcome")
+                    done.settled.pop(o.id, None)
+                    retry = Outcome(o.id, Status.RECEIVED, f"could not record the outcome: {e}"[:500],
+                                    o.services, retry_at)
+                    write(conn, retry, done)
+                    done.retries.append(retry)
+                conn.execute("RELEASE outcome")
+        conn.execute("RELEASE outcomes")
         return done
 
     return job
+
+
+_EVENT = "INSERT INTO spool_events (spool_id, at, status, reason) VALUES (?,?,?,?)"
 
 
 def requeue(conn: sqlite3.Connection, spool_id: int, now: float, reason: str,
