@@ -27,9 +27,11 @@ def test_sigkill_under_smtp_source_load_loses_and_duplicates_nothing(tmp_path: P
 
 @PROCESSES
 def test_sigkill_in_the_middle_of_a_broadcast_sends_each_ssc_one_copy(tmp_path: Path, processes: int) -> None:
-    r = crash_safety.during_broadcast(tmp_path, sscs=60, kills=2, processes=processes)
-    assert r.deliveries == 60
-    assert all(0 < n < 60 for n in r.sent_at_kills), r.sent_at_kills  # killed mid-way, each time
+    # Enough SSCs that the outbox takes several of its batches (32 files each, made durable
+    # together) to send them: a kill then falls between two of them, never after the last.
+    r = crash_safety.during_broadcast(tmp_path, sscs=200, kills=2, processes=processes)
+    assert r.deliveries == 200
+    assert all(0 < n < 200 for n in r.sent_at_kills), r.sent_at_kills  # killed mid-way, each time
 
 
 @PROCESSES
