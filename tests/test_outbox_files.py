@@ -1,10 +1,10 @@
-"""The outbox's files (no smarthost): a batch written whole, made durable at once by syncfs
-where the system has it, by an fsync per file where it has not; the same files either way."""
+"""The outbox's files (no smarthost): each delivery one whole file, written and fsynced
+under a temporary name, then renamed; a file that cannot be written fails alone."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,16 +18,6 @@ def batch(n: int) -> list[outbox.Due]:
             for i in range(n)]
 
 
-@pytest.fixture(params=["syncfs", "fsync per file"])
-def sync(request: pytest.FixtureRequest) -> Callable[[int], None] | None:
-    if request.param == "fsync per file":
-        return None
-    found = outbox._syncfs()
-    if found is None:
-        pytest.skip("no syncfs here")
-    return found
-
-
 @pytest.fixture
 def dir_fd(tmp_path: Path) -> Iterator[int]:
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
@@ -35,10 +25,9 @@ def dir_fd(tmp_path: Path) -> Iterator[int]:
     os.close(fd)
 
 
-def test_each_delivery_is_one_whole_file(tmp_path: Path, dir_fd: int,
-                                         sync: Callable[[int], None] | None) -> None:
+def test_each_delivery_is_one_whole_file(tmp_path: Path, dir_fd: int) -> None:
     deliveries = batch(5)
-    assert outbox.write_files(dir_fd, deliveries, sync) == [None] * 5
+    assert outbox.write_files(dir_fd, deliveries) == [None] * 5
     assert sorted(os.listdir(tmp_path)) == [f"00000007-{10 + i:08d}-ssc{i}@nic.example.eml" for i in range(5)]
     for d in deliveries:
         path = tmp_path / f"00000007-{d.id:08d}-{d.rcpt}.eml"
@@ -47,22 +36,12 @@ def test_each_delivery_is_one_whole_file(tmp_path: Path, dir_fd: int,
         assert path.stat().st_mode & 0o777 == 0o600
 
 
-def test_a_file_that_cannot_be_written_fails_alone_and_leaves_nothing(
-        tmp_path: Path, dir_fd: int, sync: Callable[[int], None] | None) -> None:
+def test_a_file_that_cannot_be_written_fails_alone_and_leaves_nothing(tmp_path: Path, dir_fd: int) -> None:
     deliveries = batch(3)
     (tmp_path / "00000007-00000011-ssc1@nic.example.eml").mkdir()  # its name taken
-    errors = outbox.write_files(dir_fd, deliveries, sync)
+    errors = outbox.write_files(dir_fd, deliveries)
     assert errors[0] is None and errors[2] is None and isinstance(errors[1], IsADirectoryError)
     assert sorted(os.listdir(tmp_path)) == ["00000007-00000010-ssc0@nic.example.eml",
                                             "00000007-00000011-ssc1@nic.example.eml",
                                             "00000007-00000012-ssc2@nic.example.eml"]
     assert (tmp_path / "00000007-00000011-ssc1@nic.example.eml").is_dir()  # no temporary file left
-
-
-def test_a_failed_sync_fails_the_batch_and_leaves_no_file(tmp_path: Path, dir_fd: int) -> None:
-    def broken(fd: int) -> None:
-        raise OSError(5, "Input/output error")
-
-    errors = outbox.write_files(dir_fd, batch(2), broken)
-    assert [str(e) for e in errors] == ["[Errno 5] Input/output error"] * 2
-    assert os.listdir(tmp_path) == []

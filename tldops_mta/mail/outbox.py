@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 import random
 import re
 import secrets
 import sqlite3
 import ssl
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -449,7 +447,7 @@ class Deliverer(DueLoop):
         except OSError as e:
             return [e] * len(batch)
         try:
-            return write_files(dir_fd, batch, _syncfs())
+            return write_files(dir_fd, batch)
         finally:
             os.close(dir_fd)
 
@@ -457,16 +455,15 @@ class Deliverer(DueLoop):
 _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
 
 
-def write_files(dir_fd: int, batch: Sequence[Due], syncfs: Callable[[int], None] | None,
-                ) -> list[OSError | None]:
-    """Each delivery as one file, written whole, in the directory ``dir_fd``: every file
-    written under a temporary name, then all of them made durable at once (``syncfs`` on
-    the directory's filesystem: one call for the batch, where an fsync per file costs
-    hundreds of microseconds; without it, an fsync per file), then renamed to their names,
-    then the directory fsynced once for the renames. So a reader of the directory never sees
-    half a message, even after a crash, and each file is on disk before its row says sent."""
-    written: list[tuple[int, str, str]] = []
+def write_files(dir_fd: int, batch: Sequence[Due]) -> list[OSError | None]:
+    """Each delivery as one file, written whole, in the directory ``dir_fd``: written and
+    fsynced under a temporary name, renamed to its own, then the directory fsynced once for
+    the batch's renames. So a reader of the directory never sees half a message, even after
+    a crash, and each file is on disk before its row says sent. An fsync per file, not one
+    syncfs(2) for the batch: syncfs would also flush every other program's data on that
+    filesystem, a cost this daemon cannot bound (docs/performance.md)."""
     errors: list[OSError | None] = [None] * len(batch)
+    renamed = False
     for i, d in enumerate(batch):
         safe_rcpt = "".join(c if c.isalnum() or c in "@.-_+" else "_" for c in d.rcpt)[:100]
         name = f"{d.message_id:08d}-{d.id:08d}-{safe_rcpt}.eml"
@@ -479,32 +476,17 @@ def write_files(dir_fd: int, batch: Sequence[Due], syncfs: Callable[[int], None]
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
-                if syncfs is None:
-                    os.fsync(fd)
+                os.fsync(fd)
             finally:
                 os.close(fd)
+            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         except OSError as e:
             # A full disk: the delivery is deferred; its half-written file must not stay
             # to take the space the retry needs.
             _unlink(tmp, dir_fd)
             errors[i] = e
             continue
-        written.append((i, tmp, name))
-    if written and syncfs is not None:
-        try:
-            syncfs(dir_fd)
-        except OSError as e:
-            for _, tmp, _ in written:
-                _unlink(tmp, dir_fd)
-            return [e] * len(batch)
-    renamed = False
-    for i, tmp, name in written:
-        try:
-            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-            renamed = True
-        except OSError as e:
-            _unlink(tmp, dir_fd)
-            errors[i] = e
+        renamed = True
     if renamed:
         try:
             os.fsync(dir_fd)
@@ -516,26 +498,3 @@ def write_files(dir_fd: int, batch: Sequence[Due], syncfs: Callable[[int], None]
 def _unlink(name: str, dir_fd: int) -> None:
     with contextlib.suppress(OSError):
         os.unlink(name, dir_fd=dir_fd)
-
-
-@functools.cache
-def _syncfs() -> Callable[[int], None] | None:
-    """Linux's syncfs(2) (Python has no os.syncfs), or None: another system, or a kernel
-    before 5.8, whose syncfs did not report write errors."""
-    release = re.match(r"(\d+)\.(\d+)", os.uname().release)
-    if sys.platform != "linux" or release is None or (int(release[1]), int(release[2])) < (5, 8):
-        return None
-    import ctypes  # here, once: the SMTP process imports this module and must not load libffi
-
-    try:
-        call = ctypes.CDLL(None, use_errno=True).syncfs
-    except (OSError, AttributeError):
-        return None
-    call.argtypes = [ctypes.c_int]
-
-    def syncfs(fd: int) -> None:
-        if call(fd) != 0:  # ctypes releases the GIL for the call
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-
-    return syncfs
