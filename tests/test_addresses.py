@@ -381,15 +381,20 @@ mailboxes = st.one_of(
 mailbox_lists = st.lists(mailboxes, min_size=1, max_size=4).map(", ".join)
 
 
+def edited(draw: st.DrawFn, value: str, pieces: list[str], edits: int, width: int) -> str:
+    """``value`` with up to ``edits`` of ``pieces`` inserted, or put in place of (or deleting)
+    up to ``width`` characters, at random places."""
+    for _ in range(draw(st.integers(0, edits))):
+        i = draw(st.integers(0, len(value)))
+        j = draw(st.integers(i, min(len(value), i + width)))
+        value = value[:i] + draw(st.sampled_from(pieces)) + value[j:]
+    return value
+
+
 @st.composite
 def mutated(draw: st.DrawFn) -> str:
     """A valid list with a few pieces inserted, replaced or deleted at random places."""
-    value = draw(mailbox_lists)
-    for _ in range(draw(st.integers(0, 3))):
-        i = draw(st.integers(0, len(value)))
-        j = draw(st.integers(i, min(len(value), i + 3)))
-        value = value[:i] + draw(st.sampled_from(["", *PIECES])) + value[j:]
-    return value
+    return edited(draw, draw(mailbox_lists), ["", *PIECES], 3, 3)
 
 
 any_values = st.one_of(st.text(max_size=200), piece_values, mailbox_lists, mutated())
@@ -530,12 +535,7 @@ EDGE = ["", " ", "  ", "\t", ".", "..", "=?", "?=", "@", "<", ">", '"', "ö", "\
 @st.composite
 def near_plain(draw: st.DrawFn) -> str:
     """A plain From: value with a few characters changed where the shortcut must step aside."""
-    value = draw(plain_values)
-    for _ in range(draw(st.integers(0, 2))):
-        i = draw(st.integers(0, len(value)))
-        j = draw(st.integers(i, min(len(value), i + 2)))
-        value = value[:i] + draw(st.sampled_from(EDGE)) + value[j:]
-    return value
+    return edited(draw, draw(plain_values), EDGE, 2, 2)
 
 
 @settings(max_examples=3000, suppress_health_check=[HealthCheck.too_slow])

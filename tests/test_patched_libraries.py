@@ -26,13 +26,15 @@ from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parent.parent
 
-WRITTEN_AGAINST = {"dkimpy": "1.1.8", "aiosmtpd": "1.4.6", "aiosmtplib": "5.1.3", "authres": "1.2.0"}
+WRITTEN_AGAINST = {"dkimpy": "1.1.8", "aiosmtpd": "1.4.6", "aiosmtplib": "5.1.3", "authres": "1.2.0",
+                   "email-validator": "2.4.0", "phonenumbers": "9.0.43"}
 """The installed versions the digests below were computed from."""
 
-TOP_LEVEL = {"dkimpy": "dkim", "aiosmtpd": "aiosmtpd", "aiosmtplib": "aiosmtplib", "authres": "authres"}
+TOP_LEVEL = {"dkimpy": "dkim", "aiosmtpd": "aiosmtpd", "aiosmtplib": "aiosmtplib", "authres": "authres",
+             "email-validator": "email_validator", "phonenumbers": "phonenumbers"}
 
 OURS_MODULES = ("tldops_mta.auth.dkim_verify", "tldops_mta.mail.dkim_keys", "tldops_mta.intake.smtp_server",
-                "tldops_mta.mail.outbox")
+                "tldops_mta.mail.outbox", "tldops_mta.policy.roster_policy")
 """Where the copies and overrides live; imported so that their replacements are in place."""
 
 
@@ -208,12 +210,50 @@ PATCHED = (
              "what authentication_results writes again (quote_if_needed on the reason as it was set, "
              "which is how _Quoted takes effect); tests/test_authentication_results.py compares them",
              "9b44c16f01ba3668a5999d3e4b1831cfce00aaf7e8f4273c01173f9172cb239c"),
+    # email-validator and phonenumbers: the roster policy's shortcuts (tests/test_policy_equivalence.py
+    # compares their answers)
+    Upstream("email_validator.validate_email:validate_email", "email-validator",
+             ("tldops_mta.policy.roster_policy:plain_email",),
+             "answered without it for plain ASCII addresses: the answer must stay the same",
+             "f416bc836bc926c5cef412e0a0c3343a8cc8e26088c0be10581bd3873802a032"),
+    Upstream("email_validator.syntax:split_email", "email-validator",
+             ("tldops_mta.policy.roster_policy:plain_email",), "splits at the one '@'",
+             "8016f1c00cfceb81f08e78390ec21dd5bdaa054cdb7746fefa08740259febe70"),
+    Upstream("email_validator.syntax:validate_email_local_part", "email-validator",
+             ("tldops_mta.policy.roster_policy:plain_email",), "an ASCII dot-atom comes back as it is",
+             "17786c42b9b692eb3d78f7c335ace0b50159c009330cd4f67acda30f72508722"),
+    Upstream("email_validator.syntax:validate_email_domain_name", "email-validator",
+             ("tldops_mta.policy.roster_policy:plain_email",),
+             "LDH labels come back lower-cased; '--', special-use names and long labels are its own",
+             "a54c0a297e940c0d56f3da8604d3c2a180f7a85d457abbdee9e8a3b5bbcb78c8"),
+    Upstream("email_validator.syntax:validate_email_length", "email-validator",
+             ("tldops_mta.policy.roster_policy:plain_email",), "254 octets, the same for an ASCII address",
+             "80601ce3e060773ce1f7b16c989afe8cae6a196af8d03d7452ff82e55315dc74"),
+    Upstream("phonenumbers.phonenumberutil:normalize_digits_only", "phonenumbers",
+             ("tldops_mta.policy.roster_policy:normalize_digits_only",),
+             "replaced process-wide in phonenumberutil, where parse calls it by its name: the "
+             "answers must stay the same",
+             "d04d26d16733d85a6e2da100daddf36a8ceef270c69260e73a7b28122a728a5a"),
+    Upstream("phonenumbers.phonenumberutil:_maybe_strip_extension", "phonenumbers",
+             ("tldops_mta.policy.roster_policy:_maybe_strip_extension",),
+             "replaced process-wide in phonenumberutil, where parse calls it by its name; ours "
+             "relies on _EXTN_PATTERN as recorded in EXTN_PATTERN_SHA256",
+             "7a87aae1f355658617ad280482ae6bacf0bc5428c40d50c1867199699b79aa89"),
 )
 
 THIS_FILE = "tests/test_patched_libraries.py"
 
 
+KEPT = {"phonenumbers.phonenumberutil:normalize_digits_only":
+        "tldops_mta.policy.roster_policy:_upstream_normalize_digits_only",
+        "phonenumbers.phonenumberutil:_maybe_strip_extension":
+        "tldops_mta.policy.roster_policy:_upstream_maybe_strip_extension"}
+"""Upstream functions replaced in their own module by ours: where ours keeps the original."""
+
+
 def resolve(path: str) -> Any:
+    """The object at module:qualname; for an upstream target replaced in place, the original."""
+    path = KEPT.get(path, path)
     module, _, qualname = path.partition(":")
     obj: Any = importlib.import_module(module)
     for part in qualname.split("."):
