@@ -320,12 +320,12 @@ def _new_request(spool_id: int, d: Decision, action: str, requester: str, auth: 
     """The request row and its birth in the audit log (the evidence encoded once for both);
     the request as written, so that what follows in the transaction need not read it back."""
     def job(conn: sqlite3.Connection) -> transitions.Request:
-        encoded = transitions.evidence_json(evidence)
+        encoded = transitions.row_json(evidence)
         cur = conn.execute(
             "INSERT INTO requests (spool_id, tld, requester, admin_email, auth, state, evidence,"
             " created_at, updated_at, action, change) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (spool_id, d.tld, requester, d.admin_key, auth, state.value, encoded, now, now,
-             action, transitions.as_json(change)))
+             action, transitions.row_json(change)))
         request_id = int(cur.lastrowid or 0)
         who = Actor.ADMIN if auth == "dkim" else Actor.REQUESTER
         transitions.record(conn, request_id, "submit", None, state.value,

@@ -82,21 +82,17 @@ def record(conn: sqlite3.Connection, request_id: int, event: str, from_state: st
            to_state: str, by: By, reason: str | None, now: float,
            evidence: dict[str, Any] | str | None = None) -> None:
     """One row of the append-only audit log. ``evidence`` may come already as JSON
-    (``evidence_json``'s), as the new request's row stores it: encoded once for both."""
+    (``row_json``'s), as the new request's row stores it: encoded once for both."""
     conn.execute(
         "INSERT INTO request_events (request_id, at, event, from_state, to_state, actor, who, auth,"
         " evidence, reason) VALUES (?,?,?,?,?,?,?,?,?,?)",
         (request_id, now, event, from_state, to_state, by.actor.value, by.who, by.auth,
-         evidence if evidence is None or isinstance(evidence, str) else evidence_json(evidence), reason))
+         evidence if evidence is None or isinstance(evidence, str) else row_json(evidence), reason))
 
 
-def evidence_json(evidence: dict[str, Any]) -> str:
-    """Evidence as the requests and request_events rows store it."""
-    return as_json(evidence)
-
-
-as_json = json.JSONEncoder(ensure_ascii=False, check_circular=False).encode
-"""``json.dumps(value, ensure_ascii=False)``, the same text, without a new encoder each time
+row_json = json.JSONEncoder(ensure_ascii=False, check_circular=False).encode
+"""A value (evidence, a change) as the requests and request_events rows store it:
+``json.dumps(value, ensure_ascii=False)``, the same text, without a new encoder each time
 (nor the check for cycles: the rows' values are trees of plain values)."""
 
 
@@ -181,7 +177,7 @@ def act(live: Live, conn: sqlite3.Connection, request_id: int, event: Event, by:
         applied_change = {**r.change, "applied": roster_table.as_dicts(roster_table.current(conn, r.tld)),
                           "applied_over": roster_table.as_dicts(before)}
         conn.execute("UPDATE requests SET change = ? WHERE id = ?",
-                     (json.dumps(applied_change, ensure_ascii=False), r.id))
+                     (row_json(applied_change), r.id))
     record(conn, r.id, event.value, r.state.value, m.state.value, by, reason, now, evidence)
     return Result(True, done, m.state.value)
 
@@ -200,11 +196,12 @@ def ask_validators(live: Live, conn: sqlite3.Connection, request_id: int, *, now
         expires = time.strftime("%Y-%m-%d %H:%M UTC",
                                 time.gmtime(r.updated_at + live.cfg.validation.expire_after))
         rule = decision_rule(live.cfg.validation.decision_auth)
+        summary = _summary(live, conn, r)  # the same for every Validator: the loop writes no roster
         for validator in validators:
             decide_address = mailing.one_time_address(live, conn, PURPOSE_DECIDE, to=validator.lower(),
                                                       now=now, ttl=DECIDE_TOKEN_TTL, request_id=r.id,
                                                       service="decide")
-            values: dict[str, object] = {**_summary(live, conn, r), "decide_address": decide_address,
+            values: dict[str, object] = {**summary, "decide_address": decide_address,
                                          "decision_rule": rule}
             if template == "validator":
                 values["expires"] = expires
