@@ -44,9 +44,14 @@ _NAMES = {"RED": Tlp.RED, "AMBER+STRICT": Tlp.AMBER_STRICT, "AMBER": Tlp.AMBER,
 _BRACKETED = re.compile(r"\s*\[\s*" + _LABEL.pattern + r"\s*\]\s*", re.IGNORECASE)
 
 
+def _may_hold_label(text: str) -> bool:
+    """False where no label can be written (the common case): no regex walks that text."""
+    return "tlp" in text.lower()
+
+
 def labels_in(text: str) -> list[Tlp]:
     """Every label written in ``text``, in order."""
-    if "tlp" not in text.lower():  # the common case, without the regex's walk over each octet
+    if not _may_hold_label(text):
         return []
     return [_NAMES[re.sub(r"\s+", "", m.group(1)).upper()] for m in _LABEL.finditer(text)]
 
@@ -68,8 +73,7 @@ def for_reply(answered: Iterable[Tlp], own: Iterable[Tlp] = ()) -> Tlp:
 def labelled(subject: str, level: Tlp) -> str:
     """``subject`` headed by ``[TLP:LEVEL]``, with any bracketed label it had taken out
     (the new one is never less strict: callers pass for_reply's answer)."""
-    # Without "tlp" in it no label can be (labels_in's shortcut): no regex walk per character.
-    bare = (_BRACKETED.sub(" ", subject) if "tlp" in subject.lower() else subject).strip()
+    bare = (_BRACKETED.sub(" ", subject) if _may_hold_label(subject) else subject).strip()
     return f"[{level.label}] {bare}".rstrip()
 
 
