@@ -62,29 +62,6 @@ def report_stats() -> stats.Stats:
     return stats.summarise(table, subscribed, DAY, "report")
 
 
-def test_find_answers_from_its_index_as_from_a_walk_of_the_table() -> None:
-    """find indexes the list it is given (the table in force); any other iterable is walked:
-    the same row or the same refusal, for every ccTLD on several days and for names that
-    are none."""
-    table = cctlds.load(REPO / "rules")
-    other = cctlds.load(REPO / "rules")  # a list read again (SIGHUP): indexed afresh
-
-    def answer(t: object, name: str, day: dt.date) -> object:
-        try:
-            return cctlds.find(t, name, day)  # type: ignore[arg-type]
-        except cctlds.NotACctld as e:
-            return ("not", e.args, e.on)
-        except ValueError as e:
-            return ("bad", str(e))
-
-    names = [c.tld for c in table] + [c.unicode for c in table if c.unicode] + [
-        "MT", ".mt", "com", "zz", "", "a.b", "123", "xn--", "tp", "an"]
-    for day in (dt.date(1990, 1, 1), DAY, dt.datetime.now(dt.UTC).date()):
-        for name in names:
-            walked = answer(tuple(table), name, day)
-            assert answer(table, name, day) == walked == answer(other, name, day), name
-
-
 def test_the_shipped_cctlds_csv_is_well_formed() -> None:
     table = cctlds.load(REPO / "rules")
     assert len(table) > 300

@@ -62,18 +62,9 @@ def table(rules: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     return {section: {**defaults, **given.get(section, {})} for section, defaults in DEFAULTS.items()}
 
 
-_derived: list[tuple[Mapping[str, Mapping[str, Any]], dict[str, Any], frozenset[str]]] = []
-
-
-def _table_and_roles(rules: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str, Any], frozenset[str]]:
-    """``table(rules)`` and its role local parts, kept for the last rules seen: the rules are
-    replaced whole on SIGHUP, never changed in place (settings/live.py)."""
-    last = _derived[-1] if _derived else None  # read once: the writer thread judges too
-    if last is None or last[0] is not rules:
-        t = table(rules)
-        last = (rules, t, frozenset(p.lower() for p in t["addresses"]["role_local_parts"]))
-        _derived[:] = [last]
-    return last[1], last[2]
+def _roles(t: Mapping[str, Any]) -> frozenset[str]:
+    """The role mailboxes' local parts of a ``table``, lower-cased."""
+    return frozenset(p.lower() for p in t["addresses"]["role_local_parts"])
 
 
 def check(rules: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -161,11 +152,11 @@ def judge(form: RequestForm, tld: str, current: Sequence[RosterEntry],
           rules: Mapping[str, Mapping[str, Any]]) -> Judgement:
     """Apply the policy to a well-formed ``form`` for ``tld`` (A-label) and its ``current``
     roster."""
-    t, roles = _table_and_roles(rules)
+    t = table(rules)
     problems: list[FormProblem] = []
     warnings: list[str] = []
     region = region_of(tld, t)
-    entries = _checked_entries(form.sscs, region, roles, problems)
+    entries = _checked_entries(form.sscs, region, _roles(t), problems)
     roster = _after(form, entries, current, problems)
     high, low = t["ssc"]["max_per_cctld"], t["ssc"]["min_per_cctld"]
     if len(roster) > high:
@@ -186,10 +177,10 @@ def entry_problems(form: RequestForm, tld: str | None,
                    rules: Mapping[str, Mapping[str, Any]]) -> list[FormProblem]:
     """The checks of each SSC alone (address, role mailbox, phone), which need no roster:
     run on a form that has other problems too, so its one reply lists them all."""
-    t, roles = _table_and_roles(rules)
+    t = table(rules)
     problems: list[FormProblem] = []
     region = region_of(tld, t) if tld else None
-    _checked_entries(form.sscs, region, roles, problems)
+    _checked_entries(form.sscs, region, _roles(t), problems)
     return problems
 
 

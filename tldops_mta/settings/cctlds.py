@@ -112,7 +112,7 @@ def find(table: Iterable[Cctld], name: str, day: dt.date) -> Cctld:
     not serve."""
     a_label, u_label = tld_labels(name)
     shown = f"{u_label} ({a_label})" if a_label != u_label else a_label
-    row = _row(table, a_label)
+    row = next((c for c in table if c.tld == a_label), None)
     if row is None:
         raise NotACctld(shown, "is not a ccTLD", f"not in rules/{FILE}")
     if row.retired is not None and row.retired <= day:
@@ -121,24 +121,6 @@ def find(table: Iterable[Cctld], name: str, day: dt.date) -> Cctld:
         raise NotACctld(shown, "is not yet a ccTLD", f"delegated {row.delegated.isoformat()}",
                         row.delegated)
     return row
-
-
-_indexed: list[tuple[list[Cctld], dict[str, Cctld]]] = []
-"""The last list ``find`` was given, with its rows by A-label."""
-
-
-def _row(table: Iterable[Cctld], a_label: str) -> Cctld | None:
-    """The first row of ``a_label``. The table in force is one list, read at start or on
-    SIGHUP and never changed in place (``Live.cctld_table``): indexed once, not walked at
-    each request. Any other iterable is walked."""
-    if not isinstance(table, list):
-        return next((c for c in table if c.tld == a_label), None)
-    if not _indexed or _indexed[0][0] is not table:
-        rows: dict[str, Cctld] = {}
-        for c in table:
-            rows.setdefault(c.tld, c)
-        _indexed[:] = [(table, rows)]
-    return _indexed[0][1].get(a_label)
 
 
 def load(override: Path | None) -> list[Cctld]:
